@@ -1,0 +1,119 @@
+"""Fixtures shared by the goaio test suite.
+
+Every behavioural test takes the session-scoped ``backend`` fixture, which is
+parametrized over every backend that must (or may) exist here:
+
+* ``pure``   -- always;
+* the compiled backend of this OS (``epoll`` on Linux, ``kqueue`` on
+  macOS/BSD) -- always *imported*, never skipped: if it is not built, its
+  tests error, because a compiled backend that should exist but does not
+  build is a defect;
+* ``kqueue`` on Linux -- only in a special test build; its absence is a skip.
+
+All IO runs over real loopback sockets (127.0.0.1, ::1, AF_UNIX); nothing is
+mocked.
+"""
+
+import importlib
+import types
+
+import pytest
+
+from goaio import _select
+from support import FAMILIES, Pairs, assert_service_drained, family_available
+
+try:  # keep property tests few and quick; never write a database into the tree
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile(
+        "goaio",
+        max_examples=12,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    settings.load_profile("goaio")
+except ImportError:  # pragma: no cover - hypothesis is a test dependency
+    pass
+
+NATIVE = _select.native_backend()
+
+#: Backends whose absence is an error (imported, never skipped).
+REQUIRED_BACKENDS = ["pure"] + ([NATIVE] if NATIVE else [])
+#: Backends that join only when built (kqueue on Linux: a special test build).
+OPTIONAL_BACKENDS = ["kqueue"] if NATIVE == "epoll" else []
+BACKENDS = REQUIRED_BACKENDS + OPTIONAL_BACKENDS
+
+
+# --------------------------------------------------------------------------
+# backend
+# --------------------------------------------------------------------------
+
+def load_backend(name):
+    """The namespace the ``backend`` fixture yields for backend ``name``."""
+    mod = importlib.import_module(f"goaio._{name}")
+    return types.SimpleNamespace(
+        name=name,
+        module=mod,
+        AIOService=mod.AIOService,
+        AIOConn=mod.AIOConn,
+        AIOResult=mod.AIOResult,
+        BufferPool=mod.BufferPool,
+    )
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request):
+    name = request.param
+    if name in OPTIONAL_BACKENDS:
+        try:
+            return load_backend(name)
+        except ImportError as exc:
+            pytest.skip(f"goaio._{name} is not built here ({exc})")
+    # A required backend that does not import makes its tests ERROR.
+    return load_backend(name)
+
+
+@pytest.fixture
+def pairs():
+    """Factory of connected loopback pairs: ``to_bind, peer = pairs("tcp")``."""
+    p = Pairs()
+    yield p
+    p.close()
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request):
+    if not family_available(request.param):
+        pytest.skip(f"{request.param} is not available here")
+    return request.param
+
+
+# --------------------------------------------------------------------------
+# services
+# --------------------------------------------------------------------------
+
+@pytest.fixture
+def svc(backend, pairs):
+    """A one-worker service; closed at teardown, which checks it drained.
+
+    It depends on ``pairs`` so that the sockets are closed only after the
+    service (bound sockets belong to their connection until it closes).
+    """
+    s = backend.AIOService()
+    yield s
+    s.close()
+    assert_service_drained(s)
+
+
+@pytest.fixture
+def connect(svc, pairs):
+    """``conn, peer = connect(family="tcp", small=False, **bind_options)``."""
+
+    def make(family="tcp", small=False, **opts):
+        sock, peer = pairs(family, small=small)
+        return svc.bind(sock, **opts), peer
+
+    return make
+
+
