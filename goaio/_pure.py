@@ -1,0 +1,1282 @@
+"""The pure-Python backend of goaio (Linux epoll, edge-triggered).
+
+Layout of the machinery:
+
+* One ``select.epoll`` per service. Every bound socket is registered once, at
+  bind, for ``EPOLLIN|EPOLLOUT|EPOLLRDHUP|EPOLLET``; the events only set the
+  connection's ``readable``/``writable`` flags, which are cleared when a system
+  call says ``EAGAIN`` (or a read/write comes back short: with an
+  edge-triggered registration any byte or buffer space that appears after the
+  call raises a new event, so a short transfer proves the socket drained).
+* Each connection has a lock, a deque of pending receives and one of pending
+  sends. All IO on a connection happens under its lock and ``close()`` takes
+  the same lock, so the fd is never closed while a thread is inside a system
+  call on it.
+* Completions go to one deque per service. They are appended while the
+  connection's lock is held, so the results of one connection and direction
+  enter the queue in posting order.
+* Leader/follower: a collector that finds the queue empty polls the epoll
+  itself when nobody else does; the ``workers`` threads poll only when no
+  collector has been around for ``_GRACE`` seconds. A collector that arrives
+  while a worker polls wakes it (eventfd) and takes over. So a busy collector
+  produces and consumes its completions on its own thread.
+* Timeouts: one heap of ``(deadline, seq, op)`` per service, lazily
+  invalidated; the poller sleeps at most until the earliest deadline.
+"""
+
+import atexit
+import collections
+import heapq
+import itertools
+import os
+import select
+import socket
+import threading
+import warnings
+import weakref
+from time import monotonic
+
+from ._common import (
+    DEFAULT_RECV_BUFF_SIZE,
+    AIOResult,
+    BufferPool,
+    bound_fds,
+    check_conn_timeout,
+    check_max_results,
+    check_socket,
+    check_timeout,
+    check_workers,
+    make_option,
+)
+from ._errors import (
+    Busy,
+    ConnClosed,
+    EmptyBuffer,
+    RecvTimeout,
+    SendTimeout,
+    ServiceClosed,
+    oserror,
+)
+
+__all__ = ["AIOService", "AIOConn", "AIOResult", "BufferPool"]
+
+_EPOLLIN = select.EPOLLIN
+_EPOLLOUT = select.EPOLLOUT
+_EPOLLERR = select.EPOLLERR
+_EPOLLHUP = select.EPOLLHUP
+_EPOLLRDHUP = select.EPOLLRDHUP
+_REG_MASK = _EPOLLIN | _EPOLLOUT | _EPOLLRDHUP | select.EPOLLET
+#: events that make a read worth trying / a write worth trying
+_IN_EV = _EPOLLIN | _EPOLLRDHUP | _EPOLLHUP | _EPOLLERR
+_OUT_EV = _EPOLLOUT | _EPOLLHUP | _EPOLLERR
+#: events after which a short read no longer proves the socket drained
+_HUP_EV = _EPOLLRDHUP | _EPOLLHUP | _EPOLLERR
+
+_MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+_IOV_MAX = getattr(os, "sysconf", lambda n: 1024)("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+if not isinstance(_IOV_MAX, int) or _IOV_MAX <= 0:
+    _IOV_MAX = 1024
+
+#: how long the worker threads leave the poller role to a collector that was
+#: recently active, so that a busy collector is not robbed of its completions.
+_GRACE = 0.002
+_MAX_EVENTS = 512
+_INF = float("inf")
+
+_RECV = 0
+_RECV_FULL = 1
+_SEND = 2
+
+_new_result = AIOResult
+
+
+# --- buffers -----------------------------------------------------------------
+
+def _view(buff, writable):
+    """A byte view pinning ``buff`` (the export is held until release)."""
+    mv = memoryview(buff)  # TypeError for a non-buffer
+    if writable and mv.readonly:
+        mv.release()
+        raise TypeError(f"a receive needs a writable buffer, not a read-only {type(buff).__name__}")
+    if not mv.c_contiguous:
+        mv.release()
+        raise BufferError("the buffer must be C-contiguous")
+    if mv.ndim != 1 or mv.format != "B":
+        cast = mv.cast("B")
+        mv.release()
+        mv = cast
+    return mv
+
+
+def _views(buffs, writable):
+    """Byte views of every buffer of a list, and their total length."""
+    mvs = []
+    total = 0
+    try:
+        for b in buffs:
+            mv = _view(b, writable)
+            mvs.append(mv)
+            total += mv.nbytes
+    except BaseException:
+        for mv in mvs:
+            mv.release()
+        raise
+    return mvs, total
+
+
+def _release_views(op):
+    mv = op.mv
+    if mv is not None:
+        op.mv = None
+        if op.iov is None:
+            mv.release()
+        else:
+            for m in op.iov:
+                m.release()
+            op.iov = None
+            for m in mv:
+                m.release()
+
+
+class _Op:
+    """One pending operation. Its views pin the user's buffer(s)."""
+
+    __slots__ = ("conn", "ctx", "buff", "mv", "iov", "done", "total", "kind", "deadline")
+
+    def __init__(self, conn, ctx, buff, mv, iov, total, kind):
+        self.conn = conn
+        self.ctx = ctx
+        self.buff = buff
+        self.mv = mv          # memoryview, a list of them (gather IO), or None (recv(ctx, None))
+        self.iov = iov        # gather IO: the views still to transfer; else None
+        self.done = 0
+        self.total = total
+        self.kind = kind
+        self.deadline = None
+
+
+# --- connections ---------------------------------------------------------------
+
+class AIOConn:
+    """A socket bound to an :class:`AIOService`; post ``recv``/``send`` on it."""
+
+    __slots__ = (
+        "_svc", "_sock", "_fd", "_lock", "_recvq", "_sendq", "_readable", "_writable",
+        "_rdhup", "_eof", "_closed", "_active", "_rq_max", "_sq_max", "_share",
+        "_rto", "_sto", "_recv_into", "_recvmsg_into", "_send", "_sendmsg", "_q_append",
+        "user_data", "__weakref__",
+    )
+
+    def __init__(self, svc, sock, fd, option):
+        self._svc = svc
+        self._sock = sock
+        self._fd = fd
+        self._lock = threading.Lock()
+        self._recvq = collections.deque()
+        self._sendq = collections.deque()
+        # The registration raises an event at once if the socket is ready, so
+        # 'readable' starts False (no share buffer is taken on a guess).
+        self._readable = False
+        self._writable = True
+        self._rdhup = False
+        self._eof = False
+        self._closed = False
+        self._active = False
+        self._rq_max = option.recvq_size
+        self._sq_max = option.sendq_size
+        self._share = option.share_buff
+        self.user_data = option.user_data
+        self._rto = 0.0
+        self._sto = 0.0
+        self._recv_into = sock.recv_into
+        self._recvmsg_into = sock.recvmsg_into
+        self._send = sock.send
+        self._sendmsg = sock.sendmsg
+        self._q_append = svc._q.append
+
+    # -- public attributes --
+
+    @property
+    def fd(self):
+        """The socket's fd, ``-1`` once closed."""
+        return -1 if self._closed else self._fd
+
+    @property
+    def closed(self):
+        return self._closed
+
+    def __repr__(self):
+        try:
+            state = "closed" if self._closed else f"fd={self._fd}"
+        except AttributeError:
+            state = "?"
+        return f"<goaio.AIOConn {state} (pure)>"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- posting --
+
+    def recv(self, context, buff=None):
+        """Read some bytes into ``buff`` (a buffer, a list of them, or None)."""
+        svc = self._svc
+        if svc._closed:
+            raise ServiceClosed("the service is closed")
+        if self._closed:
+            raise ConnClosed("the connection is closed")
+        if buff is None:
+            mv = iov = None
+            total = 0
+        elif type(buff) is list:
+            mv, total = _views(buff, True)
+            if not total:
+                for m in mv:
+                    m.release()
+                raise EmptyBuffer("zero-length receive buffer list")
+            iov = mv
+        else:
+            mv = _view(buff, True)
+            total = mv.nbytes
+            if not total:
+                mv.release()
+                raise EmptyBuffer("zero-length receive buffer")
+            iov = None
+        return self._post_recv(_Op(self, context, buff, mv, iov, total, _RECV))
+
+    def recv_full(self, context, buff):
+        """Read until ``buff`` (a buffer or a list of them) is full."""
+        svc = self._svc
+        if svc._closed:
+            raise ServiceClosed("the service is closed")
+        if self._closed:
+            raise ConnClosed("the connection is closed")
+        if buff is None:
+            raise TypeError("recv_full needs a buffer")
+        if type(buff) is list:
+            mv, total = _views(buff, True)
+            if not total:
+                for m in mv:
+                    m.release()
+                raise EmptyBuffer("zero-length receive buffer list")
+            iov = mv
+        else:
+            mv = _view(buff, True)
+            total = mv.nbytes
+            if not total:
+                mv.release()
+                raise EmptyBuffer("zero-length receive buffer")
+            iov = None
+        return self._post_recv(_Op(self, context, buff, mv, iov, total, _RECV_FULL))
+
+    def _post_recv(self, op):
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._closed:
+                _release_views(op)
+                raise ConnClosed("the connection is closed")
+            rq = self._recvq
+            if len(rq) >= self._rq_max:
+                _release_views(op)
+                raise Busy("the receive queue is full")
+            rq.append(op)
+            n = 0
+            if self._eof:
+                n = self._fail_recvs_eof()
+            elif self._readable and len(rq) == 1:
+                n = self._run_recvs()
+            if rq:
+                if not self._active:
+                    self._active = True
+                    self._svc._active.add(self)
+                if self._rto and op.conn is not None:
+                    self._svc._arm(op, monotonic() + self._rto)
+        finally:
+            lock.release()
+        if n:
+            svc = self._svc
+            if svc._cwaiters or svc._pcoll:
+                svc._wake_for_results()
+
+    def send(self, context, buff):
+        """Write every byte of ``buff`` (a bytes-like object or a list of them)."""
+        svc = self._svc
+        if svc._closed:
+            raise ServiceClosed("the service is closed")
+        if self._closed:
+            raise ConnClosed("the connection is closed")
+        if type(buff) is list:
+            mv, total = _views(buff, False)
+            iov = mv
+        else:
+            mv = _view(buff, False)
+            total = mv.nbytes
+            iov = None
+        op = _Op(self, context, buff, mv, iov, total, _SEND)
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._closed:
+                _release_views(op)
+                raise ConnClosed("the connection is closed")
+            sq = self._sendq
+            if len(sq) >= self._sq_max:
+                _release_views(op)
+                raise Busy("the send queue is full")
+            sq.append(op)
+            n = 0
+            if len(sq) == 1 and (self._writable or not total):
+                n = self._run_sends()
+            if sq:
+                if not self._active:
+                    self._active = True
+                    self._svc._active.add(self)
+                if self._sto and op.conn is not None:
+                    self._svc._arm(op, monotonic() + self._sto)
+        finally:
+            lock.release()
+        if n:
+            if svc._cwaiters or svc._pcoll:
+                svc._wake_for_results()
+
+    # -- IO (the connection's lock is held) --
+
+    def _finish(self, op, n, err):
+        """Complete ``op``: release its views and queue its result."""
+        if op.iov is None:
+            mv = op.mv
+            if mv is not None:
+                op.mv = None
+                mv.release()
+        else:
+            _release_views(op)
+        op.conn = None
+        self._q_append(_new_result(self, op.ctx, op.buff, n, err))
+
+    def _run_recvs(self):
+        """Serve pending receives while the socket is readable; returns results made."""
+        rq = self._recvq
+        count = 0
+        while rq:
+            op = rq[0]
+            mv = op.mv
+            pooled = None
+            if mv is None:
+                # recv(ctx, None): take a buffer only now that data is ready
+                share = self._share
+                b = None
+                try:
+                    if share is not None:
+                        b = share.acquire()
+                        pooled = b
+                    if b is None:
+                        b = bytearray(DEFAULT_RECV_BUFF_SIZE)
+                    mv = _view(b, True)
+                    if not mv.nbytes:
+                        mv.release()
+                        raise EmptyBuffer("the share buffer has zero length")
+                except BaseException as exc:
+                    if pooled is not None:
+                        self._give_back(pooled)
+                    if not isinstance(exc, Exception):
+                        raise
+                    rq.popleft()
+                    self._finish(op, 0, exc)
+                    count += 1
+                    continue
+                try:
+                    n = self._recv_into(mv)
+                except BlockingIOError:
+                    mv.release()
+                    if pooled is not None:
+                        self._give_back(pooled)
+                    self._readable = False
+                    return count
+                except InterruptedError:
+                    mv.release()
+                    if pooled is not None:
+                        self._give_back(pooled)
+                    continue
+                except OSError as exc:
+                    mv.release()
+                    if pooled is not None:
+                        self._give_back(pooled)
+                    rq.popleft()
+                    self._finish(op, 0, oserror(exc.errno) if exc.errno else exc)
+                    count += 1
+                    continue
+                ln = mv.nbytes
+                mv.release()
+                if not n:
+                    if pooled is not None:
+                        self._give_back(pooled)
+                    return count + self._fail_recvs_eof()
+                rq.popleft()
+                op.buff = b
+                op.conn = None
+                res = _new_result(self, op.ctx, b, n, None)
+                if pooled is not None:
+                    self._svc._pooled[id(res)] = res
+                self._q_append(res)
+                count += 1
+                if n < ln and not self._rdhup:
+                    self._readable = False
+                    return count
+                continue
+            iov = op.iov
+            done = op.done
+            try:
+                if iov is None:
+                    want = op.total - done
+                    n = self._recv_into(mv[done:] if done else mv)
+                else:
+                    if len(iov) > _IOV_MAX:
+                        chunk = iov[:_IOV_MAX]
+                        want = sum([m.nbytes for m in chunk])
+                        n = self._recvmsg_into(chunk)[0]
+                    else:
+                        want = op.total - done
+                        n = self._recvmsg_into(iov)[0]
+            except BlockingIOError:
+                self._readable = False
+                return count
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                rq.popleft()
+                self._finish(op, done, oserror(exc.errno) if exc.errno else exc)
+                count += 1
+                continue
+            if not n:
+                return count + self._fail_recvs_eof()
+            done += n
+            if op.kind == _RECV or done >= op.total:
+                rq.popleft()
+                self._finish(op, done, None)
+                count += 1
+            else:
+                op.done = done
+                if iov is not None:
+                    op.iov = _trim_owned(iov, n, op.mv)
+            if n < want and not self._rdhup:
+                self._readable = False
+                return count
+        return count
+
+    def _fail_recvs_eof(self):
+        """The peer closed: every pending receive completes with EOFError."""
+        self._eof = True
+        rq = self._recvq
+        count = len(rq)
+        while rq:
+            op = rq.popleft()
+            self._finish(op, op.done, EOFError())
+        return count
+
+    def _run_sends(self):
+        """Write pending sends while the socket is writable; returns results made."""
+        sq = self._sendq
+        count = 0
+        while sq:
+            op = sq[0]
+            total = op.total
+            if not total:
+                sq.popleft()
+                self._finish(op, 0, EmptyBuffer("zero-length send buffer"))
+                count += 1
+                continue
+            if not self._writable:
+                return count
+            done = op.done
+            iov = op.iov
+            try:
+                if iov is None:
+                    mv = op.mv
+                    want = total - done
+                    n = self._send(mv[done:] if done else mv, _MSG_NOSIGNAL)
+                elif len(iov) > _IOV_MAX:
+                    chunk = iov[:_IOV_MAX]
+                    want = sum([m.nbytes for m in chunk])
+                    n = self._sendmsg(chunk, (), _MSG_NOSIGNAL)
+                else:
+                    want = total - done
+                    n = self._sendmsg(iov, (), _MSG_NOSIGNAL)
+            except BlockingIOError:
+                self._writable = False
+                return count
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                sq.popleft()
+                self._finish(op, done, oserror(exc.errno) if exc.errno else exc)
+                count += 1
+                continue
+            done += n
+            if done >= total:
+                sq.popleft()
+                self._finish(op, total, None)
+                count += 1
+                continue
+            op.done = done
+            if iov is not None:
+                op.iov = _trim_owned(iov, n, op.mv)
+            if n < want:
+                self._writable = False
+                return count
+        return count
+
+    def _give_back(self, buff):
+        try:
+            self._share.release(buff)
+        except Exception:
+            pass
+
+    def _timeout(self, op):
+        """A deadline passed (called with the connection's lock held)."""
+        if op.kind == _SEND:
+            sq = self._sendq
+            try:
+                i = sq.index(op)
+            except ValueError:
+                return 0
+            # this send and every send queued behind it: the stream then holds
+            # exactly the bytes reported, and the user can resend in order
+            count = 0
+            while len(sq) > i:
+                o = sq.popleft() if i == 0 else _deque_pop_at(sq, i)
+                self._finish(o, o.done, SendTimeout("send timed out"))
+                count += 1
+            return count
+        rq = self._recvq
+        try:
+            rq.remove(op)
+        except ValueError:
+            return 0
+        self._finish(op, op.done, RecvTimeout("receive timed out"))
+        return 1
+
+    # -- timeouts --
+
+    def set_recv_timeout(self, seconds):
+        """Every pending and later receive must complete within ``seconds``."""
+        s = check_conn_timeout(seconds)
+        self._set_timeout(s, True)
+
+    def set_send_timeout(self, seconds):
+        """Every pending and later send must complete within ``seconds``."""
+        s = check_conn_timeout(seconds)
+        self._set_timeout(s, False)
+
+    def _set_timeout(self, s, recv):
+        svc = self._svc
+        with self._lock:
+            if recv:
+                self._rto = s
+                q = self._recvq
+            else:
+                self._sto = s
+                q = self._sendq
+            if self._closed or not q:
+                return
+            if s:
+                svc._arm_many(q, monotonic() + s)
+            else:
+                for op in q:
+                    op.deadline = None
+
+    # -- closing --
+
+    def close(self, reason=None):
+        """Close the connection and its socket; pending operations complete
+        with ``reason`` (or a fresh ``ConnClosed``)."""
+        if reason is not None and not isinstance(reason, BaseException):
+            raise TypeError("reason must be an exception instance or None")
+        svc = self._svc
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            n = 0
+            for q in (self._recvq, self._sendq):
+                while q:
+                    op = q.popleft()
+                    self._finish(op, op.done, ConnClosed("the connection is closed") if reason is None else reason)
+                    n += 1
+            if self._active:
+                self._active = False
+                svc._active.discard(self)
+            self._release_fd()
+        if self._share is not None and svc._pooled:
+            svc._reclaim_conn(self, reason)
+        if n and (svc._cwaiters or svc._pcoll):
+            svc._wake_for_results()
+
+    def _release_fd(self):
+        """Unregister and close the fd (lock held, or no other reference)."""
+        svc = self._svc
+        fd = self._fd
+        try:
+            self._sock.detach()
+        except Exception:
+            pass
+        try:
+            svc._ep.unregister(fd)
+        except (OSError, ValueError):
+            pass
+        svc._fdmap.pop(fd, None)
+        bound_fds.discard(fd)
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+    def __del__(self):
+        # Runs in whatever thread dropped the last reference, possibly inside
+        # our own code: take no lock that might be held by this thread.
+        try:
+            if self._closed:
+                return
+        except AttributeError:
+            return
+        try:
+            self._closed = True
+            svc = self._svc
+            fd = self._fd
+            try:
+                self._sock.detach()
+            except Exception:
+                pass
+            try:
+                svc._ep.unregister(fd)
+            except (OSError, ValueError):
+                pass
+            svc._fdmap.pop(fd, None)
+            reg_lock = getattr(bound_fds, "_lock", None)
+            if reg_lock is not None and not reg_lock.acquire(False):
+                # the registry is busy (maybe in this very thread): the fd
+                # stays open, so its number is not reused, until the service
+                # finishes the job
+                svc._graveyard.append(fd)
+            else:
+                try:
+                    if reg_lock is not None:
+                        bound_fds._fds.discard(fd)
+                    else:
+                        bound_fds.discard(fd)
+                finally:
+                    if reg_lock is not None:
+                        reg_lock.release()
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        finally:
+            try:
+                warnings.warn(f"unclosed goaio connection fd={self._fd} (pure)",
+                              ResourceWarning, stacklevel=2, source=self)
+            except Exception:
+                pass
+
+
+def _trim_owned(iov, n, mine):
+    """The iovec left once ``n`` more bytes of ``iov`` were transferred.
+
+    ``iov`` is a suffix of ``mine`` (the op's own views), except that its head
+    may be a slice we made at the previous partial transfer: that slice is
+    released once it is replaced.
+    """
+    head = iov[0]
+    ours = head is not mine[len(mine) - len(iov)]
+    i = 0
+    for m in iov:
+        ln = m.nbytes
+        if n < ln:
+            break
+        n -= ln
+        i += 1
+    rest = iov[i:]
+    if n:
+        rest[0] = rest[0][n:]
+    if ours and (i or n):
+        head.release()
+    return rest
+
+
+def _deque_pop_at(dq, i):
+    dq.rotate(-i)
+    o = dq.popleft()
+    dq.rotate(i)
+    return o
+
+
+# --- the service -----------------------------------------------------------------
+
+_live_lock = threading.Lock()
+_live = weakref.WeakSet()
+
+
+class AIOService:
+    """Bound connections, their pending operations and the completion queue."""
+
+    def __init__(self, workers=1):
+        workers = check_workers(workers)
+        self._lock = threading.Lock()
+        self._ccond = threading.Condition(self._lock)   # collectors wait here
+        self._wcond = threading.Condition(self._lock)   # workers wait here
+        self._q = collections.deque()
+        self._pooled = {}          # id(result) -> result holding a share buffer
+        self._fdmap = {}           # fd -> weakref(AIOConn)
+        self._active = set()       # connections with operations pending (kept alive)
+        self._graveyard = collections.deque()   # fds left by __del__ to close
+        self._timers = []          # heap of (deadline, seq, op)
+        self._tseq = itertools.count().__next__
+        self._tcompact = 256
+        self._closed = False
+        self._polling = False      # somebody holds the poller role
+        self._pcoll = False        # ... and it is a collector
+        self._poller_ident = None
+        self._wake_at = _INF       # when the current poller wakes up at the latest
+        self._wake_pending = False
+        self._cwaiters = 0
+        self._wwaiting = 0
+        self._last_cpoll = 0.0
+        self._ep = select.epoll()
+        try:
+            self._wfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self._ep.register(self._wfd, _EPOLLIN)
+        except BaseException:
+            self._ep.close()
+            raise
+        with _live_lock:
+            _live.add(self)
+        self._threads = []
+        for i in range(workers):
+            t = threading.Thread(target=self._worker, name=f"goaio-pure-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def __repr__(self):
+        return f"<goaio.AIOService (pure) {'closed' if self._closed else 'open'} conns={len(self._fdmap)}>"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- binding --
+
+    def bind(self, sock, option=None, **kwargs):
+        """Bind a connected stream socket; returns its :class:`AIOConn`."""
+        if self._closed:
+            raise ServiceClosed("the service is closed")
+        fd = check_socket(sock)
+        if self._graveyard:
+            self._bury()
+        bound_fds.add(fd)
+        try:
+            opt = make_option(option, kwargs)
+            sock.setblocking(False)
+            conn = AIOConn(self, sock, fd, opt)
+            try:
+                with self._lock:
+                    if self._closed:
+                        raise ServiceClosed("the service is closed")
+                    self._fdmap[fd] = weakref.ref(conn)
+                    try:
+                        self._ep.register(fd, _REG_MASK)
+                    except BaseException:
+                        del self._fdmap[fd]
+                        raise
+            except BaseException:
+                conn._closed = True  # the socket stays the user's; no __del__ close
+                raise
+        except BaseException:
+            bound_fds.discard(fd)
+            raise
+        return conn
+
+    # -- collecting --
+
+    def get_complete_status(self, timeout=None):
+        """The next completion (an :class:`AIOResult`), or None once ``timeout`` expired."""
+        if timeout is not None:
+            timeout = check_timeout(timeout)
+        if self._closed:
+            raise ServiceClosed("the service is closed")
+        q = self._q
+        if q:
+            try:
+                res = q.popleft()
+            except IndexError:
+                pass
+            else:
+                if self._pooled:
+                    self._claim(res)
+                return res
+        got = self._collect(1, timeout)
+        return got[0] if got else None
+
+    def get_complete_statuses(self, max_results=64, timeout=None):
+        """Up to ``max_results`` completions; ``[]`` once ``timeout`` expired."""
+        check_max_results(max_results)
+        if timeout is not None:
+            timeout = check_timeout(timeout)
+        if self._closed:
+            raise ServiceClosed("the service is closed")
+        q = self._q
+        if q:
+            out = []
+            pop = q.popleft
+            try:
+                for _ in range(max_results if max_results < len(q) else len(q)):
+                    out.append(pop())
+            except IndexError:
+                pass
+            if out:
+                if self._pooled:
+                    for r in out:
+                        self._claim(r)
+                return out
+        return self._collect(max_results, timeout)
+
+    def __iter__(self):
+        get = self.get_complete_status
+        while True:
+            try:
+                res = get()
+            except ServiceClosed:
+                return
+            yield res
+
+    def _claim(self, res):
+        """A result is being delivered: its share buffer now belongs to the user."""
+        if id(res) in self._pooled:
+            with self._lock:
+                self._pooled.pop(id(res), None)
+
+    def _take(self, n):
+        """Pop up to n results (service lock held)."""
+        q = self._q
+        out = []
+        while q and len(out) < n:
+            out.append(q.popleft())
+        pooled = self._pooled
+        if pooled:
+            for r in out:
+                pooled.pop(id(r), None)
+        return out
+
+    def _collect(self, n, timeout):
+        q = self._q
+        lock = self._lock
+        deadline = None if timeout is None else monotonic() + timeout
+        polled = False
+        while True:
+            lock.acquire()
+            try:
+                if self._closed:
+                    raise ServiceClosed("the service is closed")
+                if q:
+                    return self._take(n)
+                now = monotonic()
+                if polled and deadline is not None and now >= deadline:
+                    return []
+                self._last_cpoll = now
+                if not self._polling:
+                    # take the poller role; 'polling' is set before the queue
+                    # is looked at again, so a result pushed meanwhile by a
+                    # poster either is seen here or wakes us
+                    self._polling = True
+                    self._pcoll = True
+                    if q:
+                        self._polling = self._pcoll = False
+                        return self._take(n)
+                    t = self._poll_timeout(now, deadline)
+                    self._poller_ident = threading.get_ident()
+                else:
+                    if not self._pcoll and not self._wake_pending:
+                        # a worker polls: wake it, so that we take over
+                        self._wake_pending = True
+                        self._write_wake()
+                    if deadline is None:
+                        rem = None
+                    else:
+                        rem = deadline - now
+                        if rem <= 0:
+                            return []
+                    self._cwaiters += 1
+                    try:
+                        if not q and not self._closed:
+                            self._ccond.wait(rem)
+                    finally:
+                        self._cwaiters -= 1
+                    polled = True
+                    continue
+            finally:
+                lock.release()
+            # we are the poller
+            try:
+                self._poll(t)
+            finally:
+                self._release_poller(True)
+            polled = True
+
+    def _poll_timeout(self, now, deadline):
+        """The epoll timeout for a poller (service lock held); also records
+        when the poller will wake up at the latest."""
+        timers = self._timers
+        if deadline is None:
+            wake = _INF
+        else:
+            wake = deadline
+        if timers:
+            d = timers[0][0]
+            if d < wake:
+                wake = d
+        self._wake_at = wake
+        if wake == _INF:
+            return -1
+        t = wake - now
+        return t if t > 0 else 0
+
+    def _poll(self, t):
+        """One round of the poller: wait for events, do the IO, fire timers."""
+        try:
+            events = self._ep.poll(t, _MAX_EVENTS)
+        except InterruptedError:
+            events = ()
+        except (OSError, ValueError):
+            if self._closed:
+                return
+            raise
+        if events:
+            self._dispatch(events)
+        if self._timers and self._timers[0][0] <= monotonic():
+            self._fire_timers()
+        if self._graveyard:
+            self._bury()
+
+    def _release_poller(self, collector):
+        with self._lock:
+            self._polling = False
+            self._pcoll = False
+            self._poller_ident = None
+            self._wake_at = _INF
+            if collector:
+                self._last_cpoll = monotonic()
+            if self._closed:
+                self._ccond.notify_all()
+            elif self._cwaiters:
+                k = len(self._q) + 1
+                self._ccond.notify(k if k < self._cwaiters else self._cwaiters)
+            if self._wwaiting:
+                self._wcond.notify()
+
+    def _dispatch(self, events):
+        get = self._fdmap.get
+        active = self._active
+        for fd, ev in events:
+            r = get(fd)
+            if r is None:
+                if fd == self._wfd:
+                    self._wake_pending = False
+                    try:
+                        os.eventfd_read(fd)
+                    except OSError:
+                        pass
+                continue
+            c = r()
+            if c is None:
+                continue
+            lock = c._lock
+            lock.acquire()
+            try:
+                if c._closed:
+                    continue
+                # read before acting on a hang-up: the data still queued
+                # comes first, then EOF or the error
+                if ev & _IN_EV:
+                    c._readable = True
+                    if ev & _HUP_EV:
+                        c._rdhup = True
+                    if c._recvq:
+                        c._run_recvs()
+                if ev & _OUT_EV:
+                    c._writable = True
+                    if c._sendq:
+                        c._run_sends()
+                if c._active and not c._recvq and not c._sendq:
+                    c._active = False
+                    active.discard(c)
+            finally:
+                lock.release()
+
+    # -- timers --
+
+    def _arm(self, op, deadline):
+        """Give a pending op a deadline (its connection's lock is held)."""
+        op.deadline = deadline
+        with self._lock:
+            heapq.heappush(self._timers, (deadline, self._tseq(), op))
+            self._after_arm(deadline)
+
+    def _arm_many(self, ops, deadline):
+        with self._lock:
+            timers = self._timers
+            seq = self._tseq
+            for op in ops:
+                op.deadline = deadline
+                heapq.heappush(timers, (deadline, seq(), op))
+            self._after_arm(deadline)
+
+    def _after_arm(self, deadline):
+        timers = self._timers
+        if len(timers) >= self._tcompact:
+            # drop the entries of completed or re-armed operations
+            timers[:] = [e for e in timers if e[2].conn is not None and e[2].deadline == e[0]]
+            heapq.heapify(timers)
+            self._tcompact = max(256, 2 * len(timers))
+        if self._polling and deadline < self._wake_at and not self._wake_pending:
+            # the poller sleeps past this deadline: make it recompute
+            self._wake_pending = True
+            self._write_wake()
+
+    def _fire_timers(self):
+        now = monotonic()
+        due = []
+        with self._lock:
+            timers = self._timers
+            pop = heapq.heappop
+            while timers and timers[0][0] <= now:
+                d, _, op = pop(timers)
+                if op.conn is not None and op.deadline == d:
+                    due.append(op)
+        for op in due:
+            c = op.conn
+            if c is None:
+                continue
+            with c._lock:
+                if c._closed or op.conn is None or op.deadline is None or op.deadline > now:
+                    continue
+                c._timeout(op)
+                if c._active and not c._recvq and not c._sendq:
+                    c._active = False
+                    self._active.discard(c)
+
+    # -- waking --
+
+    def _write_wake(self):
+        try:
+            os.eventfd_write(self._wfd, 1)
+        except (OSError, ValueError):
+            pass
+
+    def _wake_for_results(self):
+        """A poster queued results: tell a waiting collector, or wake the
+        collector that sleeps in epoll."""
+        with self._lock:
+            if self._cwaiters:
+                self._ccond.notify()
+            elif self._pcoll and not self._wake_pending and self._poller_ident != threading.get_ident():
+                self._wake_pending = True
+                self._write_wake()
+
+    # -- workers --
+
+    def _worker(self):
+        lock = self._lock
+        wcond = self._wcond
+        while True:
+            with lock:
+                while True:
+                    if self._closed:
+                        return
+                    if not self._polling:
+                        idle = monotonic() - self._last_cpoll
+                        if idle >= _GRACE:
+                            break
+                        wcond.wait(_GRACE - idle)
+                    else:
+                        self._wwaiting += 1
+                        try:
+                            wcond.wait()
+                        finally:
+                            self._wwaiting -= 1
+                self._polling = True
+                self._pcoll = False
+                self._poller_ident = threading.get_ident()
+                t = self._poll_timeout(monotonic(), None)
+            try:
+                self._poll(t)
+            except Exception:
+                if self._closed:
+                    return
+            finally:
+                self._release_poller(False)
+
+    # -- graveyard: fds that a garbage-collected conn could not release --
+
+    def _bury(self):
+        g = self._graveyard
+        while g:
+            try:
+                fd = g.popleft()
+            except IndexError:
+                break
+            bound_fds.discard(fd)
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    # -- share buffers of undelivered results --
+
+    def _reclaim_conn(self, conn, reason):
+        """conn.close(): undelivered results of ``conn`` give their share
+        buffer back; they are still delivered, failed, with buff None."""
+        with self._lock:
+            pooled = self._pooled
+            mine = [r for r in pooled.values() if r.conn is conn]
+            for r in mine:
+                del pooled[id(r)]
+                buff = r.buff
+                r.buff = None
+                r.err = ConnClosed("the connection is closed") if reason is None else reason
+                conn._give_back(buff)
+
+    # -- stats and closing --
+
+    def _stats(self):
+        """Counters for tests: live operations, open connections, live threads."""
+        live = 0
+        conns = 0
+        for r in list(self._fdmap.values()):
+            c = r()
+            if c is not None and not c._closed:
+                conns += 1
+                live += len(c._recvq) + len(c._sendq)
+        return {
+            "live_ops": live,
+            "conns": conns,
+            "threads": sum(1 for t in self._threads if t.is_alive()),
+            "results": len(self._q),
+            "timers": len(self._timers),
+            "pooled": len(self._pooled),
+        }
+
+    @property
+    def closed(self):
+        return self._closed
+
+    def close(self):
+        """Close every connection, discard undelivered results, stop the threads.
+        Idempotent."""
+        me = threading.get_ident()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._ccond.notify_all()
+            self._wcond.notify_all()
+            self._write_wake()
+            # wait for the poller to leave epoll before closing anything
+            while self._polling and self._poller_ident != me:
+                self._write_wake()
+                self._ccond.wait(0.1)
+        for r in list(self._fdmap.values()):
+            c = r()
+            if c is not None:
+                try:
+                    c.close()
+                except Exception:
+                    pass
+        for t in self._threads:
+            if t.ident != me:
+                t.join(5.0)
+        self._threads = [t for t in self._threads if t.is_alive()]
+        with self._lock:
+            q = self._q
+            pooled = self._pooled
+            while q:
+                r = q.popleft()
+                if pooled.pop(id(r), None) is not None:
+                    r.conn._give_back(r.buff)
+                    r.buff = None
+            pooled.clear()
+            self._timers.clear()
+            self._active.clear()
+        self._bury()
+        try:
+            self._ep.close()
+        except OSError:
+            pass
+        try:
+            os.close(self._wfd)
+        except OSError:
+            pass
+        with _live_lock:
+            _live.discard(self)
+
+    def _after_fork_child(self):
+        """In a forked child the threads are gone and the epoll is shared with
+        the parent: the service is dead here. Leave the sockets to the user."""
+        self._lock = threading.Lock()
+        self._ccond = threading.Condition(self._lock)
+        self._wcond = threading.Condition(self._lock)
+        self._closed = True
+        self._polling = False
+        self._threads = []
+        for r in list(self._fdmap.values()):
+            c = r()
+            if c is not None:
+                c._lock = threading.Lock()
+                c._closed = True
+                c._recvq.clear()
+                c._sendq.clear()
+                try:
+                    bound_fds._fds.discard(c._fd)
+                except AttributeError:
+                    pass
+        self._fdmap.clear()
+        self._q.clear()
+        self._pooled.clear()
+        self._active.clear()
+        self._timers.clear()
+        try:
+            self._ep.close()
+        except OSError:
+            pass
+        try:
+            os.close(self._wfd)
+        except OSError:
+            pass
+
+
+def _close_all():
+    with _live_lock:
+        services = list(_live)
+    for svc in services:
+        try:
+            svc.close()
+        except Exception:
+            pass
+
+
+def _after_fork():
+    global _live_lock
+    _live_lock = threading.Lock()
+    for svc in list(_live):
+        try:
+            svc._after_fork_child()
+        except Exception:
+            pass
+    _live.clear()
+
+
+atexit.register(_close_all)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
