@@ -1,0 +1,280 @@
+"""``python -m goaio bench``: run every echo server under the same load and
+print one comparison table (markdown, so it can be pasted as is).
+
+Each server runs in its own process on a free 127.0.0.1 port, pinned to
+CPU 0 while the client runs on CPU 1 (when there are two CPUs and ``--no-pin``
+is not given). Every step is bounded in time; a server that is not installed
+or not built is skipped with a note.
+"""
+
+import datetime
+import json
+import os
+import platform
+import sys
+import threading
+import time
+
+from . import client as clientmod
+from . import servers as srvmod
+
+
+class Progress:
+    """One status line on stderr: rewritten in place on a terminal, a line
+    per step otherwise."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self._width = 0
+
+    def update(self, text):
+        if self.tty:
+            pad = max(0, self._width - len(text))
+            self.stream.write("\r" + text + " " * pad)
+            self.stream.flush()
+            self._width = len(text)
+
+    def line(self, text):
+        if self.tty and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self._width = 0
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _drive(prefix, port, args, procs, cpus, show):
+    """Run the client(s) once; returns merged result fields."""
+    conns = [args.conns // procs + (1 if i < args.conns % procs else 0) for i in range(procs)]
+    conns = [c for c in conns if c > 0]
+    msgs = [0.0] * len(conns)
+    ts = [0.0] * len(conns)
+    results = [None] * len(conns)
+    errors = []
+
+    def progress(i):
+        def cb(t, m):
+            msgs[i], ts[i] = m, t
+            show(min(ts), sum(msgs))
+        return cb
+
+    def run(i):
+        try:
+            results[i] = clientmod.run_timed(prefix, port, conns[i], args.size, args.seconds,
+                                             args.warmup, on_progress=progress(i), cpus=cpus)
+        except Exception as exc:  # reported below, per server
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(conns))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    merged = {k: sum(r[k] for r in results) for k in ("rps", "MBps", "msgs", "bad_bytes", "errors",
+                                                       "unfinished")}
+    # percentiles cannot be merged exactly: with several client processes
+    # the worst process's figure is reported
+    merged["p50_us"] = max(r["p50_us"] for r in results)
+    merged["p99_us"] = max(r["p99_us"] for r in results)
+    merged["exit"] = max(r["exit"] for r in results)
+    return merged
+
+
+def _fmt_int(v):
+    return "–" if v is None else f"{v:,.0f}".replace(",", " ")
+
+
+def _fmt_k(v):
+    if v is None:
+        return "–"
+    return f"{v / 1000:.1f} k" if v >= 1000 else f"{v:.0f}"
+
+
+def _fmt_ratio(v, base):
+    if v is None or not base:
+        return "–"
+    return f"{v / base:.2f}×"
+
+
+def table(rows, idle):
+    """A markdown table of the measured rows."""
+    by = {r["name"]: r for r in rows if r.get("rps") is not None}
+    base_asyncio = by.get("asyncio", {}).get("rps")
+    base_uvloop = by.get("uvloop", {}).get("rps")
+    ceilings = [r for r in rows if r.get("ceiling") and r.get("rps")]
+    ceiling = by.get("raw-epoll", ceilings[0] if ceilings else {}).get("rps")
+    head = ["server", "rps", "MB/s", "p50 µs", "p99 µs", "peak RSS MiB", "vs asyncio", "vs uvloop",
+            "% of ceiling"]
+    if idle:
+        head.append(f"idle B/conn @{idle}")
+    out = []
+    for r in rows:
+        if r.get("skipped"):
+            continue
+        cells = [r["label"]]
+        if r.get("rps") is None:
+            cells += ["failed"] + ["–"] * (len(head) - 2)
+        else:
+            cells += [_fmt_k(r["rps"]), f"{r['MBps']:.1f}", f"{r['p50_us']:.0f}", f"{r['p99_us']:.0f}",
+                      "–" if r.get("peak_rss") is None else f"{r['peak_rss'] / 2**20:.1f}",
+                      _fmt_ratio(r["rps"], base_asyncio), _fmt_ratio(r["rps"], base_uvloop),
+                      "–" if not ceiling else f"{100 * r['rps'] / ceiling:.0f} %"]
+            if idle:
+                b = (r.get("idle") or {}).get("bytes_per_conn")
+                cells.append(_fmt_int(b))
+        out.append(cells)
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *out)]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"]
+    for cells in out:
+        lines.append("| " + " | ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                                       for i, (c, w) in enumerate(zip(cells, widths))) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows, meta, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r.get("rps") is not None]
+    idle = [r for r in done if (r.get("idle") or {}).get("bytes_per_conn") is not None]
+    panels = [("round trips / s", [r["rps"] for r in done]),
+              ("p99 latency (µs)", [r["p99_us"] for r in done])]
+    if idle:
+        panels.append(("idle bytes / connection", [r["idle"]["bytes_per_conn"] for r in idle]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.45 * len(done) + 1.8),
+                             squeeze=False)
+    for ax, (title, values) in zip(axes[0], panels):
+        sel = idle if title.startswith("idle") else done
+        labels = [r["label"] for r in sel]
+        colors = ["#2a7ab0" if r["name"].startswith("goaio") else
+                  "#999999" if r.get("ceiling") else "#e08a2c" for r in sel]
+        ax.barh(range(len(sel)), values, color=colors)
+        ax.set_yticks(range(len(sel)), labels)
+        ax.invert_yaxis()
+        ax.set_title(title)
+        for i, v in enumerate(values):
+            ax.text(v, i, f" {v:,.0f}", va="center", fontsize=8)
+        ax.margins(x=0.25)
+    fig.suptitle(f"echo, {meta['conns']} connections × {meta['size']} B, {meta['client']} client, "
+                 f"{meta['date']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(args):
+    try:
+        names = srvmod.parse_list(args.servers)
+    except ValueError as exc:
+        print(f"goaio bench: {exc}", file=sys.stderr)
+        return 2
+    if args.list:
+        for spec in srvmod.SPECS:
+            ok, why = srvmod.availability(spec.name)
+            print(f"{spec.name:18} {spec.label:30} {'available' if ok else 'unavailable: ' + why}")
+        return 0
+    if not args.seconds > 0:
+        print("goaio bench: --seconds must be > 0", file=sys.stderr)
+        return 2
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("goaio bench: --plot needs matplotlib: pip install 'goaio[plot]'", file=sys.stderr)
+            return 2
+    progress = Progress()
+    try:
+        prefix, client_kind, note = clientmod.client_command(args.client)
+    except clientmod.ClientError as exc:
+        print(f"goaio bench: {exc}", file=sys.stderr)
+        return 2
+    if note:
+        progress.line(f"note: {note}")
+    clientmod.raise_nofile_limit()
+    pin = args.pin and hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
+    cpus = sorted(os.sched_getaffinity(0)) if pin else []
+    server_cpus, client_cpus = ({cpus[0]}, set(cpus[1:])) if pin else (None, None)
+
+    meta = {
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "host": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(),
+        "python": platform.python_version(), "client": client_kind, "client_procs": args.client_procs,
+        "conns": args.conns, "size": args.size, "seconds": args.seconds, "warmup": args.warmup,
+        "workers": args.workers, "pinned": pin, "idle": args.idle,
+    }
+    rows = []
+    status = 0
+    total = len(names)
+    for i, name in enumerate(names, 1):
+        spec = srvmod.BY_NAME[name]
+        row = {"name": name, "label": spec.label, "ceiling": spec.ceiling}
+        rows.append(row)
+        ok, why = srvmod.availability(name)
+        if not ok:
+            row["skipped"] = why
+            progress.line(f"[{i}/{total}] {name}: skipped ({why})")
+            continue
+        tag = f"[{i}/{total}] {name:<18}"
+        progress.line(f"{tag} {args.conns} conns × {args.size} B, {args.seconds:g} s ...")
+        last = [time.monotonic(), 0.0]
+
+        def show(t, msgs, tag=tag, last=last):
+            now = time.monotonic()
+            rate = (msgs - last[1]) / max(now - last[0], 1e-6)
+            last[:] = [now, msgs]
+            phase = "warm-up" if t < 0 else f"{min(t, args.seconds):4.1f}/{args.seconds:g} s"
+            progress.update(f"{tag} {phase}  {rate / 1000:7.1f} k rps")
+
+        try:
+            with srvmod.Server(spec, args.workers, cpus=server_cpus) as server:
+                res = _drive(prefix, server.port, args, args.client_procs, client_cpus, show)
+                row.update(res)
+                row["peak_rss"] = server.peak_rss()
+                row["cpu_s"] = server.cpu_seconds()
+                row["server_exit"] = server.stop()
+            if res["bad_bytes"] or res["errors"]:
+                row["failed"] = f"{res['bad_bytes']:.0f} wrong bytes, {res['errors']:.0f} failed connections"
+            if spec.kind == "goaio" and row["server_exit"] != 0:
+                row["failed"] = f"server exit status {row['server_exit']} on SIGTERM (expected 0)"
+            if args.idle:
+                progress.update(f"{tag} idle: {args.idle} connections ...")
+                with srvmod.Server(spec, args.workers, cpus=server_cpus) as server:
+                    row["idle"] = srvmod.measure_idle(server, args.idle)
+        except Exception as exc:  # one server failing does not stop the comparison
+            row["failed"] = f"{type(exc).__name__}: {exc}"
+        if row.get("failed"):
+            status = 1
+            progress.line(f"{tag} FAILED: {row['failed']}")
+        else:
+            extra = ""
+            if row.get("idle"):
+                extra = f", idle {_fmt_int(row['idle']['bytes_per_conn'])} B/conn"
+            progress.line(f"{tag} {row['rps']:,.0f} rps, p99 {row['p99_us']:.0f} µs{extra}")
+
+    print()
+    print(f"echo: {args.conns} connections × {args.size} B, {args.seconds:g} s each, "
+          f"{client_kind} client, {meta['date']}, Python {meta['python']}, {meta['cpus']} CPUs"
+          f"{', server on CPU ' + str(min(server_cpus)) + ', client on the rest' if pin else ''}")
+    print()
+    print(table(rows, args.idle))
+    notes = [f"- {r['name']}: skipped ({r['skipped']})" for r in rows if r.get("skipped")]
+    notes += [f"- {r['name']}: FAILED ({r['failed']})" for r in rows if r.get("failed")]
+    if args.client_procs > 1:
+        notes.append(f"- {args.client_procs} client processes: p50/p99 are the worst process's")
+    if notes:
+        print()
+        print("\n".join(notes))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "results": rows}, f, indent=2)
+            f.write("\n")
+        progress.line(f"raw figures written to {args.json}")
+    if args.plot:
+        plot(rows, meta, args.plot)
+        progress.line(f"chart written to {args.plot}")
+    return status

@@ -1,0 +1,248 @@
+"""The echo servers the bench compares: how to tell if one is available, start
+it in its own process on a free loopback port, read its memory, stop it.
+
+Every server prints ``... listening on HOST:PORT`` when ready; it is started
+with port 0 and the port is read from that line, so no port is ever guessed.
+"""
+
+import importlib
+import importlib.util
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from . import native
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PEERS = os.path.join(HERE, "peers.py")
+# The goaio package the harness itself runs: the servers must import the same.
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(HERE))
+
+_READY = re.compile(r"listening on (\S+):(\d+)")
+
+
+class Spec:
+    """One server of the comparison."""
+
+    def __init__(self, name, label, kind, backend=None, share=False, ceiling=False):
+        self.name = name
+        self.label = label
+        self.kind = kind  # "goaio", "peer" or "c"
+        self.backend = backend
+        self.share = share
+        self.ceiling = ceiling
+
+    def __repr__(self):
+        return f"<Spec {self.name}>"
+
+
+SPECS = [
+    Spec("goaio-epoll", "goaio epoll", "goaio", backend="epoll"),
+    Spec("goaio-epoll-share", "goaio epoll, share buffers", "goaio", backend="epoll", share=True),
+    Spec("goaio-pure", "goaio pure", "goaio", backend="pure"),
+    Spec("goaio-pure-share", "goaio pure, share buffers", "goaio", backend="pure", share=True),
+    Spec("asyncio", "asyncio Protocol", "peer"),
+    Spec("asyncio-streams", "asyncio streams", "peer"),
+    Spec("uvloop", "uvloop Protocol", "peer"),
+    Spec("threads", "thread per connection", "peer"),
+    Spec("raw-epoll", "ceiling: raw epoll, Python", "peer", ceiling=True),
+    Spec("c-epoll", "C epoll (machine ceiling)", "c", ceiling=True),
+]
+BY_NAME = {s.name: s for s in SPECS}
+#: what runs when no list is given (c-epoll only on request: it is not Python)
+DEFAULT = [s.name for s in SPECS if s.name != "c-epoll"]
+
+_avail_cache = {}
+
+
+def availability(name):
+    """(True, None) or (False, why) for a server name."""
+    if name in _avail_cache:
+        return _avail_cache[name]
+    spec = BY_NAME.get(name)
+    if spec is None:
+        raise KeyError(name)
+    why = None
+    if spec.kind == "goaio":
+        try:
+            importlib.import_module(f"goaio._{spec.backend}")
+        except ImportError as exc:
+            hint = " (build it: pip install .)" if spec.backend != "pure" else ""
+            why = f"backend {spec.backend!r} not importable: {exc}{hint}"
+    elif spec.name == "uvloop":
+        if importlib.util.find_spec("uvloop") is None:
+            why = "uvloop is not installed (pip install 'goaio[bench]')"
+    elif spec.kind == "c":
+        if native.build("echo_epoll") is None:
+            why = native.why_not("echo_epoll")
+    _avail_cache[name] = (why is None, why)
+    return _avail_cache[name]
+
+
+def parse_list(text):
+    """``"a,b"`` -> ["a", "b"], or ValueError naming the unknown ones."""
+    if not text:
+        return list(DEFAULT)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown:
+        raise ValueError(f"unknown server(s): {', '.join(unknown)}; known: {', '.join(BY_NAME)}")
+    return names
+
+
+def command(spec, workers=1):
+    """(argv, env) that start ``spec`` on 127.0.0.1, port 0."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = PACKAGE_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.pop("GOAIO_BACKEND", None)
+    if spec.kind == "goaio":
+        env["GOAIO_BACKEND"] = spec.backend
+        argv = [sys.executable, "-m", "goaio", "echo", "--host", "127.0.0.1", "--port", "0",
+                "--workers", str(workers), "--quiet"]
+        if spec.share:
+            argv.append("--share-buff")
+    elif spec.kind == "peer":
+        argv = [sys.executable, PEERS, spec.name, "--host", "127.0.0.1", "--port", "0"]
+    else:
+        argv = [native.build("echo_epoll"), "0"]
+    return argv, env
+
+
+def _proc_status(pid, key):
+    """A ``kB`` field of /proc/PID/status in bytes, or None."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class Server:
+    """A running server: ``with Server(spec) as srv: srv.port ...``."""
+
+    def __init__(self, spec, workers=1, cpus=None, start_timeout=20.0):
+        self.spec = spec
+        argv, env = command(spec, workers)
+        self._log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=subprocess.STDOUT, text=True)
+        if cpus and hasattr(os, "sched_setaffinity"):
+            try:
+                os.sched_setaffinity(self.proc.pid, cpus)
+            except OSError:
+                pass
+        self.port = None
+        self.exit_code = None
+        try:
+            self._wait_ready(start_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._log.seek(0)
+            m = _READY.search(self._log.read())
+            if m:
+                self.port = int(m.group(2))
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.spec.name} exited with {self.proc.returncode}: "
+                                   f"{self.output()[-800:]}")
+            time.sleep(0.02)
+        raise RuntimeError(f"{self.spec.name} was not ready within {timeout:.0f} s: {self.output()[-800:]}")
+
+    def output(self):
+        self._log.seek(0)
+        return self._log.read().strip()
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def rss(self):
+        """Resident memory now, bytes."""
+        return _proc_status(self.pid, "VmRSS")
+
+    def peak_rss(self):
+        """Peak resident memory so far (VmHWM), bytes."""
+        return _proc_status(self.pid, "VmHWM")
+
+    def cpu_seconds(self):
+        """User + system CPU time of the server so far."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def stop(self, timeout=5.0):
+        """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.exit_code = self.proc.returncode
+        return self.exit_code
+
+    def close(self):
+        self.stop()
+        self._log.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def measure_idle(server, n, host="127.0.0.1", limit=120.0):
+    """Server RSS per idle connection: open ``n`` connections, ping one byte
+    on each in turn (so the server has accepted, served and re-posted a
+    receive on every one), let it settle, then (RSS after - RSS before) / n.
+
+    Returns a dict with ``bytes_per_conn``, ``rss_before``, ``rss_after``.
+    Bounded by ``limit`` seconds; the connections are closed on return.
+    """
+    import socket
+
+    from .client import raise_nofile_limit
+
+    raise_nofile_limit()
+    socks = []
+    deadline = time.monotonic() + limit
+    try:
+        time.sleep(0.2)
+        before = server.rss()
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.settimeout(10)
+            s.connect((host, server.port))
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"idle: connecting {n} took over {limit:.0f} s")
+        for i, s in enumerate(socks):
+            s.sendall(b"x")
+            if s.recv(1) != b"x":
+                raise RuntimeError(f"idle: no echo on connection {i}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"idle: pinging {n} took over {limit:.0f} s")
+        time.sleep(0.5)
+        after = server.rss()
+    finally:
+        for s in socks:
+            s.close()
+    return {"conns": n, "rss_before": before, "rss_after": after,
+            "bytes_per_conn": (after - before) / n if before is not None and after is not None else None}

@@ -1,0 +1,237 @@
+"""``python -m goaio``: the echo server of the original README, and the bench.
+
+    python -m goaio echo [--host 127.0.0.1] [--port 8110] [--workers N] [--share-buff]
+                         [--recv-timeout S] [--buffer-size B] [--quiet]
+    python -m goaio bench [--conns N] [--size B] [--seconds S] [--servers a,b,...]
+                          [--idle N] [--plot out.png] [--json out.json] ...
+
+Exit status: 0 on success, also when the echo server is stopped by SIGINT
+(Ctrl-C) or SIGTERM -- stopping is how a server ends, not a failure; 1 when
+the server cannot start or a bench run fails (a wrong byte, a lost
+connection); 2 for a usage error.
+"""
+
+import argparse
+import errno
+import signal
+import socket
+import sys
+import threading
+
+_RECV = "recv"  # the context of a receive; a send's context is its buffer
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_float(text):
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+# --------------------------------------------------------------------------
+# echo
+
+
+def _raise_nofile_limit():
+    """A server of many connections wants every fd it may have (Go's runtime
+    raises the soft limit the same way)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            hard = max(soft, 1 << 20)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+def _accept_loop(listener, svc, pool, args, goaio):
+    """Accepts connections, binds each to ``svc`` and posts its first recv."""
+    warned_fds = False
+    while True:
+        try:
+            sock, _ = listener.accept()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                if not warned_fds:
+                    print(f"goaio echo: accept: {exc}; retrying", file=sys.stderr, flush=True)
+                    warned_fds = True
+                threading.Event().wait(0.1)
+                continue
+            if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
+                continue
+            return  # the listener was shut down: the server is stopping
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = svc.bind(sock, share_buff=pool)
+            if args.recv_timeout:
+                conn.set_recv_timeout(args.recv_timeout)
+            conn.recv(_RECV, None if pool is not None else bytearray(args.buffer_size))
+        except goaio.ServiceClosed:
+            sock.close()
+            return
+        except OSError:  # the peer left between accept and setsockopt
+            sock.close()
+
+
+def _collect(svc, pool, stopping, quiet, goaio):
+    """The collector: echo what each receive brought, then receive again."""
+    while not stopping:
+        try:
+            batch = svc.get_complete_statuses(256, timeout=0.25)
+        except goaio.ServiceClosed:
+            return
+        for res in batch:
+            conn = res.conn
+            if res.err is not None:
+                if pool is not None and res.context is not _RECV:
+                    pool.release(res.context)  # a failed send's pool buffer
+                if not quiet and not isinstance(res.err, (EOFError, goaio.ConnClosed)):
+                    print(f"goaio echo: closing connection fd={conn.fd}: {res.err!r}",
+                          file=sys.stderr, flush=True)
+                conn.close()
+                continue
+            try:
+                if res.context is _RECV:
+                    buff = res.buff
+                    conn.send(buff, memoryview(buff)[:res.bytes_transferred])
+                elif pool is not None:
+                    pool.release(res.context)
+                    conn.recv(_RECV, None)
+                else:
+                    conn.recv(_RECV, res.context)
+            except goaio.ServiceClosed:
+                return
+            except goaio.Error:  # closed meanwhile; nothing is left pending
+                conn.close()
+
+
+def cmd_echo(args):
+    import goaio
+
+    _raise_nofile_limit()
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((args.host, args.port))
+        listener.listen(4096)
+    except OSError as exc:
+        listener.close()
+        print(f"goaio echo: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    host, port = listener.getsockname()[:2]
+
+    # The handlers only raise a flag: the collector sees it within its 0.25 s
+    # wait, then everything is closed in order. (Raising from a handler could
+    # land in the middle of the service's own bookkeeping.)
+    stopping = []
+
+    def on_signal(signum, _frame):
+        stopping.append(signum)
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    svc = goaio.AIOService(args.workers)
+    pool = goaio.BufferPool(args.buffer_size) if args.share_buff else None
+    acceptor = threading.Thread(target=_accept_loop, args=(listener, svc, pool, args, goaio),
+                                name="goaio-echo-accept", daemon=True)
+    acceptor.start()
+    mode = ", share buffers" if pool is not None else ""
+    print(f"goaio echo server (backend {goaio.BACKEND}{mode}) listening on {host}:{port}", flush=True)
+    try:
+        _collect(svc, pool, stopping, args.quiet, goaio)
+    finally:
+        try:
+            listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        except OSError:
+            pass
+        listener.close()
+        svc.close()
+        acceptor.join(2)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if stopping and not args.quiet:
+        name = signal.Signals(stopping[0]).name
+        print(f"goaio echo server stopped ({name})", file=sys.stderr, flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------
+# argument parsing
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(prog="python -m goaio", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", metavar="{echo,bench}")
+    sub.required = True
+
+    echo = sub.add_parser("echo", help="run the echo server of the original README",
+                          description="An echo server on goaio: one accept thread binds every "
+                          "connection and posts a receive; the main thread collects completions, "
+                          "sends back what was received and posts the next receive. "
+                          "SIGINT/SIGTERM stop it cleanly (exit status 0).")
+    echo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    echo.add_argument("--port", type=int, default=8110, help="port (default 8110; 0 picks a free one)")
+    echo.add_argument("--workers", type=int, default=1, help="IO threads of the service (default 1)")
+    echo.add_argument("--share-buff", action="store_true",
+                      help="receive with recv(ctx, None) from a shared BufferPool, so idle "
+                      "connections hold no receive buffer")
+    echo.add_argument("--recv-timeout", type=_non_negative_float, default=None, metavar="S",
+                      help="close a connection that sends nothing for S seconds (default: never)")
+    echo.add_argument("--buffer-size", type=_positive_int, default=65536, metavar="B",
+                      help="receive buffer size (default 65536)")
+    echo.add_argument("--quiet", "-q", action="store_true", help="do not report connection errors")
+    echo.set_defaults(func=cmd_echo)
+
+    bench = sub.add_parser("bench", help="compare echo servers on goaio and its peers",
+                           description="Runs each echo server in its own process, drives it with a "
+                           "closed-loop client (in C when a compiler is found, else in Python), and "
+                           "prints a table. Loopback only.")
+    bench.add_argument("--conns", type=_positive_int, default=50, help="connections (default 50)")
+    bench.add_argument("--size", type=_positive_int, default=64, help="message size in bytes (default 64)")
+    bench.add_argument("--seconds", type=float, default=3.0, help="measured seconds per server (default 3)")
+    bench.add_argument("--warmup", type=_non_negative_float, default=0.5,
+                       help="uncounted seconds before measuring (default 0.5)")
+    bench.add_argument("--servers", default=None,
+                       help="comma-separated list (default: every one available); "
+                       "names: see --list")
+    bench.add_argument("--list", action="store_true", help="list the servers and whether each is available")
+    bench.add_argument("--client", choices=("auto", "c", "python"), default="auto",
+                       help="load client (default auto: C if a compiler is found)")
+    bench.add_argument("--client-procs", type=_positive_int, default=1,
+                       help="client processes sharing the connections (default 1)")
+    bench.add_argument("--workers", type=int, default=1, help="workers of the goaio servers (default 1)")
+    bench.add_argument("--no-pin", dest="pin", action="store_false",
+                       help="do not pin the server to CPU 0 and the client to CPU 1")
+    bench.add_argument("--idle", type=int, default=0, metavar="N",
+                       help="also measure server RSS per idle connection with N connections")
+    bench.add_argument("--plot", metavar="FILE.png", help="draw a bar chart (needs matplotlib)")
+    bench.add_argument("--json", metavar="FILE.json", help="write the raw figures")
+    bench.set_defaults(func=_cmd_bench)
+    return ap
+
+
+def _cmd_bench(args):
+    from ._bench import harness
+
+    return harness.main(args)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 0 if args.command == "echo" else 130
+    except BrokenPipeError:
+        return 0
