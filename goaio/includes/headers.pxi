@@ -1,0 +1,16 @@
+# Declarations included first by every compiled backend module.
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.string cimport memset
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_DECREF, Py_XDECREF
+from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyObject_CheckBuffer,
+                             PyBUF_WRITABLE, PyBUF_C_CONTIGUOUS)
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.mem cimport PyMem_RawMalloc, PyMem_RawFree, PyMem_RawRealloc
+
+from goaio.includes.posix cimport *
+
+cdef extern from "includes/compat.h" nogil:
+    uint64_t GOAIO_WAKE_ID
+    char *goaio_bytearray_data(PyObject *o)
+    bint goaio_would_block(int e)

@@ -1,0 +1,60 @@
+"""Build the compiled goaio backends (Cython >= 3).
+
+Environment switches (all optional):
+  GOAIO_DEBUG=1            -O0 -g3 and the GOAIO_DEBUG define (sanitizer/counter builds)
+  GOAIO_ASAN=1             AddressSanitizer (implies GOAIO_DEBUG); run with LD_PRELOAD=libasan
+  GOAIO_KQUEUE_EMULATION=1 also build goaio._kqueue on Linux, linked with the test-only
+                           emulation of kqueue()/kevent() over epoll (never the default)
+  GOAIO_NO_EXT=1           build no extension (pure-Python backend only)
+"""
+
+import os
+import sys
+
+from setuptools import Extension, setup
+
+
+def flag(name):
+    v = os.environ.get(name, "").strip().lower()
+    if v in ("", "0", "no", "false", "off"):
+        return False
+    if v in ("1", "yes", "true", "on"):
+        return True
+    raise SystemExit(f"{name}={v!r}: use 1 or 0")
+
+
+def extensions():
+    if flag("GOAIO_NO_EXT"):
+        return []
+    from Cython.Build import cythonize
+
+    debug = flag("GOAIO_DEBUG") or flag("GOAIO_ASAN")
+    cflags = ["-O0", "-g3"] if debug else ["-O2"]
+    ldflags = []
+    macros = [("GOAIO_DEBUG", "1" if debug else "0")]
+    if flag("GOAIO_ASAN"):
+        cflags += ["-fsanitize=address", "-fno-omit-frame-pointer"]
+        ldflags += ["-fsanitize=address"]
+    common = dict(
+        include_dirs=["goaio"],
+        extra_compile_args=cflags + ["-Wno-unused-function"],
+        extra_link_args=ldflags,
+        define_macros=macros,
+    )
+    exts = []
+    if sys.platform.startswith("linux"):
+        exts.append(Extension("goaio._epoll", ["goaio/_epoll.pyx"], **common))
+        if flag("GOAIO_KQUEUE_EMULATION"):
+            emu = dict(common)
+            emu["define_macros"] = macros + [("GOAIO_KQUEUE_EMULATION", "1")]
+            exts.append(Extension("goaio._kqueue", ["goaio/_kqueue.pyx", "goaio/includes/kqueue_emu.c"], **emu))
+    elif sys.platform == "darwin" or "bsd" in sys.platform:
+        exts.append(Extension("goaio._kqueue", ["goaio/_kqueue.pyx"], **common))
+    return cythonize(
+        exts,
+        compiler_directives={"language_level": 3, "embedsignature": True},
+        include_path=["."],
+    )
+
+
+setup(ext_modules=extensions())
