@@ -669,23 +669,27 @@ class AIOConn:
         svc = self._svc
         fd = self._fd
         try:
-            self._sock.detach()
+            mine = self._sock.detach() == fd
         except Exception:
-            pass
-        try:
-            svc._ep.unregister(fd)
-        except (OSError, ValueError):
-            pass
+            mine = False
+        if mine:
+            try:
+                svc._ep.unregister(fd)
+            except (OSError, ValueError):
+                pass
         svc._fdmap.pop(fd, None)
         bound_fds.discard(fd)
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+        if mine:
+            # (had the user closed the socket object himself, the number
+            # might already belong to another file: it is left alone)
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def __del__(self):
-        # Runs in whatever thread dropped the last reference, possibly inside
-        # our own code: take no lock that might be held by this thread.
+        # Runs in whatever thread dropped the last reference, possibly in the
+        # middle of our own code: take no lock that this thread may hold.
         try:
             if self._closed:
                 return
@@ -696,33 +700,31 @@ class AIOConn:
             svc = self._svc
             fd = self._fd
             try:
-                self._sock.detach()
+                mine = self._sock.detach() == fd
             except Exception:
-                pass
-            try:
-                svc._ep.unregister(fd)
-            except (OSError, ValueError):
-                pass
-            svc._fdmap.pop(fd, None)
-            reg_lock = getattr(bound_fds, "_lock", None)
-            if reg_lock is not None and not reg_lock.acquire(False):
-                # the registry is busy (maybe in this very thread): the fd
-                # stays open, so its number is not reused, until the service
-                # finishes the job
-                svc._graveyard.append(fd)
-            else:
+                mine = False
+            if mine:
                 try:
-                    if reg_lock is not None:
-                        bound_fds._fds.discard(fd)
-                    else:
-                        bound_fds.discard(fd)
-                finally:
-                    if reg_lock is not None:
-                        reg_lock.release()
-                try:
-                    os.close(fd)
-                except OSError:
+                    svc._ep.unregister(fd)
+                except (OSError, ValueError):
                     pass
+            svc._fdmap.pop(fd, None)
+            reg_lock = bound_fds._lock
+            if reg_lock.acquire(False):
+                try:
+                    bound_fds._fds.discard(fd)
+                finally:
+                    reg_lock.release()
+                if mine:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+            else:
+                # the registry is busy (perhaps in this very thread): the fd
+                # stays open, so its number cannot be reused while still
+                # registered, until the service finishes the job
+                svc._graveyard.append((fd, mine))
         finally:
             # like socket: under an 'error' filter this surfaces as an
             # unraisable exception, after the fd is closed
@@ -903,9 +905,10 @@ class AIOService:
 
     def _claim(self, res):
         """A result is being delivered: its share buffer now belongs to the user."""
-        if id(res) in self._pooled:
-            with self._lock:
-                self._pooled.pop(id(res), None)
+        # under the lock: a conn.close() reclaiming this very result finishes
+        # first, so the caller sees it either untouched or fully failed
+        with self._lock:
+            self._pooled.pop(id(res), None)
 
     def _take(self, n):
         """Pop up to n results (service lock held)."""
@@ -1173,14 +1176,15 @@ class AIOService:
         g = self._graveyard
         while g:
             try:
-                fd = g.popleft()
+                fd, mine = g.popleft()
             except IndexError:
                 break
             bound_fds.discard(fd)
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            if mine:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
     # -- share buffers of undelivered results --
 
