@@ -107,13 +107,34 @@ def svc(backend, pairs):
 
 
 @pytest.fixture
-def connect(svc, pairs):
+def bind(svc, pairs):
+    """``svc.bind`` for the ``svc`` fixture, holding the connection until the
+    service is closed at teardown (an idle connection dropped unclosed warns)."""
+
+    def bind(sock, *args, **opts):
+        return pairs.keep(svc.bind(sock, *args, **opts))
+
+    return bind
+
+
+@pytest.fixture
+def connect(bind, pairs):
     """``conn, peer = connect(family="tcp", small=False, **bind_options)``."""
 
     def make(family="tcp", small=False, **opts):
         sock, peer = pairs(family, small=small)
-        return svc.bind(sock, **opts), peer
+        return bind(sock, **opts), peer
 
     return make
 
 
+
+
+def pytest_collection_modifyitems(config, items):
+    """Long stress runs (``@pytest.mark.slow``) run only when selected with ``-m slow``."""
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

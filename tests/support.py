@@ -78,7 +78,14 @@ class Pairs:
     def __init__(self):
         self._listeners = {}
         self._socks = []
+        self._kept = []
         self._tmpdir = None
+
+    def keep(self, conn):
+        """Hold ``conn`` until teardown (after the service closed it): an idle
+        bound connection dropped unclosed would warn ResourceWarning."""
+        self._kept.append(conn)
+        return conn
 
     def _listener(self, family):
         lst = self._listeners.get(family)
@@ -167,6 +174,7 @@ class Pairs:
         return out
 
     def close(self):
+        self._kept.clear()
         for s in self._socks:
             s.close()
         for lst in self._listeners.values():

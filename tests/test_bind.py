@@ -11,9 +11,9 @@ from support import collect, collect_one, recv_exactly, reset
 
 # ---------------------------------------------------------------- accepted
 
-def test_bind_each_family_echoes(backend, svc, pairs, family):
+def test_bind_each_family_echoes(backend, svc, pairs, family, bind):
     sock, peer = pairs(family)
-    conn = svc.bind(sock)
+    conn = bind(sock)
     assert isinstance(conn, backend.AIOConn)
     peer.sendall(b"ping")
     buf = bytearray(16)
@@ -26,19 +26,19 @@ def test_bind_each_family_echoes(backend, svc, pairs, family):
     assert recv_exactly(peer, 4) == b"pong"
 
 
-def test_bind_makes_the_socket_non_blocking(backend, svc, pairs):
+def test_bind_makes_the_socket_non_blocking(backend, svc, pairs, bind):
     sock, _peer = pairs()
     assert os.get_blocking(sock.fileno())
-    conn = svc.bind(sock)
+    conn = bind(sock)
     assert not conn.closed
     assert not os.get_blocking(sock.fileno())
 
 
-def test_conn_attributes(backend, svc, pairs):
+def test_conn_attributes(backend, svc, pairs, bind):
     sock, _peer = pairs()
     fd = sock.fileno()
     marker = object()
-    conn = svc.bind(sock, user_data=marker)
+    conn = bind(sock, user_data=marker)
     assert conn.fd == fd
     assert conn.closed is False
     assert conn.user_data is marker
@@ -50,26 +50,26 @@ def test_conn_attributes(backend, svc, pairs):
     assert sock.fileno() == -1
 
 
-def test_bind_with_option_object(backend, svc, pairs):
+def test_bind_with_option_object(backend, svc, pairs, bind):
     sock, _peer = pairs()
     marker = object()
-    conn = svc.bind(sock, goaio.AIOConnOption(recvq_size=1, sendq_size=2, user_data=marker))
+    conn = bind(sock, goaio.AIOConnOption(recvq_size=1, sendq_size=2, user_data=marker))
     assert conn.user_data is marker
     conn.recv(1, bytearray(1))
     with pytest.raises(goaio.Busy):
         conn.recv(2, bytearray(1))
 
 
-def test_bind_user_data_defaults_to_none(backend, svc, pairs):
+def test_bind_user_data_defaults_to_none(backend, svc, pairs, bind):
     sock, _peer = pairs()
-    assert svc.bind(sock).user_data is None
+    assert bind(sock).user_data is None
 
 
-def test_bind_peer_already_reset(backend, svc, pairs):
+def test_bind_peer_already_reset(backend, svc, pairs, bind):
     """Peer gone between accept and bind: bind works, the op gets the kernel's OSError."""
     sock, peer = pairs()
     reset(peer)
-    conn = svc.bind(sock)
+    conn = bind(sock)
     conn.recv("r", bytearray(16))
     res = collect_one(svc)
     assert isinstance(res.err, ConnectionResetError), res.err
@@ -77,10 +77,10 @@ def test_bind_peer_already_reset(backend, svc, pairs):
     assert not conn.closed
 
 
-def test_bind_peer_already_closed_gives_eof(backend, svc, pairs):
+def test_bind_peer_already_closed_gives_eof(backend, svc, pairs, bind):
     sock, peer = pairs()
     peer.close()
-    conn = svc.bind(sock)
+    conn = bind(sock)
     conn.recv("r", bytearray(16))
     res = collect_one(svc)
     assert isinstance(res.err, EOFError), res.err
@@ -156,29 +156,29 @@ def test_bind_closed_udp_socket_is_value_error(backend, svc):
         svc.bind(s)
 
 
-def test_bind_twice_same_service(backend, svc, pairs):
+def test_bind_twice_same_service(backend, svc, pairs, bind):
     sock, _peer = pairs()
-    conn = svc.bind(sock)
+    conn = bind(sock)
     with pytest.raises(ValueError):
         svc.bind(sock)
     assert not conn.closed
 
 
-def test_bind_twice_other_service(backend, svc, pairs):
+def test_bind_twice_other_service(backend, svc, pairs, bind):
     sock, _peer = pairs()
-    conn = svc.bind(sock)
+    conn = bind(sock)
     with backend.AIOService() as other:
         with pytest.raises(ValueError):
             other.bind(sock)
     assert not conn.closed
 
 
-def test_bind_twice_other_backend(backend, svc, pairs):
+def test_bind_twice_other_backend(backend, svc, pairs, bind):
     """'Already bound to any service of any backend in this process'."""
     from goaio import _pure
 
     sock, _peer = pairs()
-    conn = svc.bind(sock)
+    conn = bind(sock)
     with _pure.AIOService() as other:
         with pytest.raises(ValueError):
             other.bind(sock)
@@ -191,9 +191,9 @@ def test_bind_twice_other_backend(backend, svc, pairs):
     assert conn2.closed
 
 
-def test_rebind_after_close_is_value_error(backend, svc, pairs):
+def test_rebind_after_close_is_value_error(backend, svc, pairs, bind):
     sock, _peer = pairs()
-    svc.bind(sock).close()
+    bind(sock).close()
     with pytest.raises(ValueError):
         svc.bind(sock)
 
@@ -212,12 +212,12 @@ def test_rebind_after_close_is_value_error(backend, svc, pairs):
         ({"no_such_option": 1}, TypeError),
     ],
 )
-def test_bind_bad_options(backend, svc, pairs, opts, exc):
+def test_bind_bad_options(backend, svc, pairs, opts, exc, bind):
     sock, _peer = pairs()
     with pytest.raises(exc):
         svc.bind(sock, **opts)
     # A refused bind leaves the socket unbound: it can be bound now.
-    conn = svc.bind(sock)
+    conn = bind(sock)
     assert conn.fd == sock.fileno()
 
 
@@ -230,19 +230,19 @@ def test_option_object_checks_ranges():
         goaio.AIOConnOption(recvq_size=None)
 
 
-def test_bind_option_and_keywords_is_type_error(backend, svc, pairs):
+def test_bind_option_and_keywords_is_type_error(backend, svc, pairs, bind):
     sock, _peer = pairs()
     with pytest.raises(TypeError):
         svc.bind(sock, goaio.AIOConnOption(), recvq_size=4)
-    conn = svc.bind(sock)  # still bindable
+    conn = bind(sock)  # still bindable
     assert not conn.closed
 
 
-def test_bind_option_of_wrong_type(backend, svc, pairs):
+def test_bind_option_of_wrong_type(backend, svc, pairs, bind):
     sock, _peer = pairs()
     with pytest.raises(TypeError):
         svc.bind(sock, {"recvq_size": 4})
-    conn = svc.bind(sock)
+    conn = bind(sock)
     assert not conn.closed
 
 
@@ -271,17 +271,17 @@ def test_bind_check_order(backend, pairs):
             svc.bind(sock2, recvq_size="x")
 
 
-def test_bound_socket_fd_is_released_on_close(backend, svc, pairs):
+def test_bound_socket_fd_is_released_on_close(backend, svc, pairs, bind):
     """After close the fd is no longer registered: a new socket on that number binds."""
     for _ in range(20):
         sock, peer = pairs()
-        conn = svc.bind(sock)
+        conn = bind(sock)
         conn.close()
         peer.close()
     res = []
     for _ in range(5):
         sock, peer = pairs()
-        conn = svc.bind(sock)
+        conn = bind(sock)
         conn.send(None, b"x")
         res.append(conn)
     collect(svc, 5)

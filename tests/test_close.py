@@ -119,9 +119,9 @@ def test_closed_conn_checked_before_buffer(backend, svc, connect):
         conn.send(None, 12)
 
 
-def test_close_closes_socket_and_fd(backend, svc, pairs):
+def test_close_closes_socket_and_fd(backend, svc, pairs, bind):
     sock, peer = pairs()
-    conn = svc.bind(sock)
+    conn = bind(sock)
     conn.close()
     assert conn.fd == -1
     assert sock.fileno() == -1
@@ -178,16 +178,16 @@ def test_close_share_buffer_recvs_return_nothing(backend, svc, connect):
     assert pool.outstanding == 0
 
 
-def test_conn_context_manager(backend, svc, pairs):
+def test_conn_context_manager(backend, svc, pairs, bind):
     sock, peer = pairs()
-    with svc.bind(sock) as conn:
+    with bind(sock) as conn:
         assert not conn.closed
         conn.recv("r", bytearray(4))
     assert conn.closed and sock.fileno() == -1
     assert isinstance(collect_one(svc).err, goaio.ConnClosed)
     with pytest.raises(KeyError):
         sock2, _ = pairs()
-        with svc.bind(sock2) as conn2:
+        with bind(sock2) as conn2:
             raise KeyError
     assert conn2.closed
 

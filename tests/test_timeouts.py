@@ -136,7 +136,7 @@ def test_disabling_timeout(backend, svc, connect, off):
     assert_no_result(svc, 0.4)
     conn.recv("r2", bytearray(4))  # a later recv gets no deadline either
     assert_no_result(svc, 0.3)
-    peer.sendall(b"late")
+    peer.sendall(b"latelate")
     r1, r2 = collect(svc, 2)
     assert (r1.context, r1.err, r1.bytes_transferred) == ("r", None, 4)
     assert r2.context == "r2" and r2.err is None
@@ -341,10 +341,10 @@ def test_timeout_racing_close_completes_once(backend, svc, connect):
     assert_no_result(svc, 0.1)
 
 
-def test_many_connections_with_timeouts(backend, svc, pairs):
+def test_many_connections_with_timeouts(backend, svc, pairs, bind):
     """Timeouts on many connections fire, each once, close to their deadlines."""
     n = 300
-    conns = [svc.bind(s) for s, _ in pairs.many(n)]
+    conns = [bind(s) for s, _ in pairs.many(n)]
     t0 = time.monotonic()
     for i, c in enumerate(conns):
         c.set_recv_timeout(0.2 + (i % 3) * 0.1)
@@ -358,10 +358,10 @@ def test_many_connections_with_timeouts(backend, svc, pairs):
 
 
 @pytest.mark.slow
-def test_timer_storm(backend, svc, pairs):
+def test_timer_storm(backend, svc, pairs, bind):
     """Thousands of connections re-arming short timeouts and closing mid-flight drain to zero."""
     n = 2000
-    conns = [svc.bind(s) for s, _ in pairs.many(n)]
+    conns = [bind(s) for s, _ in pairs.many(n)]
     posted = 0
     for rnd in range(5):
         for i, c in enumerate(conns):
