@@ -420,6 +420,10 @@ def test_peer_reset_with_recv_pending(backend, svc, connect):
     assert isinstance(res.err, ConnectionResetError), res.err
     assert res.bytes_transferred == 0
     assert not conn.closed
+    # Errors are not sticky: the next read asks the kernel again and sees EOF.
+    conn.recv("r2", bytearray(16))
+    res = collect_one(svc)
+    assert isinstance(res.err, EOFError), res.err
 
 
 def test_peer_reset_fails_pending_sends_too(backend, svc, connect):

@@ -391,3 +391,117 @@ def test_no_fd_leak_over_many_connections(backend, svc, pairs, bind):
     gc.collect()
     assert fd_count() <= base + 2, f"fds {base} -> {fd_count()}"
     assert svc._stats()["conns"] == 0
+
+
+def test_service_threads_are_daemons(backend):
+    before = set(threading.enumerate())
+    svc = backend.AIOService(workers=3)
+    try:
+        new = [t for t in threading.enumerate() if t not in before]
+        assert len(new) >= 3
+        assert all(t.daemon for t in new), [t for t in new if not t.daemon]
+    finally:
+        svc.close()
+
+
+def test_timeouts_fire_while_nobody_collects(backend, svc, connect):
+    conn, _peer = connect()
+    conn.set_recv_timeout(0.1)
+    conn.recv("r", bytearray(4))
+    time.sleep(0.4)
+    t0 = time.monotonic()
+    res = svc.get_complete_status(timeout=0)
+    assert res is not None, "the timeout did not fire while nobody was collecting"
+    assert isinstance(res.err, goaio.RecvTimeout)
+    assert time.monotonic() - t0 < 0.05
+
+
+def test_many_completions_while_nobody_collects(backend, svc, pairs, bind):
+    """Thousands of operations complete with no collector: nothing dropped, each once."""
+    ps = [pairs() for _ in range(10)]
+    conns = [bind(s, sendq_size=32, recvq_size=32) for s, _ in ps]
+    n = 0
+    for rnd in range(16):
+        for i, c in enumerate(conns):
+            c.send((i, rnd), b"%d.%d;" % (i, rnd))
+            c.recv((i, "r", rnd), bytearray(1))
+            n += 2
+    for i, (_, peer) in enumerate(ps):
+        expect = b"".join(b"%d.%d;" % (i, rnd) for rnd in range(16))
+        assert recv_exactly(peer, len(expect)) == expect
+        peer.sendall(b"r" * 16)
+    wait_until(lambda: svc._stats()["live_ops"] == 0, msg="every op completed without a collector")
+    results = collect(svc, n)
+    assert len({r.context for r in results}) == n
+    assert_no_result(svc, 0.05)
+
+
+def test_timeouts_on_many_connections_cost_no_thread(backend, svc, pairs, bind):
+    conns = [bind(s) for s, _ in pairs.many(500)]
+    base = threading.active_count()
+    for i, c in enumerate(conns):
+        c.set_recv_timeout(5)
+        c.set_send_timeout(5)
+        c.recv(i, bytearray(1))
+    time.sleep(0.1)
+    assert threading.active_count() == base
+
+
+FORK_CHILD = r"""
+import os, socket, sys, warnings
+warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads running
+import goaio
+
+def pair():
+    lst = socket.socket(); lst.bind(("127.0.0.1", 0)); lst.listen()
+    peer = socket.create_connection(lst.getsockname()); sock, _ = lst.accept(); lst.close()
+    peer.settimeout(10)
+    return sock, peer
+
+def echo_once(svc, tag):
+    sock, peer = pair()
+    conn = svc.bind(sock)
+    conn.recv("r", bytearray(16))
+    peer.sendall(tag)
+    res = svc.get_complete_status(timeout=10)
+    assert res is not None and res.err is None and res.buff[:len(tag)] == tag, res
+    conn.send("s", tag)
+    res = svc.get_complete_status(timeout=10)
+    assert res is not None and res.err is None, res
+    assert peer.recv(16) == tag
+    conn.close(); peer.close()
+
+svc = goaio.AIOService(workers=2)
+sock, peer = pair()
+parent_conn = svc.bind(sock)
+parent_conn.recv("parent", bytearray(16))   # pending across the fork
+pid = os.fork()
+if pid == 0:
+    try:
+        fresh = goaio.AIOService()
+        echo_once(fresh, b"child")
+        fresh.close()
+        os._exit(0)
+    except BaseException as exc:
+        print("child failed:", repr(exc), file=sys.stderr, flush=True)
+        os._exit(1)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+peer.sendall(b"after fork")
+res = svc.get_complete_status(timeout=10)
+assert res is not None and res.context == "parent" and res.err is None, res
+assert res.buff[:10] == b"after fork"
+echo_once(svc, b"parent")
+svc.close(); peer.close()
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork")
+def test_fork_with_live_service(backend):
+    """A child can use a fresh service; the parent's service is undisturbed by the fork."""
+    from support import run_python
+
+    proc = run_python(FORK_CHILD, backend_name=backend.name, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
