@@ -139,6 +139,7 @@ def plot(rows, meta, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     done = [r for r in rows if r.get("rps") is not None]
     idle = [r for r in done if (r.get("idle") or {}).get("bytes_per_conn") is not None]
@@ -160,6 +161,7 @@ def plot(rows, meta, path):
         for i, v in enumerate(values):
             ax.text(v, i, f" {v:,.0f}", va="center", fontsize=8)
         ax.margins(x=0.25)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g} k" if x >= 1000 else f"{x:g}"))
     fig.suptitle(f"echo, {meta['conns']} connections × {meta['size']} B, {meta['client']} client, "
                  f"{meta['date']}", fontsize=10)
     fig.tight_layout()

@@ -78,9 +78,9 @@ def run_asyncio(kind, host, port):
             loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
         ls = _listener(host, port)
         if kind == "asyncio-streams":
-            server = await asyncio.start_server(echo_stream, sock=ls)
+            server = await asyncio.start_server(echo_stream, sock=ls, backlog=BACKLOG)
         else:
-            server = await loop.create_server(Echo, sock=ls)
+            server = await loop.create_server(Echo, sock=ls, backlog=BACKLOG)
         _ready(kind, ls)
         async with server:
             await stop
