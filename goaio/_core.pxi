@@ -81,8 +81,8 @@ cdef struct op_t:
     Py_ssize_t total
     Py_ssize_t done
     int64_t deadline
-    Py_buffer view0
     iovec iov0
+    Py_buffer view0      # last: a share-buffer receive is allocated without it
 
 
 cdef struct oplist_t:
@@ -107,12 +107,12 @@ cdef struct conn_t:
     long cref            # atomic: the AIOConn, poll dispatches and timer entries
     uint64_t id
     int fd
-    int closed
-    int readable
-    int writable
-    int eof
-    int hup              # the poller reported a hang-up: read on until EOF
-    int acquiring        # a thread is getting a share buffer with the lock dropped
+    char closed
+    char readable
+    char writable
+    char eof
+    char hup             # the poller reported a hang-up: read on until EOF
+    char acquiring       # a thread is getting a share buffer with the lock dropped
     int rq_len
     int rq_max
     int sq_len
@@ -124,7 +124,6 @@ cdef struct conn_t:
     int64_t recv_timeout
     int64_t send_timeout
     int64_t timer_at     # earliest deadline with an entry in the timer heap, 0 if none
-    svc_t *svc
     pool_t *pool         # BufferPool fast path, or NULL
     PyObject *share_buff # owned; released with the record (so a worker may use it
                          # while it holds a cref, whatever the AIOConn does)
@@ -254,7 +253,10 @@ cdef class BufferPool:
     cdef dict _index
     cdef readonly Py_ssize_t buffer_size
 
-    def __cinit__(self, buffer_size=65536):
+    def __init__(self, buffer_size=65536):
+        pass
+
+    def __cinit__(self, buffer_size=65536, *args, **kwargs):
         _common._check_int("buffer_size", buffer_size, 1)
         self.buffer_size = buffer_size
         self._all = []
@@ -434,13 +436,15 @@ cdef AIOResult make_result(svc_t *s, op_t *op):
         op.flags &= ~OPF_POOLBUF     # the user owns it now (r.buff holds the reference)
         op.buffobj = NULL
     op_release(op, not ok)
-    goaio_atomic_dec(&s.live_ops)
     return r
 
 
 # ---------------------------------------------------------------- completion queue
 
-cdef void cq_push(svc_t *s, oplist_t *l) noexcept nogil:
+cdef void cq_push(svc_t *s, oplist_t *l, bint from_poller=False) noexcept nogil:
+    """Queue completions; wake a collector waiting for them (the one sleeping
+    in the poll, unless we are that poller, or one waiting on cq_cond)."""
+    cdef bint wake = False
     if l.head == NULL:
         return
     pthread_mutex_lock(&s.lock)
@@ -450,9 +454,15 @@ cdef void cq_push(svc_t *s, oplist_t *l) noexcept nogil:
         s.cq_tail.next = l.head
     s.cq_tail = l.tail
     s.cq_len += l.n
+    goaio_atomic_sub(&s.live_ops, l.n)   # counted from posting to completion
     if s.nwaiting > 0:
         pthread_cond_signal(&s.cq_cond)
+    elif s.polling and not from_poller and not s.poller_is_worker and not s.kicked:
+        s.kicked = 1
+        wake = True
     pthread_mutex_unlock(&s.lock)
+    if wake:
+        poller_wake(&s.poller)
     l.head = l.tail = NULL
     l.n = 0
 
@@ -1033,7 +1043,7 @@ cdef void poll_once(svc_t *s, int64_t until) noexcept nogil:
         pthread_mutex_unlock(&c.lock)
         conn_decref(c)
     expire_timers(s, &done)
-    cq_push(s, &done)
+    cq_push(s, &done, True)
 
 
 cdef void worker_loop(svc_t *s) noexcept nogil:
@@ -1084,6 +1094,7 @@ cdef int cq_take(svc_t *s, long maxn, int64_t until, op_t **out) noexcept nogil:
         if not s.polling:
             s.polling = 1
             s.poller_is_worker = 0
+            s.kicked = 0
             pthread_mutex_unlock(&s.lock)
             poll_once(s, until)
             pthread_mutex_lock(&s.lock)
@@ -1128,11 +1139,14 @@ cdef int get_view(object b, Py_buffer *v, bint writable) except -1:
     return 0
 
 
-cdef op_t *op_new(int kind) except NULL:
-    cdef op_t *op = <op_t *>PyMem_RawMalloc(sizeof(op_t))
+cdef op_t *op_new(int kind, bint pinned=True) except NULL:
+    """A new op; one that pins no buffer of its own (a share-buffer receive,
+    which waits idle the longest) is allocated without the inline Py_buffer."""
+    cdef size_t size = sizeof(op_t) if pinned else sizeof(op_t) - sizeof(Py_buffer)
+    cdef op_t *op = <op_t *>PyMem_RawMalloc(size)
     if op == NULL:
         raise MemoryError()
-    memset(op, 0, sizeof(op_t))
+    memset(op, 0, size)
     op.kind = kind
     op.views = &op.view0
     op.iov = &op.iov0
@@ -1210,8 +1224,9 @@ cdef class AIOConn:
             # Taken out of the service first (no GIL release before this), so
             # svc.close() can never see a dying connection.
             self.c.pyobj = NULL
-            _warnings.warn(f"unclosed goaio connection {self!r}", ResourceWarning, source=self)
+            fd = self.c.fd
             self._close(None)
+            _warnings.warn(f"unclosed goaio connection fd={fd}", ResourceWarning, source=self)
 
     def __repr__(self):
         return f"<goaio.AIOConn fd={self.fd}{' closed' if self.closed else ''}>"
@@ -1300,7 +1315,7 @@ cdef class AIOConn:
         """Read some bytes into buff (or a share buffer when buff is None)."""
         cdef op_t *op
         self._check_open()
-        op = op_new(OP_RECV)
+        op = op_new(OP_RECV, buff is not None or self.c.share_buff == NULL)
         try:
             if buff is None:
                 if self.c.share_buff != NULL:
@@ -1388,8 +1403,6 @@ cdef class AIOConn:
         cdef PyObject *exc
         if c.closed:
             return
-        if reason is None:
-            reason = ConnClosed("the connection was closed")
         done.head = done.tail = NULL
         done.n = 0
         pthread_mutex_lock(&c.lock)     # GIL held: fine, no c.lock holder waits for it
@@ -1408,8 +1421,10 @@ cdef class AIOConn:
         pthread_mutex_unlock(&c.lock)
         op = done.head
         while op != NULL:
-            op.errobj = <PyObject *>reason
-            Py_INCREF(reason)
+            # the given reason itself for every op; by default a fresh ConnClosed each
+            err = ConnClosed("the connection was closed") if reason is None else reason
+            op.errobj = <PyObject *>err
+            Py_INCREF(err)
             op = op.next
         with nogil:
             reg_remove(s, c)
@@ -1520,9 +1535,9 @@ cdef class AIOService:
         if self.s.closed:
             raise ServiceClosed("the service is closed")
         fd = _check_socket(sock)
-        option = _make_option(option, kwargs)
         _bound_fds.add(fd)
         try:
+            option = _make_option(option, kwargs)
             sock.setblocking(False)
             conn = AIOConn.__new__(AIOConn)
             c = <conn_t *>PyMem_RawMalloc(sizeof(conn_t))
@@ -1536,9 +1551,10 @@ cdef class AIOService:
             conn._sock = sock
             conn.user_data = option.user_data
             c.fd = fd
-            c.svc = self.s
-            # Try the first system call of each direction at once; EAGAIN clears these.
-            c.readable = 1
+            # A send is tried at once (EAGAIN clears the flag). Readability comes
+            # from the poller: registering reports data already there, and no
+            # share buffer is ever taken on a guess.
+            c.readable = 0
             c.writable = 1
             c.rq_max = option.recvq_size
             c.sq_max = option.sendq_size
@@ -1676,7 +1692,6 @@ cdef class AIOService:
                 op = head
                 head = op.next
                 op_release(op, True)
-                goaio_atomic_dec(&s.live_ops)
             with nogil:
                 pthread_mutex_lock(&s.tlock)
                 heap = s.heap

@@ -709,22 +709,12 @@ class AIOConn:
                 except (OSError, ValueError):
                     pass
             svc._fdmap.pop(fd, None)
-            reg_lock = bound_fds._lock
-            if reg_lock.acquire(False):
+            bound_fds.discard(fd)
+            if mine:
                 try:
-                    bound_fds._fds.discard(fd)
-                finally:
-                    reg_lock.release()
-                if mine:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
-            else:
-                # the registry is busy (perhaps in this very thread): the fd
-                # stays open, so its number cannot be reused while still
-                # registered, until the service finishes the job
-                svc._graveyard.append((fd, mine))
+                    os.close(fd)
+                except OSError:
+                    pass
         finally:
             # like socket: under an 'error' filter this surfaces as an
             # unraisable exception, after the fd is closed
@@ -1290,10 +1280,7 @@ class AIOService:
                 c._closed = True
                 c._recvq.clear()
                 c._sendq.clear()
-                try:
-                    bound_fds._fds.discard(c._fd)
-                except AttributeError:
-                    pass
+                bound_fds.discard(c._fd)
         self._fdmap.clear()
         self._q.clear()
         self._pooled.clear()

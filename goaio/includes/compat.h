@@ -33,6 +33,7 @@ static inline int64_t goaio_now_ns(void) {
  * not hold the GIL, so they are atomic. */
 static inline long goaio_atomic_inc(long *p) { return __atomic_add_fetch(p, 1, __ATOMIC_ACQ_REL); }
 static inline long goaio_atomic_dec(long *p) { return __atomic_sub_fetch(p, 1, __ATOMIC_ACQ_REL); }
+static inline long goaio_atomic_sub(long *p, long n) { return __atomic_sub_fetch(p, n, __ATOMIC_ACQ_REL); }
 
 #include <errno.h>
 #define goaio_would_block(e) ((e) == EAGAIN || (e) == EWOULDBLOCK)

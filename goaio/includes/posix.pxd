@@ -88,3 +88,4 @@ cdef extern from "includes/compat.h" nogil:
     int64_t goaio_now_ns()
     long goaio_atomic_inc(long *p)
     long goaio_atomic_dec(long *p)
+    long goaio_atomic_sub(long *p, long n)
