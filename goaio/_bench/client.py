@@ -75,6 +75,7 @@ class PyLoad:
         self.reset()
 
     def reset(self):
+        self.completed = 0  # warm-up included (progress lines)
         self.counted = 0
         self.bad = 0
         self.errors = 0
@@ -164,6 +165,7 @@ class PyLoad:
             if not self._recv(p):
                 continue
             t1 = clock()
+            self.completed += 1
             if count_from <= t1 < count_to:
                 self.counted += 1
                 lat.append(t1 - p.t0)
@@ -198,7 +200,7 @@ class PyLoad:
         while True:
             now = clock()
             if now >= next_tick:
-                print(f"progress t={now - t_count:.3f} msgs={self.counted}", flush=True)
+                print(f"progress t={now - t_count:.3f} msgs={self.completed}", flush=True)
                 next_tick += TICK
             if self.live == 0 or (now >= t_end and (self.inflight == 0 or now >= t_end + DRAIN)):
                 break

@@ -189,6 +189,9 @@ def main(args):
         except ImportError:
             print("goaio bench: --plot needs matplotlib: pip install 'goaio[plot]'", file=sys.stderr)
             return 2
+    for stream in (sys.stdout, sys.stderr):  # µ, ×: never fail on a narrow terminal
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
     progress = Progress()
     try:
         prefix, client_kind, note = clientmod.client_command(args.client)

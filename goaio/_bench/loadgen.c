@@ -10,8 +10,9 @@
  * a stale or misrouted echo is caught, and sending needs no copy.
  *
  * SECONDS > 0 (timed): runs WARMUP seconds (default 0.5) uncounted, then
- * SECONDS counted; prints "progress t=T msgs=N" four times a second and at
- * the end one "result k=v ..." line. SECONDS = 0 (command mode): connects,
+ * SECONDS counted; prints "progress t=T msgs=N" four times a second (T from
+ * the start of the counted part, negative in the warm-up; N every round trip
+ * so far) and at the end one "result k=v ..." line. SECONDS = 0 (command mode): connects,
  * prints "ready", then obeys stdin lines "run K" (exactly K round trips in
  * all, then one result line) and "quit".
  *
@@ -54,7 +55,7 @@ static unsigned char *pattern, *rbuf;
 static size_t rbuf_cap;
 static uint32_t *lat; /* round-trip times in ns (saturating) */
 static size_t lat_n, lat_cap;
-static unsigned long long counted, bad_bytes, errors;
+static unsigned long long counted, completed, bad_bytes, errors; /* completed: warm-up included */
 
 static uint64_t now_ns(void) {
     struct timespec ts;
@@ -185,6 +186,7 @@ static void serve_events(int timeout_ms, may_start_fn may_start, uint64_t count_
         if (p->fd < 0 || !(evs[e].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) continue;
         if (!pump_recv(p)) continue;
         uint64_t t1 = now_ns();
+        completed++;
         if (t1 >= count_from && t1 < count_to) {
             counted++;
             record(t1 - p->t0);
@@ -209,7 +211,7 @@ static int run_timed(double seconds, double warmup) {
     for (;;) {
         uint64_t now = now_ns();
         if (now >= next_tick) {
-            printf("progress t=%.3f msgs=%llu\n", ((double)now - (double)t_count) / 1e9, counted);
+            printf("progress t=%.3f msgs=%llu\n", ((double)now - (double)t_count) / 1e9, completed);
             fflush(stdout);
             next_tick += TICK_NS;
         }
