@@ -14,13 +14,16 @@ All IO runs over real loopback sockets (127.0.0.1, ::1, AF_UNIX); nothing is
 mocked.
 """
 
+import faulthandler
 import importlib
+import os
+import sys
 import types
 
 import pytest
 
 from goaio import _select
-from support import FAMILIES, Pairs, assert_service_drained, family_available
+from support import FAMILIES, Pairs, assert_service_drained, close_service, family_available
 
 try:  # keep property tests few and quick; never write a database into the tree
     from hypothesis import HealthCheck, settings
@@ -43,6 +46,35 @@ REQUIRED_BACKENDS = ["pure"] + ([NATIVE] if NATIVE else [])
 #: Backends that join only when built (kqueue on Linux: a special test build).
 OPTIONAL_BACKENDS = ["kqueue"] if NATIVE == "epoll" else []
 BACKENDS = REQUIRED_BACKENDS + OPTIONAL_BACKENDS
+
+
+# --------------------------------------------------------------------------
+# hang guard
+# --------------------------------------------------------------------------
+
+#: Last resort when a test hangs where pytest-timeout's SIGALRM cannot reach
+#: it (the main thread stuck in compiled code that never checks for signals):
+#: dump every thread's stack and exit.
+HANG_LIMIT = 150
+_hang_file = None
+
+
+def pytest_configure(config):
+    global _hang_file
+    # Capture is suspended during configure: this is the real stderr.
+    _hang_file = os.fdopen(os.dup(sys.stderr.fileno()), "w")
+
+
+def pytest_unconfigure(config):
+    if _hang_file is not None:
+        _hang_file.close()
+
+
+@pytest.fixture(autouse=True)
+def _hang_guard():
+    faulthandler.dump_traceback_later(HANG_LIMIT, exit=True, file=_hang_file)
+    yield
+    faulthandler.cancel_dump_traceback_later()
 
 
 # --------------------------------------------------------------------------
@@ -102,7 +134,7 @@ def svc(backend, pairs):
     """
     s = backend.AIOService()
     yield s
-    s.close()
+    close_service(s)
     assert_service_drained(s)
 
 

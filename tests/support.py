@@ -299,6 +299,25 @@ def fd_count():
     return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else len(os.listdir("/dev/fd"))
 
 
+def close_service(svc, timeout=WAIT):
+    """``svc.close()``, failing (not hanging) if it does not return in ``timeout``."""
+    errors = []
+
+    def run():
+        try:
+            svc.close()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+
+    t = threading.Thread(target=run, name="close_service", daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        pytest.fail(f"svc.close() did not return within {timeout}s (deadlock?)")
+    if errors:
+        raise errors[0]
+
+
 def assert_service_drained(svc):
     """After close: no live operation, connection or thread is left."""
     stats = svc._stats()

@@ -7,6 +7,7 @@ import pytest
 
 import goaio
 from support import (
+    close_service,
     WAIT,
     Reader,
     assert_no_result,
@@ -198,7 +199,7 @@ def test_service_close_closes_every_connection(backend, pairs):
     svc = backend.AIOService(workers=2)
     socks = [pairs() for _ in range(5)]
     conns = [svc.bind(s) for s, _ in socks]
-    svc.close()
+    close_service(svc)
     for conn, (sock, peer) in zip(conns, socks):
         assert conn.closed and conn.fd == -1 and sock.fileno() == -1
         assert recv_until_eof(peer) == b""
@@ -216,11 +217,11 @@ def test_service_close_with_ops_pending(backend, pairs):
         conn.recv(("rb", i), bytearray(8))
         conn.send(("s", i), b"x" * (4 << 20))
         conns.append(conn)
-    svc.close()
+    close_service(svc)
     assert pool.outstanding == 0
     assert all(c.closed for c in conns)
     assert_service_drained(svc)
-    svc.close()  # idempotent
+    close_service(svc)  # idempotent
 
 
 def test_service_close_returns_uncollected_share_buffers(backend, pairs):
@@ -235,7 +236,7 @@ def test_service_close_returns_uncollected_share_buffers(backend, pairs):
     # The receives complete (each took a pool buffer) but nobody collects.
     wait_until(lambda: pool.outstanding == 10, msg="10 pool buffers taken")
     time.sleep(0.05)
-    svc.close()
+    close_service(svc)
     assert pool.outstanding == 0
     assert_service_drained(svc)
 
@@ -261,7 +262,7 @@ def test_service_close_wakes_blocked_collector(backend, method):
     started.wait(WAIT)
     time.sleep(0.1)
     t0 = time.monotonic()
-    svc.close()
+    close_service(svc)
     t.join(WAIT)
     assert not t.is_alive(), "collector still blocked after close"
     assert outcome == ["closed"]
@@ -290,7 +291,7 @@ def test_service_close_wakes_many_collectors(backend):
     for t in ts:
         t.start()
     time.sleep(0.2)
-    svc.close()
+    close_service(svc)
     for t in ts:
         t.join(WAIT)
     assert outcome == ["closed"] * 6
@@ -313,7 +314,7 @@ def test_iteration_ends_quietly_on_close(backend, pairs):
     conn.send("one", b"1")
     conn.send("two", b"2")
     wait_until(lambda: len(seen) == 2, msg="two results iterated")
-    svc.close()
+    close_service(svc)
     assert done.wait(WAIT), "iteration did not end when the service closed"
     assert seen == ["one", "two"]
 
@@ -322,7 +323,7 @@ def test_after_close_everything_raises_service_closed(backend, pairs):
     svc = backend.AIOService()
     sock, _peer = pairs()
     conn = svc.bind(sock)
-    svc.close()
+    close_service(svc)
     sock2, _peer2 = pairs()
     with pytest.raises(goaio.ServiceClosed):
         svc.bind(sock2)
@@ -346,7 +347,7 @@ def test_after_close_everything_raises_service_closed(backend, pairs):
     with pytest.raises(goaio.ServiceClosed):
         svc.get_complete_statuses(4, timeout=0)
     assert list(svc) == []
-    svc.close()
+    close_service(svc)
     # the refused socket is untouched and can be used elsewhere
     assert sock2.fileno() >= 0
     with backend.AIOService() as other:
@@ -364,7 +365,7 @@ def test_service_close_discards_uncollected_results(backend, pairs):
     got = b""
     while len(got) < 5:
         got += peer.recv(5)
-    svc.close()
+    close_service(svc)
     with pytest.raises(goaio.ServiceClosed):
         svc.get_complete_status(timeout=0)
 

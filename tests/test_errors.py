@@ -6,7 +6,7 @@ import time
 import pytest
 
 import goaio
-from support import collect, collect_one
+from support import close_service, collect, collect_one
 
 
 def raised(fn, *args, **kwargs):
@@ -35,7 +35,7 @@ def test_raised_errors_are_the_shared_classes(backend, svc, connect, pairs):
     assert raised(conn.send, None, b"x") is goaio.ConnClosed
     # ServiceClosed: anything after close
     other = backend.AIOService()
-    other.close()
+    close_service(other)
     assert raised(other.get_complete_status, 0) is goaio.ServiceClosed
     sock, _ = pairs()
     assert raised(other.bind, sock) is goaio.ServiceClosed

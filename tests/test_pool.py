@@ -7,6 +7,7 @@ import pytest
 
 import goaio
 from support import (
+    close_service,
     WAIT,
     assert_no_result,
     collect,
@@ -311,7 +312,7 @@ def test_every_buffer_back_after_eof_error_close_and_service_close(backend, pair
         for c in (c1, c2, c3):
             c.recv("late")
     finally:
-        svc.close()
+        close_service(svc)
     assert pool.outstanding == 0
 
 

@@ -8,6 +8,7 @@ import pytest
 
 import goaio
 from support import (
+    close_service,
     WAIT,
     Reader,
     assert_no_result,
@@ -28,7 +29,7 @@ def _service_threads(backend, workers):
     try:
         return threading.active_count() - base, svc._stats()["threads"]
     finally:
-        svc.close()
+        close_service(svc)
         assert_service_drained(svc)
 
 
@@ -48,7 +49,7 @@ def test_default_workers_is_one(backend):
     try:
         default = svc._stats()["threads"]
     finally:
-        svc.close()
+        close_service(svc)
     assert default == _service_threads(backend, 1)[1]
 
 
@@ -359,7 +360,7 @@ def _cycle(backend, pairs):
     conn.recv("r2", bytearray(4))
     conn.send("s", b"hello")
     conn.set_recv_timeout(5)
-    svc.close()
+    close_service(svc)
     peer.close()
     assert pool.outstanding == 0
     assert_service_drained(svc)
@@ -401,7 +402,7 @@ def test_service_threads_are_daemons(backend):
         assert len(new) >= 3
         assert all(t.daemon for t in new), [t for t in new if not t.daemon]
     finally:
-        svc.close()
+        close_service(svc)
 
 
 def test_timeouts_fire_while_nobody_collects(backend, svc, connect):
