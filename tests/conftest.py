@@ -41,11 +41,21 @@ except ImportError:  # pragma: no cover - hypothesis is a test dependency
 
 NATIVE = _select.native_backend()
 
-#: Backends whose absence is an error (imported, never skipped).
+
+def _importable(name):
+    try:
+        importlib.import_module(f"goaio._{name}")
+    except ImportError:
+        return False
+    return True
+
+
+#: Backends whose absence is an error: imported by the fixture, never skipped.
 REQUIRED_BACKENDS = ["pure"] + ([NATIVE] if NATIVE else [])
 #: Backends that join only when built (kqueue on Linux: a special test build).
+#: Their absence is reported once, as a skip, by test_select.py.
 OPTIONAL_BACKENDS = ["kqueue"] if NATIVE == "epoll" else []
-BACKENDS = REQUIRED_BACKENDS + OPTIONAL_BACKENDS
+BACKENDS = REQUIRED_BACKENDS + [b for b in OPTIONAL_BACKENDS if _importable(b)]
 
 
 # --------------------------------------------------------------------------
@@ -96,14 +106,8 @@ def load_backend(name):
 
 @pytest.fixture(scope="session", params=BACKENDS)
 def backend(request):
-    name = request.param
-    if name in OPTIONAL_BACKENDS:
-        try:
-            return load_backend(name)
-        except ImportError as exc:
-            pytest.skip(f"goaio._{name} is not built here ({exc})")
-    # A required backend that does not import makes its tests ERROR.
-    return load_backend(name)
+    # A required backend that does not import makes each of its tests ERROR.
+    return load_backend(request.param)
 
 
 @pytest.fixture

@@ -407,10 +407,12 @@ def test_close_from_handler_thread_while_others_collect(backend, pairs):
         t.start()
     conn.send("s", b"x")
     time.sleep(0.1)
-    threading.Thread(target=svc.close).start()
+    closer = threading.Thread(target=svc.close)
+    closer.start()
     for t in ts:
         t.join(WAIT)
+    closer.join(WAIT)
+    assert not closer.is_alive(), "svc.close() did not return"
     assert not any(t.is_alive() for t in ts)
     assert not errors, errors
-    wait_until(lambda: svc._stats()["threads"] == 0, msg="service threads joined")
     assert_service_drained(svc)

@@ -119,6 +119,25 @@ def test_kqueue_on_linux_is_import_error_unless_built():
         assert "ImportError" in proc.stderr.strip().splitlines()[-1], proc.stderr
 
 
+def test_optional_backends_join_when_built():
+    """kqueue on Linux exists only in a special test build: absent, it is one skip."""
+    import conftest
+
+    for name in conftest.OPTIONAL_BACKENDS:
+        if name not in conftest.BACKENDS:
+            pytest.skip(f"goaio._{name} is not built here: its tests do not run")
+        assert name in conftest.BACKENDS
+
+
+def test_required_backends_are_parametrized():
+    import conftest
+
+    assert conftest.BACKENDS[: len(conftest.REQUIRED_BACKENDS)] == conftest.REQUIRED_BACKENDS
+    assert "pure" in conftest.BACKENDS
+    if LINUX:
+        assert "epoll" in conftest.REQUIRED_BACKENDS
+
+
 def test_backend_is_a_known_name():
     assert goaio.BACKEND in ("epoll", "kqueue", "pure")
     assert goaio.AIOService is getattr(__import__(f"goaio._{goaio.BACKEND}", fromlist=["x"]), "AIOService")
