@@ -24,3 +24,12 @@ def start_server(name):
     if not ok:
         pytest.skip(f"{name}: {why}")
     return srvmod.Server(srvmod.BY_NAME[name], cpus=SERVER_CPUS)
+
+
+#: (group, line) pairs printed after the run by conftest's terminal summary:
+#: the figures that pytest-benchmark's own table has no column for.
+SUMMARY = []
+
+
+def note(group, text):
+    SUMMARY.append((group, text))

@@ -19,7 +19,7 @@ import socket
 
 import pytest
 
-from benchsupport import start_server
+from benchsupport import SUMMARY, start_server
 
 from goaio._bench import client as clientmod
 from goaio._bench import servers as srvmod
@@ -46,6 +46,19 @@ def pytest_report_header(config):
     if missing:
         lines.append("goaio bench: skipped servers: " + "; ".join(missing))
     return lines
+
+
+def pytest_terminal_summary(terminalreporter):
+    """rps and bytes per idle connection, which the timing table cannot show."""
+    if not SUMMARY:
+        return
+    terminalreporter.section("goaio bench figures (extra_info)")
+    last = None
+    for group, text in sorted(SUMMARY, key=lambda item: item[0]):
+        if group != last:
+            terminalreporter.write_line(f"{group}:")
+            last = group
+        terminalreporter.write_line(f"  {text}")
 
 
 def load_backend(name):

@@ -16,7 +16,7 @@ import statistics
 
 import pytest
 
-from benchsupport import CLIENT_CPUS
+from benchsupport import CLIENT_CPUS, note
 
 from goaio._bench import client as clientmod
 
@@ -58,3 +58,6 @@ def test_echo(benchmark, echo_server, load_client, size, conns, request):
         p99_us=statistics.median(r["p99_us"] for r in timed),
         server_rss_bytes=echo_server.rss(),
     )
+    info = benchmark.extra_info
+    note(benchmark.group, f"{echo_server.spec.name:18} {info['rps']:>9,} rps {info['MBps']:>9.1f} MB/s "
+                          f"p50 {info['p50_us']:>7.0f} us  p99 {info['p99_us']:>7.0f} us")

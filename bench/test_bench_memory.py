@@ -10,7 +10,7 @@ point of it. The timed figure is how long opening and pinging took.
 
 import pytest
 
-from benchsupport import start_server
+from benchsupport import note, start_server
 
 from goaio._bench import servers as srvmod
 
@@ -28,6 +28,7 @@ def test_idle_rss(benchmark, name, request):
     res = results[0]
     benchmark.extra_info.update(server=name, conns=n, bytes_per_conn=round(res["bytes_per_conn"]),
                                 rss_before=res["rss_before"], rss_after=res["rss_after"])
+    note(f"memory: idle connections ({n})", f"{name:18} {res['bytes_per_conn']:>9,.0f} B/conn")
     if name.endswith("-share"):
         # no receive buffer per idle connection (a 64 KiB one would be >= 65536)
         assert res["bytes_per_conn"] < 16384, res

@@ -28,6 +28,20 @@ def _positive_int(text):
     return value
 
 
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _port(text):
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0..65535, got {value}")
+    return value
+
+
 def _non_negative_float(text):
     value = float(text)
     if not value >= 0:
@@ -180,13 +194,15 @@ def build_parser():
                           "sends back what was received and posts the next receive. "
                           "SIGINT/SIGTERM stop it cleanly (exit status 0).")
     echo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    echo.add_argument("--port", type=int, default=8110, help="port (default 8110; 0 picks a free one)")
-    echo.add_argument("--workers", type=int, default=1, help="IO threads of the service (default 1)")
+    echo.add_argument("--port", type=_port, default=8110, help="port (default 8110; 0 picks a free one)")
+    echo.add_argument("--workers", type=_non_negative_int, default=1,
+                      help="IO threads of the service (default 1; 0 means 1)")
     echo.add_argument("--share-buff", action="store_true",
                       help="receive with recv(ctx, None) from a shared BufferPool, so idle "
                       "connections hold no receive buffer")
     echo.add_argument("--recv-timeout", type=_non_negative_float, default=None, metavar="S",
-                      help="close a connection that sends nothing for S seconds (default: never)")
+                      help="set_recv_timeout(S) on every connection: one whose receive does not "
+                      "complete within S seconds is closed (default: none)")
     echo.add_argument("--buffer-size", type=_positive_int, default=65536, metavar="B",
                       help="receive buffer size (default 65536)")
     echo.add_argument("--quiet", "-q", action="store_true", help="do not report connection errors")
@@ -198,7 +214,7 @@ def build_parser():
                            "prints a table. Loopback only.")
     bench.add_argument("--conns", type=_positive_int, default=50, help="connections (default 50)")
     bench.add_argument("--size", type=_positive_int, default=64, help="message size in bytes (default 64)")
-    bench.add_argument("--seconds", type=float, default=3.0, help="measured seconds per server (default 3)")
+    bench.add_argument("--seconds", type=_non_negative_float, default=3.0, help="measured seconds per server (default 3)")
     bench.add_argument("--warmup", type=_non_negative_float, default=0.5,
                        help="uncounted seconds before measuring (default 0.5)")
     bench.add_argument("--servers", default=None,
@@ -209,11 +225,13 @@ def build_parser():
                        help="load client (default auto: C if a compiler is found)")
     bench.add_argument("--client-procs", type=_positive_int, default=1,
                        help="client processes sharing the connections (default 1)")
-    bench.add_argument("--workers", type=int, default=1, help="workers of the goaio servers (default 1)")
+    bench.add_argument("--workers", type=_non_negative_int, default=1,
+                       help="workers of the goaio servers (default 1)")
     bench.add_argument("--no-pin", dest="pin", action="store_false",
                        help="do not pin the server to CPU 0 and the client to CPU 1")
     bench.add_argument("--idle", type=int, default=0, metavar="N",
-                       help="also measure server RSS per idle connection with N connections")
+                       help="also measure each server's RSS per idle connection with N connections "
+                       "(on a fresh server process; ulimit -n must allow N)")
     bench.add_argument("--plot", metavar="FILE.png", help="draw a bar chart (needs matplotlib)")
     bench.add_argument("--json", metavar="FILE.json", help="write the raw figures")
     bench.set_defaults(func=_cmd_bench)

@@ -143,7 +143,7 @@ class Server:
         try:
             self._wait_ready(start_timeout)
         except BaseException:
-            self.stop()
+            self.close()
             raise
 
     def _wait_ready(self, timeout):
