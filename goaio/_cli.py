@@ -217,6 +217,8 @@ def build_parser():
     bench.add_argument("--seconds", type=_non_negative_float, default=3.0, help="measured seconds per server (default 3)")
     bench.add_argument("--warmup", type=_non_negative_float, default=0.5,
                        help="uncounted seconds before measuring (default 0.5)")
+    bench.add_argument("--rounds", type=_positive_int, default=1,
+                       help="runs per server, interleaved across servers; the median is shown (default 1)")
     bench.add_argument("--servers", default=None,
                        help="comma-separated list (default: every one available); "
                        "names: see --list")

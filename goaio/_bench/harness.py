@@ -169,6 +169,46 @@ def plot(rows, meta, path):
     plt.close(fig)
 
 
+def _run_one(row, tag, idle, args, prefix, server_cpus, client_cpus, progress):
+    """One timed run of one server (and, if ``idle``, its idle measure);
+    appends to ``row["runs"]`` or sets ``row["failed"]``."""
+    spec = srvmod.BY_NAME[row["name"]]
+    progress.line(f"{tag} {args.conns} conns × {args.size} B, {args.seconds:g} s ...")
+    last = [time.monotonic(), 0.0]
+
+    def show(t, msgs):
+        now = time.monotonic()
+        rate = (msgs - last[1]) / max(now - last[0], 1e-6)
+        last[:] = [now, msgs]
+        phase = "warm-up" if t < 0 else f"{min(t, args.seconds):4.1f}/{args.seconds:g} s"
+        progress.update(f"{tag} {phase}  {rate / 1000:7.1f} k rps")
+
+    try:
+        with srvmod.Server(spec, args.workers, cpus=server_cpus) as server:
+            res = _drive(prefix, server.port, args, args.client_procs, client_cpus, show)
+            res["peak_rss"] = server.peak_rss()
+            res["cpu_s"] = server.cpu_seconds()
+            res["server_exit"] = server.stop()
+        row["runs"].append(res)
+        if res["bad_bytes"] or res["errors"]:
+            row["failed"] = f"{res['bad_bytes']:.0f} wrong bytes, {res['errors']:.0f} failed connections"
+        elif spec.kind == "goaio" and res["server_exit"] != 0:
+            row["failed"] = f"server exit status {res['server_exit']} on SIGTERM (expected 0)"
+        elif idle:
+            progress.update(f"{tag} idle: {idle} connections ...")
+            with srvmod.Server(spec, args.workers, cpus=server_cpus) as server:
+                row["idle"] = srvmod.measure_idle(server, idle)
+    except Exception as exc:  # one server failing does not stop the comparison
+        row["failed"] = f"{type(exc).__name__}: {exc}"
+    if row.get("failed"):
+        progress.line(f"{tag} FAILED: {row['failed']}")
+    else:
+        extra = ""
+        if row.get("idle") and idle:
+            extra = f", idle {_fmt_int(row['idle']['bytes_per_conn'])} B/conn"
+        progress.line(f"{tag} {res['rps']:,.0f} rps, p99 {res['p99_us']:.0f} µs{extra}")
+
+
 def main(args):
     try:
         names = srvmod.parse_list(args.servers)
@@ -210,65 +250,45 @@ def main(args):
         "host": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(),
         "python": platform.python_version(), "client": client_kind, "client_procs": args.client_procs,
         "conns": args.conns, "size": args.size, "seconds": args.seconds, "warmup": args.warmup,
-        "workers": args.workers, "pinned": pin, "idle": args.idle,
+        "workers": args.workers, "pinned": pin, "idle": args.idle, "rounds": args.rounds,
     }
     rows = []
-    status = 0
-    total = len(names)
-    for i, name in enumerate(names, 1):
+    for name in names:
         spec = srvmod.BY_NAME[name]
-        row = {"name": name, "label": spec.label, "ceiling": spec.ceiling}
-        rows.append(row)
+        row = {"name": name, "label": spec.label, "ceiling": spec.ceiling, "runs": []}
         ok, why = srvmod.availability(name)
         if not ok:
             row["skipped"] = why
-            progress.line(f"[{i}/{total}] {name}: skipped ({why})")
-            continue
-        tag = f"[{i}/{total}] {name:<18}"
-        progress.line(f"{tag} {args.conns} conns × {args.size} B, {args.seconds:g} s ...")
-        last = [time.monotonic(), 0.0]
-
-        def show(t, msgs, tag=tag, last=last):
-            now = time.monotonic()
-            rate = (msgs - last[1]) / max(now - last[0], 1e-6)
-            last[:] = [now, msgs]
-            phase = "warm-up" if t < 0 else f"{min(t, args.seconds):4.1f}/{args.seconds:g} s"
-            progress.update(f"{tag} {phase}  {rate / 1000:7.1f} k rps")
-
-        try:
-            with srvmod.Server(spec, args.workers, cpus=server_cpus) as server:
-                res = _drive(prefix, server.port, args, args.client_procs, client_cpus, show)
-                row.update(res)
-                row["peak_rss"] = server.peak_rss()
-                row["cpu_s"] = server.cpu_seconds()
-                row["server_exit"] = server.stop()
-            if res["bad_bytes"] or res["errors"]:
-                row["failed"] = f"{res['bad_bytes']:.0f} wrong bytes, {res['errors']:.0f} failed connections"
-            if spec.kind == "goaio" and row["server_exit"] != 0:
-                row["failed"] = f"server exit status {row['server_exit']} on SIGTERM (expected 0)"
-            if args.idle:
-                progress.update(f"{tag} idle: {args.idle} connections ...")
-                with srvmod.Server(spec, args.workers, cpus=server_cpus) as server:
-                    row["idle"] = srvmod.measure_idle(server, args.idle)
-        except Exception as exc:  # one server failing does not stop the comparison
-            row["failed"] = f"{type(exc).__name__}: {exc}"
+            progress.line(f"{name}: skipped ({why})")
+        rows.append(row)
+    todo = [r for r in rows if not r.get("skipped")]
+    # Rounds are interleaved (every server once, then again), so a burst of
+    # outside load hits one run of several servers rather than every run of one.
+    for rnd in range(1, args.rounds + 1):
+        for i, row in enumerate(todo, 1):
+            if row.get("failed"):
+                continue
+            tag = f"[{i}/{len(todo)}{f' round {rnd}/{args.rounds}' if args.rounds > 1 else ''}] {row['name']:<18}"
+            _run_one(row, tag, rnd == 1 and args.idle, args, prefix, server_cpus, client_cpus, progress)
+    status = 0
+    for row in todo:
         if row.get("failed"):
             status = 1
-            progress.line(f"{tag} FAILED: {row['failed']}")
-        else:
-            extra = ""
-            if row.get("idle"):
-                extra = f", idle {_fmt_int(row['idle']['bytes_per_conn'])} B/conn"
-            progress.line(f"{tag} {row['rps']:,.0f} rps, p99 {row['p99_us']:.0f} µs{extra}")
+        elif row["runs"]:
+            # the run of median rps stands for the server (all runs are in the JSON)
+            runs = sorted(row["runs"], key=lambda r: r["rps"])
+            row.update({k: v for k, v in runs[(len(runs) - 1) // 2].items()})
 
     print()
-    print(f"echo: {args.conns} connections × {args.size} B, {args.seconds:g} s each, "
+    print(f"echo: {args.conns} connections × {args.size} B, {args.seconds:g} s per run, "
           f"{client_kind} client, {meta['date']}, Python {meta['python']}, {meta['cpus']} CPUs"
           f"{', server on CPU ' + str(min(server_cpus)) + ', client on the rest' if pin else ''}")
     print()
     print(table(rows, args.idle))
     notes = [f"- {r['name']}: skipped ({r['skipped']})" for r in rows if r.get("skipped")]
     notes += [f"- {r['name']}: FAILED ({r['failed']})" for r in rows if r.get("failed")]
+    if args.rounds > 1:
+        notes.append(f"- each figure is the run of median rps out of {args.rounds} interleaved rounds")
     if args.client_procs > 1:
         notes.append(f"- {args.client_procs} client processes: p50/p99 are the worst process's")
     if notes:
