@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -294,6 +295,11 @@ int main(int argc, char **argv) {
     if (npeers < 1 || msg_size < 1 || seconds < 0 || warmup < 0 || parse_addr(argv[1], port, &ss, &sslen)) {
         fprintf(stderr, "loadgen: bad arguments (HOST must be a numeric address)\n");
         return 2;
+    }
+    struct rlimit rl; /* as many fds as allowed: CONNS may be thousands */
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
     }
     pattern = malloc(msg_size + 256);
     rbuf_cap = msg_size < 65536 ? 65536 : msg_size;
