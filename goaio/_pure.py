@@ -163,7 +163,7 @@ class AIOConn:
     __slots__ = (
         "_svc", "_sock", "_fd", "_lock", "_recvq", "_sendq", "_readable", "_writable",
         "_rdhup", "_eof", "_closed", "_active", "_rq_max", "_sq_max", "_share",
-        "_rto", "_sto", "_recv_into", "_recvmsg_into", "_send", "_sendmsg", "_q_append",
+        "_rto", "_sto", "_recv_into", "_send", "_q_append",
         "user_data", "__weakref__",
     )
 
@@ -172,8 +172,10 @@ class AIOConn:
         self._sock = sock
         self._fd = fd
         self._lock = threading.Lock()
-        self._recvq = collections.deque()
-        self._sendq = collections.deque()
+        # lists, not deques: they hold at most a few dozen ops, and an idle
+        # connection should cost little memory
+        self._recvq = []
+        self._sendq = []
         # The registration raises an event at once if the socket is ready, so
         # 'readable' starts False (no share buffer is taken on a guess).
         self._readable = False
@@ -189,9 +191,7 @@ class AIOConn:
         self._rto = 0.0
         self._sto = 0.0
         self._recv_into = sock.recv_into
-        self._recvmsg_into = sock.recvmsg_into
         self._send = sock.send
-        self._sendmsg = sock.sendmsg
         self._q_append = svc._q.append
 
     # -- public attributes --
@@ -421,7 +421,7 @@ class AIOConn:
                         self._give_back(pooled)
                     if not isinstance(exc, Exception):
                         raise
-                    rq.popleft()
+                    rq.pop(0)
                     self._finish(op, 0, exc)
                     count += 1
                     continue
@@ -442,7 +442,7 @@ class AIOConn:
                     mv.release()
                     if pooled is not None:
                         self._give_back(pooled)
-                    rq.popleft()
+                    rq.pop(0)
                     self._finish(op, 0, oserror(exc.errno) if exc.errno else exc)
                     count += 1
                     continue
@@ -452,7 +452,7 @@ class AIOConn:
                     if pooled is not None:
                         self._give_back(pooled)
                     return count + self._fail_recvs_eof()
-                rq.popleft()
+                rq.pop(0)
                 op.buff = b
                 op.conn = None
                 res = _new_result(self, op.ctx, b, n, None)
@@ -474,17 +474,17 @@ class AIOConn:
                     if len(iov) > _IOV_MAX:
                         chunk = iov[:_IOV_MAX]
                         want = sum([m.nbytes for m in chunk])
-                        n = self._recvmsg_into(chunk)[0]
+                        n = self._sock.recvmsg_into(chunk)[0]
                     else:
                         want = op.total - done
-                        n = self._recvmsg_into(iov)[0]
+                        n = self._sock.recvmsg_into(iov)[0]
             except BlockingIOError:
                 self._readable = False
                 return count
             except InterruptedError:
                 continue
             except OSError as exc:
-                rq.popleft()
+                rq.pop(0)
                 self._finish(op, done, oserror(exc.errno) if exc.errno else exc)
                 count += 1
                 continue
@@ -492,7 +492,7 @@ class AIOConn:
                 return count + self._fail_recvs_eof()
             done += n
             if op.kind == _RECV or done >= op.total:
-                rq.popleft()
+                rq.pop(0)
                 if iov is None:
                     op.mv = None
                     mv.release()
@@ -514,11 +514,11 @@ class AIOConn:
         """The peer closed: every pending receive completes with EOFError."""
         self._eof = True
         rq = self._recvq
-        count = len(rq)
-        while rq:
-            op = rq.popleft()
+        ops = rq[:]
+        rq.clear()
+        for op in ops:
             self._finish(op, op.done, EOFError())
-        return count
+        return len(ops)
 
     def _run_sends(self):
         """Write pending sends while the socket is writable; returns results made."""
@@ -528,7 +528,7 @@ class AIOConn:
             op = sq[0]
             total = op.total
             if not total:
-                sq.popleft()
+                sq.pop(0)
                 self._finish(op, 0, EmptyBuffer("zero-length send buffer"))
                 count += 1
                 continue
@@ -544,23 +544,23 @@ class AIOConn:
                 elif len(iov) > _IOV_MAX:
                     chunk = iov[:_IOV_MAX]
                     want = sum([m.nbytes for m in chunk])
-                    n = self._sendmsg(chunk, (), _MSG_NOSIGNAL)
+                    n = self._sock.sendmsg(chunk, (), _MSG_NOSIGNAL)
                 else:
                     want = total - done
-                    n = self._sendmsg(iov, (), _MSG_NOSIGNAL)
+                    n = self._sock.sendmsg(iov, (), _MSG_NOSIGNAL)
             except BlockingIOError:
                 self._writable = False
                 return count
             except InterruptedError:
                 continue
             except OSError as exc:
-                sq.popleft()
+                sq.pop(0)
                 self._finish(op, done, oserror(exc.errno) if exc.errno else exc)
                 count += 1
                 continue
             done += n
             if done >= total:
-                sq.popleft()
+                sq.pop(0)
                 if iov is None:
                     op.mv = None
                     mv.release()
@@ -596,7 +596,7 @@ class AIOConn:
             # exactly the bytes reported, and the user can resend in order
             count = 0
             while len(sq) > i:
-                o = sq.popleft() if i == 0 else _deque_pop_at(sq, i)
+                o = sq.pop(i)
                 self._finish(o, o.done, SendTimeout("send timed out"))
                 count += 1
             return count
@@ -651,10 +651,11 @@ class AIOConn:
             self._closed = True
             n = 0
             for q in (self._recvq, self._sendq):
-                while q:
-                    op = q.popleft()
+                ops = q[:]
+                q.clear()
+                for op in ops:
                     self._finish(op, op.done, ConnClosed("the connection is closed") if reason is None else reason)
-                    n += 1
+                n += len(ops)
             if self._active:
                 self._active = False
                 svc._active.discard(self)
@@ -746,13 +747,6 @@ def _trim_owned(iov, n, mine):
     return rest
 
 
-def _deque_pop_at(dq, i):
-    dq.rotate(-i)
-    o = dq.popleft()
-    dq.rotate(i)
-    return o
-
-
 # --- the service -----------------------------------------------------------------
 
 _live_lock = threading.Lock()
@@ -784,6 +778,8 @@ class AIOService:
         self._cwaiters = 0
         self._wwaiting = 0
         self._last_cpoll = 0.0
+        self._polls_c = 0          # poll rounds done by collectors / by workers
+        self._polls_w = 0
         self._ep = select.epoll()
         try:
             self._wfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -1010,6 +1006,9 @@ class AIOService:
             self._wake_at = _INF
             if collector:
                 self._last_cpoll = monotonic()
+                self._polls_c += 1
+            else:
+                self._polls_w += 1
             if self._closed:
                 self._ccond.notify_all()
             elif self._cwaiters:
@@ -1025,11 +1024,13 @@ class AIOService:
             r = get(fd)
             if r is None:
                 if fd == self._wfd:
-                    self._wake_pending = False
+                    # drain first, then clear: a wake written in between
+                    # leaves the eventfd readable, so it is never lost
                     try:
                         os.eventfd_read(fd)
                     except OSError:
                         pass
+                    self._wake_pending = False
                 continue
             c = r()
             if c is None:
@@ -1209,6 +1210,8 @@ class AIOService:
             "results": len(self._q),
             "timers": len(self._timers),
             "pooled": len(self._pooled),
+            "collector_polls": self._polls_c,
+            "worker_polls": self._polls_w,
         }
 
     @property
