@@ -234,6 +234,34 @@ def test_send_timeout_exact_prefix_and_queued_sends(backend, svc, connect):
     assert_nothing_to_read(peer)
 
 
+def test_send_timeout_fails_queued_sends_at_that_moment(backend, svc, connect):
+    """Sends queued behind a timed-out send complete with it (0 bytes), before
+    their own deadlines, and none of their bytes ever reaches the wire."""
+    conn, peer = connect(small=True)
+    big = b"B" * (4 << 20)
+    conn.set_send_timeout(0.3)
+    t0 = time.monotonic()
+    conn.send("big", big)
+    time.sleep(0.15)
+    conn.send("q1", b"Q" * 1000)  # own deadline: t0 + 0.45
+    first = collect_one(svc)
+    t_first = time.monotonic() - t0
+    assert first.context == "big" and isinstance(first.err, goaio.SendTimeout)
+    second = collect_one(svc)
+    t_second = time.monotonic() - t0
+    assert second.context == "q1" and isinstance(second.err, goaio.SendTimeout)
+    assert second.bytes_transferred == 0
+    assert t_second - t_first < 0.1, f"queued send completed {t_second - t_first:.3f}s after the timeout"
+    assert t_second < 0.45 - 0.02, "the queued send waited for its own deadline"
+    sent = first.bytes_transferred
+    conn.set_send_timeout(None)
+    reader = Reader(peer, sent + 4)
+    conn.send("mark", b"MARK")
+    assert collect_one(svc).err is None
+    assert reader.result() == big[:sent] + b"MARK"  # no Q on the wire
+    assert_nothing_to_read(peer)
+
+
 def test_send_timeout_set_while_send_pending(backend, svc, connect):
     conn, peer = connect(small=True)
     # Fill the pipe first without a timeout, then a timed send cannot write a byte.
