@@ -1,6 +1,6 @@
 # The compiled proactor core, shared by every compiled backend (_epoll, _kqueue).
-# Only the poller (poller_t, pevent_t, poller_* functions) differs per OS and is
-# included before this file.
+# Only the poller (poller_t, pevent_t, poller_* functions, poller_prepare_fd)
+# differs per OS and is included before this file.
 #
 # Threads and locks
 #   * The IO path runs without the GIL: polling, readv/writev/send, completing
@@ -51,6 +51,7 @@ cdef enum:
     ERR_STIMEOUT = -3
     ERR_EMPTY = -4
     ERR_OBJ = -5         # errobj holds the exception (close reason, acquire() error)
+    ERR_CLOSED = -6      # closed without a reason: a fresh ConnClosed
 
     IDLE_NS = 2000000    # a worker polls only when no collector did for this long
 
@@ -389,6 +390,8 @@ cdef object make_err(op_t *op):
         return EmptyBuffer("empty send buffer")
     if e == ERR_OBJ:
         return <object>op.errobj
+    if e == ERR_CLOSED:
+        return ConnClosed("the connection was closed")
     return _oserror(e)
 
 
@@ -658,6 +661,7 @@ cdef void expire_timers(svc_t *s, oplist_t *done) noexcept nogil:
         if not c.closed and c.timer_at == e.at:
             c.timer_at = 0
             expire_conn(s, c, now, done)
+            cq_push(s, done, True)
         pthread_mutex_unlock(&c.lock)
         conn_decref(c)
 
@@ -1040,10 +1044,12 @@ cdef void poll_once(svc_t *s, int64_t until) noexcept nogil:
             process_recv(s, c, &done)
         if c.sq_head != NULL:
             process_send(s, c, &done)
+        # queued before c.lock is released: completions of one connection
+        # enter the queue in the order they happened, whichever thread made them
+        cq_push(s, &done, True)
         pthread_mutex_unlock(&c.lock)
         conn_decref(c)
     expire_timers(s, &done)
-    cq_push(s, &done, True)
 
 
 cdef void worker_loop(svc_t *s) noexcept nogil:
@@ -1226,7 +1232,10 @@ cdef class AIOConn:
             self.c.pyobj = NULL
             fd = self.c.fd
             self._close(None)
-            _warnings.warn(f"unclosed goaio connection fd={fd}", ResourceWarning, source=self)
+            # A connection of a service being closed is not leaked: the
+            # service closes it anyway (results dropped meanwhile, say).
+            if not self._svc.s.closed:
+                _warnings.warn(f"unclosed goaio connection fd={fd}", ResourceWarning, source=self)
 
     def __repr__(self):
         return f"<goaio.AIOConn fd={self.fd}{' closed' if self.closed else ''}>"
@@ -1303,8 +1312,8 @@ cdef class AIOConn:
                     goaio_atomic_inc(&s.live_ops)
                     if c.rq_head == op and (c.readable or c.eof):
                         process_recv(s, c, &done)
-            pthread_mutex_unlock(&c.lock)
             cq_push(s, &done)
+            pthread_mutex_unlock(&c.lock)
         if rc:
             op_release(op, False)
             if rc == 1:
@@ -1410,8 +1419,17 @@ cdef class AIOConn:
             pthread_mutex_unlock(&c.lock)
             return
         c.closed = 1
-        fail_queue(c, True, ERR_OBJ, &done)
-        fail_queue(c, False, ERR_OBJ, &done)
+        # every pending op gets the reason itself, or by default a fresh
+        # ConnClosed made when its result is (no Python code under c.lock)
+        fail_queue(c, True, ERR_CLOSED if reason is None else ERR_OBJ, &done)
+        fail_queue(c, False, ERR_CLOSED if reason is None else ERR_OBJ, &done)
+        if reason is not None:
+            op = done.head
+            while op != NULL:
+                op.errobj = <PyObject *>reason
+                Py_INCREF(reason)
+                op = op.next
+        cq_push(s, &done)
         fd = c.fd
         st = c.stash
         c.stash = NULL
@@ -1419,29 +1437,25 @@ cdef class AIOConn:
         c.stash_exc = NULL
         c.pyobj = NULL
         pthread_mutex_unlock(&c.lock)
-        op = done.head
-        while op != NULL:
-            # the given reason itself for every op; by default a fresh ConnClosed each
-            err = ConnClosed("the connection was closed") if reason is None else reason
-            op.errobj = <PyObject *>err
-            Py_INCREF(err)
-            op = op.next
         with nogil:
             reg_remove(s, c)
-            poller_del(&s.poller, fd)
-        # The fd number leaves the bound registry while it is still open, so no
-        # socket can get it before it is free for binding again.
-        _bound_fds.discard(fd)
+        # Close the fd only if the socket object still owned it: had the user
+        # closed the socket behind our back, the number may already belong to
+        # another file. EPOLL_CTL_DEL comes before close(); the fd number leaves
+        # the bound registry while still open, so no socket can get it before.
         try:
-            self._sock.detach()
+            mine = self._sock.detach() == fd
         except OSError:
-            pass
-        close(fd)
+            mine = False
+        if mine:
+            with nogil:
+                poller_del(&s.poller, fd)
+        _bound_fds.discard(fd)
+        if mine:
+            close(fd)
         if st != NULL:
             stash_free(st, True)
         Py_XDECREF(exc)
-        with nogil:
-            cq_push(s, &done)
 
 
 cdef set _live_services = set()
@@ -1539,6 +1553,9 @@ cdef class AIOService:
         try:
             option = _make_option(option, kwargs)
             sock.setblocking(False)
+            err = poller_prepare_fd(fd)     # per-OS socket setup (macOS: SO_NOSIGPIPE)
+            if err:
+                raise _oserror(err)
             conn = AIOConn.__new__(AIOConn)
             c = <conn_t *>PyMem_RawMalloc(sizeof(conn_t))
             if c == NULL:
