@@ -73,8 +73,11 @@ _OUT_EV = _EPOLLOUT | _EPOLLHUP | _EPOLLERR
 _HUP_EV = _EPOLLRDHUP | _EPOLLHUP | _EPOLLERR
 
 _MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
-_IOV_MAX = getattr(os, "sysconf", lambda n: 1024)("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
-if not isinstance(_IOV_MAX, int) or _IOV_MAX <= 0:
+try:  # the most buffers one readv/writev (recvmsg/sendmsg) takes
+    _IOV_MAX = os.sysconf("SC_IOV_MAX")
+except (AttributeError, ValueError, OSError):
+    _IOV_MAX = 1024
+if _IOV_MAX <= 0:
     _IOV_MAX = 1024
 
 #: how long the worker threads leave the poller role to a collector that was
@@ -121,6 +124,16 @@ def _views(buffs, writable):
         for mv in mvs:
             mv.release()
         raise
+    return mvs, total
+
+
+def _recv_list(buffs):
+    """Views of a list of receive buffers (whose total must not be zero)."""
+    mvs, total = _views(buffs, True)
+    if not total:
+        for m in mvs:
+            m.release()
+        raise EmptyBuffer("zero-length receive buffer list")
     return mvs, total
 
 
@@ -231,11 +244,7 @@ class AIOConn:
             mv = iov = None
             total = 0
         elif type(buff) is list:
-            mv, total = _views(buff, True)
-            if not total:
-                for m in mv:
-                    m.release()
-                raise EmptyBuffer("zero-length receive buffer list")
+            mv, total = _recv_list(buff)
             iov = mv
         else:
             mv = _view(buff, True)
@@ -256,11 +265,7 @@ class AIOConn:
         if buff is None:
             raise TypeError("recv_full needs a buffer")
         if type(buff) is list:
-            mv, total = _views(buff, True)
-            if not total:
-                for m in mv:
-                    m.release()
-                raise EmptyBuffer("zero-length receive buffer list")
+            mv, total = _recv_list(buff)
             iov = mv
         else:
             mv = _view(buff, True)
@@ -666,7 +671,8 @@ class AIOConn:
             svc._wake_for_results()
 
     def _release_fd(self):
-        """Unregister and close the fd (lock held, or no other reference)."""
+        """Unregister and close the fd (lock held, or no other reference).
+        Takes no lock: bound_fds.discard is lock-free."""
         svc = self._svc
         fd = self._fd
         try:
@@ -690,7 +696,8 @@ class AIOConn:
 
     def __del__(self):
         # Runs in whatever thread dropped the last reference, possibly in the
-        # middle of our own code: take no lock that this thread may hold.
+        # middle of our own code: _release_fd takes no lock. (With nothing
+        # pending, no other thread can be doing IO on this connection.)
         try:
             if self._closed:
                 return
@@ -698,24 +705,7 @@ class AIOConn:
             return
         try:
             self._closed = True
-            svc = self._svc
-            fd = self._fd
-            try:
-                mine = self._sock.detach() == fd
-            except Exception:
-                mine = False
-            if mine:
-                try:
-                    svc._ep.unregister(fd)
-                except (OSError, ValueError):
-                    pass
-            svc._fdmap.pop(fd, None)
-            bound_fds.discard(fd)
-            if mine:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            self._release_fd()
         finally:
             # like socket: under an 'error' filter this surfaces as an
             # unraisable exception, after the fd is closed
@@ -765,7 +755,6 @@ class AIOService:
         self._pooled = {}          # id(result) -> result holding a share buffer
         self._fdmap = {}           # fd -> weakref(AIOConn)
         self._active = set()       # connections with operations pending (kept alive)
-        self._graveyard = collections.deque()   # fds left by __del__ to close
         self._timers = []          # heap of (deadline, seq, op)
         self._tseq = itertools.count().__next__
         self._tcompact = 256
@@ -811,8 +800,6 @@ class AIOService:
         if self._closed:
             raise ServiceClosed("the service is closed")
         fd = check_socket(sock)
-        if self._graveyard:
-            self._bury()
         bound_fds.add(fd)
         try:
             opt = make_option(option, kwargs)
@@ -995,8 +982,6 @@ class AIOService:
             self._dispatch(events)
         if self._timers and self._timers[0][0] <= monotonic():
             self._fire_timers()
-        if self._graveyard:
-            self._bury()
 
     def _release_poller(self, collector):
         with self._lock:
@@ -1161,22 +1146,6 @@ class AIOService:
             finally:
                 self._release_poller(False)
 
-    # -- graveyard: fds that a garbage-collected conn could not release --
-
-    def _bury(self):
-        g = self._graveyard
-        while g:
-            try:
-                fd, mine = g.popleft()
-            except IndexError:
-                break
-            bound_fds.discard(fd)
-            if mine:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-
     # -- share buffers of undelivered results --
 
     def _reclaim_conn(self, conn, reason):
@@ -1255,7 +1224,6 @@ class AIOService:
             pooled.clear()
             self._timers.clear()
             self._active.clear()
-        self._bury()
         try:
             self._ep.close()
         except OSError:
