@@ -252,6 +252,7 @@ def main(args):
         "conns": args.conns, "size": args.size, "seconds": args.seconds, "warmup": args.warmup,
         "workers": args.workers, "pinned": pin, "idle": args.idle, "rounds": args.rounds,
     }
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     rows = []
     for name in names:
         spec = srvmod.BY_NAME[name]
@@ -270,6 +271,8 @@ def main(args):
                 continue
             tag = f"[{i}/{len(todo)}{f' round {rnd}/{args.rounds}' if args.rounds > 1 else ''}] {row['name']:<18}"
             _run_one(row, tag, rnd == 1 and args.idle, args, prefix, server_cpus, client_cpus, progress)
+    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    meta["loadavg"] = [load_before, load_after]
     status = 0
     for row in todo:
         if row.get("failed"):
@@ -287,6 +290,10 @@ def main(args):
     print(table(rows, args.idle))
     notes = [f"- {r['name']}: skipped ({r['skipped']})" for r in rows if r.get("skipped")]
     notes += [f"- {r['name']}: FAILED ({r['failed']})" for r in rows if r.get("failed")]
+    busy = max((x for x in (load_before, load_after) if x is not None), default=0)
+    if busy > (meta["cpus"] or 1):
+        notes.append(f"- the machine was busy (load average up to {busy:.1f} on {meta['cpus']} CPUs): "
+                     "expect noise, repeat with --rounds")
     if args.rounds > 1:
         notes.append(f"- each figure is the run of median rps out of {args.rounds} interleaved rounds")
     if args.client_procs > 1:
