@@ -358,3 +358,31 @@ def test_gather_roundtrip_property(backend, send_sizes, recv_sizes, as_list):
             assert b"".join(bufs) == b"".join(payload)
     finally:
         p.close()
+
+
+# ---------------------------------------------------------------- numpy (when installed)
+
+def test_numpy_arrays(backend, svc, connect):
+    np = pytest.importorskip("numpy")
+    conn, peer = connect()
+    arr = np.zeros(4, dtype=np.int32)
+    payload = np.array([7, -1, 1 << 20, 3], dtype=np.int32)
+    peer.sendall(payload.tobytes())
+    conn.recv_full("r", arr)
+    res = collect_one(svc)
+    assert (res.err, res.bytes_transferred) == (None, 16)
+    assert (arr == payload).all()
+    # a strided view is not C-contiguous
+    with pytest.raises(BufferError):
+        conn.recv(None, np.zeros(8, dtype=np.uint8)[::2])
+    # a read-only array cannot be received into
+    ro = np.zeros(8, dtype=np.uint8)
+    ro.flags.writeable = False
+    with pytest.raises(TypeError):
+        conn.recv(None, ro)
+    # but it can be sent, also inside a list
+    out = np.arange(16, dtype=np.uint8)
+    conn.send("s", [out, ro])
+    res = collect_one(svc)
+    assert (res.err, res.bytes_transferred) == (None, 24)
+    assert recv_exactly(peer, 24) == out.tobytes() + bytes(8)

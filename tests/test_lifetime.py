@@ -153,6 +153,63 @@ def test_fd_reuse_no_stale_events_long(backend, svc, pairs):
     assert _fd_reuse(svc, pairs, 2000) > 0
 
 
+def test_dup_of_closed_conn_fd_sends_no_stale_event(backend, svc, pairs):
+    """A dup of a bound fd keeps the open file alive after conn.close(): its
+    events must not reach a new connection that got the old fd number
+    (EPOLL_CTL_DEL before close; epoll tracks the file, not the number)."""
+    import os
+
+    reused = 0
+    for i in range(20):
+        a_sock, a_peer = pairs.client_first()
+        a = svc.bind(a_sock)
+        dup = os.dup(a.fd)
+        try:
+            fd = a.fd
+            a.close()
+            b_sock, b_peer = pairs.client_first()
+            reused += b_sock.fileno() == fd
+            b = svc.bind(b_sock)
+            buf = bytearray(16)
+            b.recv(("B", i), buf)
+            a_peer.sendall(b"stale bytes for A")  # readable on the dup, not on B
+            assert_no_result(svc, 0.03)
+            b_peer.sendall(b"fresh")
+            res = collect_one(svc)
+            assert res.context == ("B", i) and res.err is None
+            assert buf[: res.bytes_transferred] == b"fresh"
+            b.close()
+        finally:
+            os.close(dup)
+        a_peer.close()
+        b_peer.close()
+    assert reused > 0
+
+
+def test_refcounts_return_to_baseline(backend, svc, connect):
+    """Contexts, buffers and connections are not leaked by completed operations."""
+    import sys
+
+    conn, peer = connect()
+    ctx, buf, data = object(), bytearray(8), b"12345678"
+    base = (sys.getrefcount(ctx), sys.getrefcount(buf), sys.getrefcount(data), sys.getrefcount(conn))
+    for _ in range(50):
+        conn.send(ctx, data)
+        conn.recv(ctx, buf)
+        peer.sendall(recv_exactly(peer, 8))
+        results = collect(svc, 2)
+        assert all(r.err is None for r in results)
+        del results
+    conn.set_recv_timeout(0.01)
+    for _ in range(10):
+        conn.recv(ctx, buf)
+        assert isinstance(collect_one(svc).err, goaio.RecvTimeout)
+    conn.set_recv_timeout(None)
+    gc.collect()
+    after = (sys.getrefcount(ctx), sys.getrefcount(buf), sys.getrefcount(data), sys.getrefcount(conn))
+    assert after == base, f"refcounts {base} -> {after}"
+
+
 # ---------------------------------------------------------------- default service
 
 DEFAULT_SERVICE = r"""
