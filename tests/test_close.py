@@ -168,6 +168,49 @@ def test_close_inside_handler_loop(backend, svc, connect):
     assert res.context == "b" and isinstance(res.err, goaio.ConnClosed)
 
 
+def test_close_keeps_results_already_completed(backend, svc, connect):
+    """conn.close() does not touch results already queued: they keep their data
+    and their share buffer, which the user releases as usual."""
+    pool = backend.BufferPool(256)
+    conn, peer = connect(share_buff=pool)
+    buf = bytearray(4)
+    conn.recv("share")
+    peer.sendall(b"data")
+    wait_until(lambda: svc._stats()["live_ops"] == 0, msg="the share receive completed")
+    conn.recv_full("plain", buf)
+    peer.sendall(b"more")
+    wait_until(lambda: svc._stats()["live_ops"] == 0, msg="the plain receive completed")
+    conn.send("sent", b"out")
+    wait_until(lambda: svc._stats()["live_ops"] == 0, msg="the send completed")
+    conn.recv("pending", bytearray(4))
+    conn.close()
+    results = collect(svc, 4)
+    assert [r.context for r in results] == ["share", "plain", "sent", "pending"]
+    share, plain, sent, pending = results
+    assert share.err is None and share.buff[:4] == b"data"
+    assert pool.outstanding == 1
+    pool.release(share.buff)
+    assert plain.err is None and buf == b"more"
+    assert sent.err is None and sent.bytes_transferred == 3
+    assert isinstance(pending.err, goaio.ConnClosed)
+    assert pool.outstanding == 0
+
+
+@pytest.mark.parametrize("setter", ["set_recv_timeout", "set_send_timeout"])
+def test_set_timeout_on_closed_conn(backend, svc, connect, setter):
+    """On a closed connection the setters check their argument and do nothing else."""
+    conn, _peer = connect()
+    conn.close()
+    getattr(conn, setter)(1)
+    getattr(conn, setter)(None)
+    getattr(conn, setter)(0)
+    with pytest.raises(ValueError):
+        getattr(conn, setter)(-1)
+    with pytest.raises(TypeError):
+        getattr(conn, setter)("1")
+    assert_no_result(svc, 0.05)
+
+
 def test_close_share_buffer_recvs_return_nothing(backend, svc, connect):
     pool = backend.BufferPool(256)
     conn, _peer = connect(share_buff=pool)

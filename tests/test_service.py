@@ -479,6 +479,15 @@ parent_conn.recv("parent", bytearray(16))   # pending across the fork
 pid = os.fork()
 if pid == 0:
     try:
+        # the inherited service counts as closed in the child
+        for call in (lambda: svc.get_complete_status(timeout=0), lambda: svc.bind(pair()[0]),
+                     lambda: parent_conn.recv("x", bytearray(1))):
+            try:
+                call()
+            except goaio.ServiceClosed:
+                pass
+            else:
+                raise AssertionError("inherited service usable in the child")
         fresh = goaio.AIOService()
         echo_once(fresh, b"child")
         fresh.close()
