@@ -132,6 +132,21 @@ def test_bind_unix_datagram_and_seqpacket(backend, svc):
                 svc.bind(a)
 
 
+def test_bind_stream_socket_of_other_family(backend, svc):
+    """SOCK_STREAM but neither INET, INET6 nor UNIX (here AF_VSOCK) is UnsupportedConn."""
+    fam = getattr(socket, "AF_VSOCK", None)
+    if fam is None:
+        pytest.skip("no AF_VSOCK here")
+    try:
+        s = socket.socket(fam, socket.SOCK_STREAM)
+    except OSError as exc:
+        pytest.skip(f"cannot make an AF_VSOCK socket: {exc}")
+    with s:
+        with pytest.raises(goaio.UnsupportedConn):
+            svc.bind(s)
+        assert os.get_blocking(s.fileno())
+
+
 def test_bind_listening_socket(backend, svc):
     with socket.socket() as lst:
         lst.bind(("127.0.0.1", 0))

@@ -9,7 +9,6 @@ import pytest
 
 import goaio
 from support import (
-    WAIT,
     assert_no_result,
     collect,
     collect_one,

@@ -13,7 +13,6 @@ from support import (
     collect,
     collect_one,
     reset,
-    wait_until,
 )
 
 

@@ -381,6 +381,7 @@ def test_many_connections_with_timeouts(backend, svc, pairs, bind):
     elapsed = time.monotonic() - t0
     assert sorted(r.context for r in results) == list(range(n))
     assert all(isinstance(r.err, goaio.RecvTimeout) for r in results)
+    assert len({id(r.err) for r in results}) == n  # a fresh exception per operation
     assert elapsed <= 0.4 + LATE + 0.3, elapsed
     assert_no_result(svc, 0.1)
 
