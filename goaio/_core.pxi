@@ -199,13 +199,21 @@ cdef void cond_wait_until(pthread_cond_t *c, pthread_mutex_t *m, int64_t until) 
     pthread_cond_timedwait(c, m, &ts)
 
 
+# Python work reached from the IO path goes through these `with gil` functions:
+# they take the GIL on entry and drop it, every Python temporary cleared, on
+# exit. A nogil function that held Python locals itself would have Cython take
+# the GIL at its exit to clear them, possibly while holding a C lock (deadlock).
+
+cdef void py_decref(PyObject *o) noexcept with gil:
+    Py_DECREF(<object>o)
+
+
 cdef void conn_decref(conn_t *c) noexcept nogil:
     """Drop a reference to a connection record; the last one frees it.
     Never called with a C lock held: it may take the GIL."""
     if goaio_atomic_dec(&c.cref) == 0:
         if c.share_buff != NULL:
-            with gil:
-                Py_DECREF(<object>c.share_buff)
+            py_decref(c.share_buff)
         pthread_mutex_destroy(&c.lock)
         PyMem_RawFree(c)
 
@@ -733,6 +741,64 @@ cdef void stash_free(stash_t *st, bint give_back):
     PyMem_RawFree(st)
 
 
+cdef stash_t *py_take_stash(PyObject *sb, PyObject **exc_out) noexcept with gil:
+    """share_buff.acquire() (or a fresh bytearray when it returns None), pinned.
+    NULL with the exception in exc_out (a new reference) on failure."""
+    cdef stash_t *st = NULL
+    try:
+        obj = (<object>sb).acquire()
+        share = <object>sb
+        if obj is None:
+            obj = bytearray(DEFAULT_RECV_BUFF_SIZE)
+            share = None
+        st = <stash_t *>PyMem_RawMalloc(sizeof(stash_t))
+        if st == NULL:
+            raise MemoryError()
+        memset(st, 0, sizeof(stash_t))
+        try:
+            PyObject_GetBuffer(obj, &st.view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS)
+        except BaseException as e:
+            PyMem_RawFree(st)
+            st = NULL
+            if share is not None:
+                share.release(obj)
+            if isinstance(e, (BufferError, ValueError)):
+                raise TypeError(f"share_buff.acquire() returned an unusable buffer: {e}") from None
+            raise
+        Py_INCREF(obj)
+        st.obj = <PyObject *>obj
+        if share is not None:
+            Py_INCREF(share)
+            st.share = <PyObject *>share
+        if st.view.len == 0:
+            stash_free(st, True)
+            st = NULL
+            raise EmptyBuffer("share_buff.acquire() returned an empty buffer")
+    except BaseException as e:
+        Py_INCREF(e)
+        exc_out[0] = <PyObject *>e
+        return NULL
+    return st
+
+
+cdef void py_drop(stash_t *st, PyObject *exc) noexcept with gil:
+    """Give back a stash nobody will use, drop an exception nobody will see."""
+    if st != NULL:
+        stash_free(st, True)
+    if exc != NULL:
+        Py_DECREF(<object>exc)
+
+
+cdef PyObject *py_grow_pool(PyObject *pool) noexcept with gil:
+    """Grow a BufferPool; NULL, or the exception raised (a new reference)."""
+    try:
+        (<BufferPool>pool)._grow()
+    except BaseException as e:
+        Py_INCREF(e)
+        return <PyObject *>e
+    return NULL
+
+
 cdef int take_python_buffer(conn_t *c) noexcept nogil:
     """Get a buffer from a Python share_buff for the head receive (c.lock held).
 
@@ -740,66 +806,31 @@ cdef int take_python_buffer(conn_t *c) noexcept nogil:
     for the GIL); leaves the buffer in c.stash or the exception acquire() raised
     in c.stash_exc. Returns 0 when the caller must re-examine the connection,
     -1 when another thread is already at it."""
-    cdef stash_t *st = NULL
+    cdef stash_t *st
     cdef PyObject *exc = NULL
-    cdef PyObject *sb = c.share_buff    # owned by c, which our caller holds a cref on
     if c.acquiring:
         return -1
     c.acquiring = 1
     pthread_mutex_unlock(&c.lock)
-    with gil:
-        try:
-            obj = (<object>sb).acquire()
-            share = <object>sb
-            if obj is None:
-                obj = bytearray(DEFAULT_RECV_BUFF_SIZE)
-                share = None
-            st = <stash_t *>PyMem_RawMalloc(sizeof(stash_t))
-            if st == NULL:
-                raise MemoryError()
-            memset(st, 0, sizeof(stash_t))
-            try:
-                PyObject_GetBuffer(obj, &st.view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS)
-            except BaseException as e:
-                PyMem_RawFree(st)
-                st = NULL
-                if share is not None:
-                    share.release(obj)
-                if isinstance(e, BufferError):
-                    raise TypeError(f"share_buff.acquire() returned an unusable buffer: {e}") from None
-                raise
-            Py_INCREF(obj)
-            st.obj = <PyObject *>obj
-            if share is not None:
-                Py_INCREF(share)
-                st.share = <PyObject *>share
-            if st.view.len == 0:
-                stash_free(st, True)
-                st = NULL
-                raise EmptyBuffer("share_buff.acquire() returned an empty buffer")
-        except BaseException as e:
-            Py_INCREF(e)
-            exc = <PyObject *>e
+    # c.share_buff is owned by c, which our caller holds a cref on
+    st = py_take_stash(c.share_buff, &exc)
+    pthread_mutex_lock(&c.lock)
+    if c.closed:
+        # closed meanwhile: give it back (Python code, so without c.lock)
+        pthread_mutex_unlock(&c.lock)
+        py_drop(st, exc)
         pthread_mutex_lock(&c.lock)
-        if c.closed:
-            # closed meanwhile: give it back (Python code, so without c.lock)
-            pthread_mutex_unlock(&c.lock)
-            if st != NULL:
-                stash_free(st, True)
-            Py_XDECREF(exc)
-            pthread_mutex_lock(&c.lock)
-        else:
-            c.stash = st
-            c.stash_exc = exc
-        c.acquiring = 0
+    else:
+        c.stash = st
+        c.stash_exc = exc
+    c.acquiring = 0
     return 0
 
 
 cdef void drop_stash(conn_t *c, stash_t *st) noexcept nogil:
     """Give an unused Python share buffer back (c.lock held; dropped meanwhile)."""
     pthread_mutex_unlock(&c.lock)
-    with gil:
-        stash_free(st, True)
+    py_drop(st, NULL)
     pthread_mutex_lock(&c.lock)
 
 
@@ -807,6 +838,7 @@ cdef int attach_buffer(conn_t *c, op_t *op, oplist_t *done) noexcept nogil:
     """Give the head recv(ctx, None) a share buffer (c.lock held).
     1: attached; 0: re-examine the connection; -1: stop processing."""
     cdef PyObject *obj
+    cdef PyObject *exc
     cdef char *data
     cdef int idx
     cdef stash_t *st
@@ -835,20 +867,16 @@ cdef int attach_buffer(conn_t *c, op_t *op, oplist_t *done) noexcept nogil:
             return -1
         c.acquiring = 1
         pthread_mutex_unlock(&c.lock)
-        with gil:
-            try:
-                (<BufferPool>(<object>c.share_buff))._grow()
-            except BaseException as exc:
-                Py_INCREF(exc)
+        exc = py_grow_pool(c.share_buff)
+        pthread_mutex_lock(&c.lock)
+        if exc != NULL:
+            if c.closed:
+                pthread_mutex_unlock(&c.lock)
+                py_drop(NULL, exc)
                 pthread_mutex_lock(&c.lock)
-                if c.closed:
-                    Py_DECREF(exc)
-                else:
-                    c.stash_exc = <PyObject *>exc
-                c.acquiring = 0
-                return 0
-            pthread_mutex_lock(&c.lock)
-            c.acquiring = 0
+            else:
+                c.stash_exc = exc
+        c.acquiring = 0
         return 0
     if c.stash == NULL:
         return take_python_buffer(c)
@@ -1130,16 +1158,20 @@ cdef int cq_take(svc_t *s, long maxn, int64_t until, op_t **out) noexcept nogil:
 cdef int get_view(object b, Py_buffer *v, bint writable) except -1:
     if not PyObject_CheckBuffer(b):
         raise TypeError(f"a bytes-like object is required, not {type(b).__name__!r}")
+    # (numpy reports a non-contiguous array with ValueError: made BufferError)
     if not writable:
-        PyObject_GetBuffer(b, v, PyBUF_C_CONTIGUOUS)
+        try:
+            PyObject_GetBuffer(b, v, PyBUF_C_CONTIGUOUS)
+        except ValueError as e:
+            raise BufferError(str(e)) from None
         return 0
     try:
         PyObject_GetBuffer(b, v, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS)
-    except BufferError:
+    except (BufferError, ValueError):
         try:
             PyObject_GetBuffer(b, v, PyBUF_C_CONTIGUOUS)
-        except BufferError:
-            raise
+        except (BufferError, ValueError) as e:
+            raise BufferError(str(e)) from None
         PyBuffer_Release(v)
         raise TypeError(f"a writable buffer is required, not a read-only {type(b).__name__!r}") from None
     return 0
@@ -1202,7 +1234,7 @@ cdef int fill_buffers(op_t *op, object buff, bint writable) except -1:
     return 0
 
 
-cdef int64_t to_ns(double seconds):
+cdef inline int64_t to_ns(double seconds) noexcept nogil:
     return <int64_t>(seconds * 1e9 + 0.5)
 
 
@@ -1370,7 +1402,6 @@ cdef class AIOConn:
         cdef int64_t ns = to_ns(_common.check_conn_timeout(seconds))
         cdef int64_t at
         cdef op_t *op
-        self._check_open()
         with nogil:
             pthread_mutex_lock(&c.lock)
             at = goaio_now_ns() + ns if ns else 0
@@ -1383,7 +1414,7 @@ cdef class AIOConn:
             while op != NULL:
                 op.deadline = at
                 op = op.next
-            if at and (c.rq_head if recvq else c.sq_head) != NULL:
+            if at and not c.closed and (c.rq_head if recvq else c.sq_head) != NULL:
                 schedule_timer(self._svc.s, c, at)
             pthread_mutex_unlock(&c.lock)
 
@@ -1607,7 +1638,9 @@ cdef class AIOService:
         cdef op_t *head = NULL
         cdef op_t *op
         cdef int closed = 0
-        t = _common.check_timeout(timeout)
+        cdef double t = -1.0
+        if timeout is not None:
+            t = _common.check_timeout(timeout)
         if s.closed:
             raise ServiceClosed("the service is closed")
         # fast path: results are waiting (a thread holding the GIL may take
@@ -1618,7 +1651,7 @@ cdef class AIOService:
             s.last_collector = goaio_now_ns()
         pthread_mutex_unlock(&s.lock)
         if head == NULL:
-            until = -1 if t is None else (0 if t == 0 else goaio_now_ns() + to_ns(t))
+            until = -1 if t < 0 else (0 if t == 0 else goaio_now_ns() + to_ns(t))
             with nogil:
                 closed = cq_take(s, maxn, until, &head)
             if closed:
@@ -1723,6 +1756,35 @@ cdef class AIOService:
             s.closed = 2
             self._threads = []
             _live_services.discard(_weakref.ref(self))
+
+
+def _after_fork_in_child():
+    """In a forked child the service threads are gone, the locks may be held
+    forever and the poller is shared with the parent: every inherited service
+    counts as closed (ServiceClosed), its connections as closed (their sockets
+    are left to the user), and its poller fds are closed in the child only."""
+    cdef AIOService svc
+    cdef svc_t *s
+    cdef conn_t *c
+    cdef uint32_t i
+    for r in list(_live_services):
+        svc = r()
+        if svc is None or svc.s == NULL or svc.s.closed:
+            continue
+        s = svc.s
+        s.closed = 2
+        for i in range(s.nslots):
+            c = s.slots[i]
+            if c != NULL and not c.closed:
+                c.closed = 1
+                _bound_fds.discard(c.fd)
+        poller_close(&s.poller)
+        svc._threads = []
+    _live_services.clear()
+
+
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _close_live_services():

@@ -665,8 +665,6 @@ class AIOConn:
                 self._active = False
                 svc._active.discard(self)
             self._release_fd()
-        if self._share is not None and svc._pooled:
-            svc._reclaim_conn(self, reason)
         if n and (svc._cwaiters or svc._pcoll):
             svc._wake_for_results()
 
@@ -1147,19 +1145,6 @@ class AIOService:
                 self._release_poller(False)
 
     # -- share buffers of undelivered results --
-
-    def _reclaim_conn(self, conn, reason):
-        """conn.close(): undelivered results of ``conn`` give their share
-        buffer back; they are still delivered, failed, with buff None."""
-        with self._lock:
-            pooled = self._pooled
-            mine = [r for r in pooled.values() if r.conn is conn]
-            for r in mine:
-                del pooled[id(r)]
-                buff = r.buff
-                r.buff = None
-                r.err = ConnClosed("the connection is closed") if reason is None else reason
-                conn._give_back(buff)
 
     # -- stats and closing --
 
