@@ -81,6 +81,24 @@ def test_close_bad_reason_is_type_error_and_keeps_conn_open(backend, svc, connec
     assert res.err is None and res.bytes_transferred == 4
 
 
+def test_close_leaves_completed_results_as_they_are(backend, svc, connect):
+    """An op that completed before conn.close() is delivered as it completed,
+    share buffer and data included; only the pending one gets the reason."""
+    pool = backend.BufferPool(64)
+    conn, peer = connect(share_buff=pool)
+    conn.recv("done", None)
+    peer.sendall(b"abc")
+    wait_until(lambda: svc._stats()["live_ops"] == 0, msg="the recv completed (uncollected)")
+    conn.recv("pending", None)
+    conn.close(Reason("bye"))
+    done, pending = collect(svc, 2)
+    assert (done.context, done.err, done.bytes_transferred) == ("done", None, 3)
+    assert bytes(done.buff[:3]) == b"abc" and pool.outstanding == 1
+    pool.release(done.buff)
+    assert pending.context == "pending" and isinstance(pending.err, Reason)
+    assert pending.buff is None and pool.outstanding == 0
+
+
 def test_close_is_idempotent(backend, svc, connect):
     conn, _peer = connect()
     conn.recv("r", bytearray(4))
