@@ -250,28 +250,53 @@ def _duplex_traffic(svc, conns, nbytes, seed, collect_here=True):
     return 2 * nbytes * len(conns)
 
 
+def _eintr_storm(svc, pairs, seconds):
+    conns = [(svc.bind(s), p) for s, p in (pairs(f) for f in ALL_FAMILIES * 2)]
+    nbytes = 1 << 20
+    moved = rounds = 0
+    with itimer_storm() as hits:
+        # the main thread collects (and polls, and does the IO itself)
+        end = time.monotonic() + seconds / 2
+        while time.monotonic() < end or rounds < 2:
+            moved += _duplex_traffic(svc, conns, nbytes, seed=rounds)
+            rounds += 1
+        main_hits = hits[0]
+        # SIGALRM blocked in the main thread: it lands in the collector and
+        # service threads, inside their system calls
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        try:
+            end = time.monotonic() + seconds / 2
+            while time.monotonic() < end or rounds < 4:
+                moved += _duplex_traffic(svc, conns, nbytes, seed=rounds, collect_here=False)
+                rounds += 1
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    assert_no_result(svc, 0.05)
+    for conn, _ in conns:
+        conn.close()
+    return hits[0], main_hits, moved, rounds
+
+
 @pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="no setitimer")
 def test_eintr_storm_itimer_real(backend, service, pairs):
     """SIGALRM every 100 us with a Python handler during full-duplex traffic on
-    several connections: byte-exact both ways. First the main thread collects
-    (and does the IO itself); then it blocks SIGALRM so the signals land in the
-    collector and service threads, inside their system calls."""
-    conns = [(service.bind(s), p) for s, p in (pairs(f) for f in ALL_FAMILIES * 2)]
-    nbytes = 1 << 20
-    with itimer_storm() as hits:
-        moved = _duplex_traffic(service, conns, nbytes, seed=1)
-        main_hits = hits[0]
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
-        try:
-            moved += _duplex_traffic(service, conns, nbytes, seed=2, collect_here=False)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
-    assert_no_result(service, 0.05)
-    for conn, _ in conns:
-        conn.close()
-    print(f"EINTR storm: {hits[0]} SIGALRM delivered ({main_hits} with the main thread collecting), "
-          f"{moved} bytes checked")
-    assert main_hits > 100 and hits[0] > main_hits
+    six connections (tcp, tcp6, unix): byte-exact both ways. First the main
+    thread collects; then it blocks SIGALRM so that the signals interrupt the
+    collector and service threads."""
+    hits, main_hits, moved, rounds = _eintr_storm(service, pairs, 3.0)
+    print(f"EINTR storm: {hits} SIGALRM handled ({main_hits} while the main thread collected), "
+          f"{rounds} rounds, {moved} bytes checked")
+    assert main_hits > 100 and hits > main_hits
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="no setitimer")
+def test_eintr_storm_long(backend, service, pairs):
+    extend_hang_guard(900)
+    hits, main_hits, moved, rounds = _eintr_storm(service, pairs, 120.0)
+    print(f"EINTR storm: {hits} SIGALRM handled ({main_hits} while the main thread collected), "
+          f"{rounds} rounds, {moved} bytes checked")
 
 
 # ====================================================================== resets
@@ -369,8 +394,8 @@ def _resets(svc, pairs, pool, rounds):
 
 def test_peer_resets_mid_transfer(backend, svc, pairs):
     pool = backend.BufferPool(1024)
-    moved = _resets(svc, pairs, pool, 40)
-    print(f"peer resets: 40 rounds, {moved} bytes in flight")
+    moved = _resets(svc, pairs, pool, 100)
+    print(f"peer resets: 100 rounds, {moved} bytes in flight")
 
 
 @pytest.mark.slow
@@ -740,7 +765,7 @@ def _fd_reuse_rounds(svc, pool, rounds, rnd):
 
 
 def test_fd_reuse_race(backend, service):
-    rounds = 300
+    rounds = 500
     reused, a_bytes, b_bytes = _fd_reuse_rounds(service, backend.BufferPool(64), rounds, random.Random(7))
     print(f"fd reuse: {rounds} rounds, fd number reused at once in {reused}, "
           f"{a_bytes} bytes of A drained, {b_bytes} bytes of B checked")
@@ -905,26 +930,27 @@ def _timeout_vs_close(svc, pairs, rounds, width, rnd):
         for i in range(width):
             sending = i % 4 == 3
             s, p = pairs(TCP_FAMILIES[i % len(TCP_FAMILIES)], small=sending)
-            c = svc.bind(s)
+            conns.append((svc.bind(s), p, sending))
+        plan = []
+        for c, p, sending in conns:
             t = rnd.choice([0.001, 0.002, 0.003])
             if sending:
                 c.set_send_timeout(t)
-                c.send(("op", r, i), b"z" * (4 << 20))
+                c.send(("op", r, id(c)), b"z" * (4 << 20))
             else:
                 c.set_recv_timeout(t)
-                c.recv(("op", r, i), bytearray(16))
-            conns.append((c, p, t))
-        time.sleep(0.002)
+                c.recv(("op", r, id(c)), bytearray(16))
+            # close around the deadline (timers fire up to ~1 ms late: ms-resolution polls)
+            plan.append((time.monotonic() + t + rnd.uniform(-0.0002, 0.0015), c))
         reasons = {}
-        for c, p, t in conns:
-            if rnd.random() < 0.5:
-                time.sleep(rnd.random() * 0.0003)
+        for at, c in sorted(plan, key=lambda x: x[0]):
+            while time.monotonic() < at:
+                pass
             reason = KeyError(f"closed {id(c)}")
             reasons[c] = reason
             c.close(reason)
-        results = collect(svc, width)
         seen = set()
-        for res in results:
+        for res in collect(svc, width):
             assert res.context not in seen, f"{res.context} completed twice"
             seen.add(res.context)
             if res.err is reasons[res.conn]:
@@ -932,15 +958,15 @@ def _timeout_vs_close(svc, pairs, rounds, width, rnd):
             else:
                 assert isinstance(res.err, (goaio.RecvTimeout, goaio.SendTimeout)), res.err
                 outcome["timeout"] += 1
-        assert_no_result(svc, 0.005)
-        for c, p, t in conns:
+        assert_no_result(svc, 0.002)
+        for c, p, _ in conns:
             p.close()
     assert_no_result(svc, 0.05)
     return outcome
 
 
 def test_recv_timeout_races_data(backend, service, pairs):
-    stats = _recv_timeout_races(service, pairs, 12, 24 << 10, seed=11)
+    stats = _recv_timeout_races(service, pairs, 12, 64 << 10, seed=11)
     print(f"recv timeout vs data: {stats}")
     assert stats["timeout_partial"] + stats["timeout_empty"] > 0 and stats["ok"] > 0, stats
 
@@ -952,8 +978,8 @@ def test_send_timeout_races_data(backend, service, pairs):
 
 
 def test_timeout_races_close(backend, service, pairs):
-    outcome = _timeout_vs_close(service, pairs, 25, 16, random.Random(13))
-    print(f"timeout vs close: {outcome} over {25 * 16} races")
+    outcome = _timeout_vs_close(service, pairs, 40, 16, random.Random(13))
+    print(f"timeout vs close: {outcome} over {40 * 16} races")
 
 
 @pytest.mark.slow

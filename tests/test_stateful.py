@@ -30,6 +30,7 @@ result and after every step:
 """
 
 import array
+import os
 import random
 import socket
 import time
@@ -40,7 +41,7 @@ import goaio
 from support import Pairs, WAIT, assert_service_drained, family_available, reset
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, Phase, settings, strategies as st  # noqa: E402
 from hypothesis.stateful import (  # noqa: E402
     RuleBasedStateMachine,
     initialize,
@@ -471,6 +472,11 @@ class GoaioMachine(RuleBasedStateMachine):
         for res in batch:
             self._on_result(res)
 
+    @rule(seconds=st.sampled_from([0.003, 0.012, 0.03]))
+    def pause(self, seconds):
+        """Let time pass (timers fire, workers complete sends) without collecting."""
+        time.sleep(seconds)
+
     @rule(k=st.integers(1, 8))
     def release_held(self, k):
         for key in list(self.held)[:k]:
@@ -688,8 +694,14 @@ class GoaioMachine(RuleBasedStateMachine):
 
 # ---------------------------------------------------------------- tests
 
+#: Shrinking replays real IO hundreds of times (minutes): off unless
+#: GOAIO_SHRINK=1; a failure then shows the sequence of steps as generated.
+PHASES = [Phase.explicit, Phase.reuse, Phase.generate] + (
+    [Phase.shrink] if os.environ.get("GOAIO_SHRINK") == "1" else [])
+
 QUICK = settings(
-    max_examples=30,
+    max_examples=40,
+    phases=PHASES,
     stateful_step_count=50,
     deadline=None,
     database=None,
