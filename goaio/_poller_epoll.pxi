@@ -4,6 +4,7 @@
 #   poller_add(p, fd, id) -> 0/errno  poller_del(p, fd) -> 0/errno
 #   poller_wait(p, out, maxev, timeout_ms) -> number of pevent_t written, or -errno
 #   poller_wake(p)                    (makes a poller_wait in another thread return)
+#   poller_prepare_fd(fd) -> 0/errno  (per-OS socket setup at bind; nothing on Linux)
 # Connections are registered under their generation-tagged id, never the fd.
 
 from goaio.includes.epoll cimport *
@@ -55,6 +56,9 @@ cdef int poller_del(poller_t *p, int fd) noexcept nogil:
     if epoll_ctl(p.epfd, EPOLL_CTL_DEL, fd, &ev) < 0:
         return errno
     return 0
+
+cdef int poller_prepare_fd(int fd) noexcept nogil:
+    return 0    # every send passes MSG_NOSIGNAL: no SIGPIPE to switch off
 
 cdef void poller_wake(poller_t *p) noexcept nogil:
     cdef uint64_t one = 1
