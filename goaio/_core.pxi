@@ -22,7 +22,6 @@
 cimport cython
 
 import os as _os
-import sys as _sys
 import threading as _threading
 import warnings as _warnings
 import weakref as _weakref

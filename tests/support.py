@@ -15,14 +15,24 @@ import pytest
 WAIT = 10.0
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import goaio as _goaio  # noqa: E402
+
+#: Where the goaio under test was imported from (the installed package, with
+#: its compiled backend, or the source tree after an in-place build): child
+#: interpreters import the very same one.
+GOAIO_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(_goaio.__file__)))
+#: Children run here, not in the repository: ``python -c`` puts its working
+#: directory first on sys.path, where the source tree would shadow the package.
+CHILD_CWD = tempfile.gettempdir()
 LINUX = sys.platform.startswith("linux")
 
 
 def subprocess_env(backend_name=None, **extra):
-    """The environment for a child interpreter that imports goaio from the tree."""
+    """The environment for a child interpreter that imports the goaio under test."""
     env = dict(os.environ)
     env.pop("GOAIO_BACKEND", None)
-    env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = GOAIO_PARENT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     if backend_name is not None:
         env["GOAIO_BACKEND"] = backend_name
     env.update(extra)
@@ -37,7 +47,7 @@ def run_python(code, backend_name=None, timeout=60, args=(), argv=(), **env):
     return subprocess.run(
         [sys.executable, *args, "-c", code, *argv],
         env=subprocess_env(backend_name, **env),
-        cwd=REPO_ROOT,
+        cwd=CHILD_CWD,
         capture_output=True,
         text=True,
         timeout=timeout,

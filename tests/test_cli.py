@@ -10,14 +10,14 @@ import time
 
 import pytest
 
-from support import REPO_ROOT, WAIT, recv_exactly, subprocess_env
+from support import CHILD_CWD, WAIT, recv_exactly, subprocess_env
 
 
 def _start_echo(backend_name, *args):
     proc = subprocess.Popen(
         [sys.executable, "-m", "goaio", "echo", "--port", "0", *args],
         env=subprocess_env(backend_name),
-        cwd=REPO_ROOT,
+        cwd=CHILD_CWD,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -83,7 +83,7 @@ def test_echo_server_cannot_listen_exits_one(backend):
         port = busy.getsockname()[1]
         proc = subprocess.run(
             [sys.executable, "-m", "goaio", "echo", "--port", str(port)],
-            env=subprocess_env(backend.name), cwd=REPO_ROOT, capture_output=True, text=True,
+            env=subprocess_env(backend.name), cwd=CHILD_CWD, capture_output=True, text=True,
             timeout=WAIT * 3, stdin=subprocess.DEVNULL,
         )
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
@@ -91,13 +91,13 @@ def test_echo_server_cannot_listen_exits_one(backend):
 
 def test_cli_usage_error_exits_two():
     proc = subprocess.run([sys.executable, "-m", "goaio", "nonsense"], env=subprocess_env(),
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=WAIT * 3)
+                          cwd=CHILD_CWD, capture_output=True, text=True, timeout=WAIT * 3)
     assert proc.returncode == 2
 
 
 def test_bench_list():
     proc = subprocess.run([sys.executable, "-m", "goaio", "bench", "--list"], env=subprocess_env(),
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=WAIT * 6)
+                          cwd=CHILD_CWD, capture_output=True, text=True, timeout=WAIT * 6)
     assert proc.returncode == 0, proc.stderr
     assert "asyncio" in proc.stdout
     assert "pure" in proc.stdout
@@ -108,7 +108,7 @@ def test_bench_short_run():
     t0 = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "goaio", "bench", "--seconds", "0.5", "--warmup", "0", "--conns", "4"],
-        env=subprocess_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        env=subprocess_env(), cwd=CHILD_CWD, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
     assert "asyncio" in proc.stdout
