@@ -783,6 +783,50 @@ def test_fd_reuse_race_long(backend, service):
     assert reused > rounds // 2
 
 
+# ====================================================================== close vs pool growth
+
+def _close_vs_pool_growth(backend, attempts, rnd):
+    """A receive completes and the next one, a share-buffer receive, finds the
+    BufferPool empty: the pool grows (large buffers: a long window) while
+    another thread closes the connection. Results of one connection keep
+    their posting order: the completed receive first, then the close reason."""
+    bad = []
+    for i in range(attempts):
+        svc = backend.AIOService(1)
+        pool = backend.BufferPool(8 << 20)
+        pairs = Pairs()
+        try:
+            sock, peer = pairs()
+            conn = svc.bind(sock, share_buff=pool)
+            conn.recv_full("first", bytearray(4))
+            conn.recv("second", None)
+            peer.sendall(b"abcdefgh")
+            delay = rnd.random() * 0.004
+            t = threading.Thread(target=lambda: time.sleep(delay) or conn.close())
+            t.start()
+            res = collect(svc, 2)
+            t.join(WAIT)
+            order = [(r.context, r.err) for r in res]
+            if [c for c, _ in order] != ["first", "second"]:
+                bad.append((i, [(c, type(e).__name__ if e else None) for c, e in order]))
+            for r in res:
+                if r.err is None and r.context == "second":
+                    pool.release(r.buff)
+                else:
+                    assert r.err is None or isinstance(r.err, goaio.ConnClosed), r.err
+            assert_no_result(svc, 0.01)
+        finally:
+            close_service(svc)
+            pairs.close()
+        assert pool.outstanding == 0
+    return bad
+
+
+def test_close_racing_pool_growth_keeps_order(backend):
+    bad = _close_vs_pool_growth(backend, 40, random.Random(17))
+    assert not bad, f"results out of posting order in {len(bad)} of 40 attempts: {bad[:3]}"
+
+
 # ====================================================================== timeout races
 
 class PacedSender(threading.Thread):
