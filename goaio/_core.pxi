@@ -833,9 +833,11 @@ cdef void drop_stash(conn_t *c, stash_t *st) noexcept nogil:
     pthread_mutex_lock(&c.lock)
 
 
-cdef int attach_buffer(conn_t *c, op_t *op, oplist_t *done) noexcept nogil:
+cdef int attach_buffer(svc_t *s, conn_t *c, op_t *op, oplist_t *done) noexcept nogil:
     """Give the head recv(ctx, None) a share buffer (c.lock held).
-    1: attached; 0: re-examine the connection; -1: stop processing."""
+    1: attached; 0: re-examine the connection; -1: stop processing.
+    Where it must drop c.lock it first queues what completed so far, so a
+    close meanwhile cannot put its results ahead of them."""
     cdef PyObject *obj
     cdef PyObject *exc
     cdef char *data
@@ -864,6 +866,7 @@ cdef int attach_buffer(conn_t *c, op_t *op, oplist_t *done) noexcept nogil:
             return 1
         if c.acquiring:
             return -1
+        cq_push(s, done)
         c.acquiring = 1
         pthread_mutex_unlock(&c.lock)
         exc = py_grow_pool(c.share_buff)
@@ -878,6 +881,7 @@ cdef int attach_buffer(conn_t *c, op_t *op, oplist_t *done) noexcept nogil:
         c.acquiring = 0
         return 0
     if c.stash == NULL:
+        cq_push(s, done)
         return take_python_buffer(c)
     st = c.stash
     c.stash = NULL
@@ -927,7 +931,7 @@ cdef void process_recv(svc_t *s, conn_t *c, oplist_t *done) noexcept nogil:
         if not c.readable:
             return
         if (op.flags & OPF_NEEDBUF) and op.buffobj == NULL:
-            r = attach_buffer(c, op, done)
+            r = attach_buffer(s, c, op, done)
             if r < 0:
                 return
             if r == 0:
@@ -965,6 +969,7 @@ cdef void process_recv(svc_t *s, conn_t *c, oplist_t *done) noexcept nogil:
         if goaio_would_block(e):
             c.readable = 0
             if op.flags & OPF_NEEDBUF:
+                cq_push(s, done)        # (detach_buffer may drop c.lock)
                 detach_buffer(c, op)
             return
         fail_queue(c, True, e, done)
