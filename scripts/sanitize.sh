@@ -21,6 +21,9 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python}"
+# the interpreter itself, not a wrapper script (pyenv shims): valgrind and
+# LD_PRELOAD must apply to the process that loads goaio
+PY="$("$PY" -c 'import sys; print(sys.executable)')"
 WHAT="${1:-all}"
 WORK="$(mktemp -d /tmp/goaio-sanitize.XXXXXX)"
 if [[ "${KEEP:-0}" == "1" ]]; then
@@ -139,18 +142,47 @@ if [[ "$WHAT" == "all" || "$WHAT" == "valgrind" ]]; then
     if [[ -n "${VALGRIND_TESTS:-}" ]]; then eval "VG_ARGS=($VALGRIND_TESTS)"; fi
     # shellcheck disable=SC2086
     (cd "$VG_DIR" && \
-        PYTHONMALLOC=malloc PYTHONDONTWRITEBYTECODE=1 GOAIO_VALGRIND=1 \
-        valgrind --tool=memcheck --error-exitcode=99 --leak-check=no --track-origins=yes \
+        PYTHONMALLOC=malloc PYTHONDONTWRITEBYTECODE=1 GOAIO_STATEFUL_EXAMPLES=6 \
+        valgrind --tool=memcheck --leak-check=no --track-origins=yes \
             --log-file="$WORK/valgrind.%p.log" \
             --num-callers=30 --trace-children=no --suppressions="$REPO/scripts/valgrind-python.supp" \
-            "$PY" -m pytest "${VG_ARGS[@]}" -q -p no:cacheprovider -p no:timeout ${PYTEST_ARGS:-}) || status=1
-    for f in "$WORK"/valgrind.*.log; do
-        if grep -q "ERROR SUMMARY: [1-9]" "$f"; then
-            status=1
-            echo "---- $f" >&2
-            cat "$f" >&2
-        fi
-    done
+            "$PY" -m pytest "${VG_ARGS[@]}" -q -p no:cacheprovider -o timeout=0 ${PYTEST_ARGS:-}) || {
+        echo "sanitize: tests failed under valgrind" >&2
+        status=1
+    }
+    # CPython itself is not valgrind-clean (uninitialised small-int digits
+    # propagate into the GC, AVX string functions over-read): only errors with
+    # a goaio frame in their stack count; the others are summed up as noise.
+    "$PY" - "$WORK"/valgrind.*.log <<'PYEOF' >&2 || status=1
+import re, sys
+ours, noise = [], 0
+for path in sys.argv[1:]:
+    blocks, cur = [], []
+    for line in open(path, errors="replace"):
+        body = re.sub(r"^==\d+== ?", "", line.rstrip("\n"))
+        if body == "":
+            if cur:
+                blocks.append(cur)
+            cur = []
+        else:
+            cur.append(body)
+    if cur:
+        blocks.append(cur)
+    for b in blocks:
+        head = b[0]
+        if not re.match(r"(Invalid |Conditional jump|Use of uninitialised|Syscall param|"
+                        r"Source and destination|Mismatched free|Argument .* of function)", head):
+            continue
+        if any(re.search(r"goaio|_epoll\.c|_kqueue\.c|_core\.pxi", l) for l in b):
+            ours.append((path, b))
+        else:
+            noise += 1
+print(f"sanitize: valgrind: {len(ours)} error(s) with a goaio frame, {noise} in the interpreter only (ignored)")
+for path, b in ours[:20]:
+    print(f"---- {path}")
+    print("\n".join(b[:40]))
+sys.exit(1 if ours else 0)
+PYEOF
     [[ $status == 0 ]] && echo "sanitize: valgrind run clean"
 fi
 

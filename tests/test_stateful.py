@@ -700,7 +700,8 @@ PHASES = [Phase.explicit, Phase.reuse, Phase.generate] + (
     [Phase.shrink] if os.environ.get("GOAIO_SHRINK") == "1" else [])
 
 QUICK = settings(
-    max_examples=40,
+    # GOAIO_STATEFUL_EXAMPLES: fewer under valgrind (scripts/sanitize.sh), more by hand
+    max_examples=int(os.environ.get("GOAIO_STATEFUL_EXAMPLES", "40")),
     phases=PHASES,
     stateful_step_count=50,
     deadline=None,
