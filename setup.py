@@ -23,6 +23,9 @@ def flag(name):
     raise SystemExit(f"{name}={v!r}: use 1 or 0")
 
 
+KQUEUE_HEADERS = ["goaio/includes/kqueue.h", "goaio/includes/compat.h"]
+
+
 def extensions():
     if flag("GOAIO_NO_EXT"):
         return []
@@ -47,9 +50,10 @@ def extensions():
         if flag("GOAIO_KQUEUE_EMULATION"):
             emu = dict(common)
             emu["define_macros"] = macros + [("GOAIO_KQUEUE_EMULATION", "1")]
-            exts.append(Extension("goaio._kqueue", ["goaio/_kqueue.pyx", "goaio/includes/kqueue_emu.c"], **emu))
+            exts.append(Extension("goaio._kqueue", ["goaio/_kqueue.pyx", "goaio/includes/kqueue_emu.c"],
+                                  depends=KQUEUE_HEADERS + ["goaio/includes/kqueue_emu.h"], **emu))
     elif sys.platform == "darwin" or "bsd" in sys.platform:
-        exts.append(Extension("goaio._kqueue", ["goaio/_kqueue.pyx"], **common))
+        exts.append(Extension("goaio._kqueue", ["goaio/_kqueue.pyx"], depends=KQUEUE_HEADERS, **common))
     return cythonize(
         exts,
         compiler_directives={"language_level": 3, "embedsignature": True},
@@ -57,4 +61,12 @@ def extensions():
     )
 
 
-setup(ext_modules=extensions())
+def build_options():
+    """An emulation build keeps its own build directory, so a later plain build
+    (or wheel) can never pick its goaio._kqueue up from build/lib."""
+    if sys.platform.startswith("linux") and flag("GOAIO_KQUEUE_EMULATION"):
+        return {"build": {"build_base": os.path.join("build", "kqueue-emulation")}}
+    return {}
+
+
+setup(ext_modules=extensions(), options=build_options())
