@@ -52,7 +52,7 @@ cdef enum:
     ERR_OBJ = -5         # errobj holds the exception (close reason, acquire() error)
     ERR_CLOSED = -6      # closed without a reason: a fresh ConnClosed
 
-    IDLE_NS = 2000000    # a worker polls only when no collector did for this long
+    IDLE_NS = 20000000   # a worker polls only when no collector did for this long
 
 
 cdef struct stash_t:
