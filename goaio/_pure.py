@@ -127,6 +127,19 @@ def _views(buffs, writable):
     return mvs, total
 
 
+def _recv_views(buff):
+    """(views, iov, total) of a receive buffer or list, checked and pinned."""
+    if type(buff) is list:
+        mv, total = _recv_list(buff)
+        return mv, mv, total
+    mv = _view(buff, True)
+    total = mv.nbytes
+    if not total:
+        mv.release()
+        raise EmptyBuffer("zero-length receive buffer")
+    return mv, None, total
+
+
 def _recv_list(buffs):
     """Views of a list of receive buffers (whose total must not be zero)."""
     mvs, total = _views(buffs, True)
@@ -241,19 +254,8 @@ class AIOConn:
         if self._closed:
             raise ConnClosed("the connection is closed")
         if buff is None:
-            mv = iov = None
-            total = 0
-        elif type(buff) is list:
-            mv, total = _recv_list(buff)
-            iov = mv
-        else:
-            mv = _view(buff, True)
-            total = mv.nbytes
-            if not total:
-                mv.release()
-                raise EmptyBuffer("zero-length receive buffer")
-            iov = None
-        return self._post_recv(_Op(self, context, buff, mv, iov, total, _RECV))
+            return self._post_recv(_Op(self, context, None, None, None, 0, _RECV))
+        return self._post_recv(_Op(self, context, buff, *_recv_views(buff), _RECV))
 
     def recv_full(self, context, buff):
         """Read until ``buff`` (a buffer or a list of them) is full."""
@@ -264,17 +266,7 @@ class AIOConn:
             raise ConnClosed("the connection is closed")
         if buff is None:
             raise TypeError("recv_full needs a buffer")
-        if type(buff) is list:
-            mv, total = _recv_list(buff)
-            iov = mv
-        else:
-            mv = _view(buff, True)
-            total = mv.nbytes
-            if not total:
-                mv.release()
-                raise EmptyBuffer("zero-length receive buffer")
-            iov = None
-        return self._post_recv(_Op(self, context, buff, mv, iov, total, _RECV_FULL))
+        return self._post_recv(_Op(self, context, buff, *_recv_views(buff), _RECV_FULL))
 
     def _post_recv(self, op):
         lock = self._lock
