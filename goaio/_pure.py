@@ -1201,6 +1201,12 @@ class AIOService:
             pooled.clear()
             self._timers.clear()
             self._active.clear()
+        self._close_poller()
+        with _live_lock:
+            _live.discard(self)
+
+    def _close_poller(self):
+        """Close the epoll and the wake fd (the last step of a close)."""
         try:
             self._ep.close()
         except OSError:
@@ -1209,8 +1215,6 @@ class AIOService:
             os.close(self._wfd)
         except OSError:
             pass
-        with _live_lock:
-            _live.discard(self)
 
     def _after_fork_child(self):
         """In a forked child the threads are gone and the epoll is shared with
@@ -1234,14 +1238,7 @@ class AIOService:
         self._pooled.clear()
         self._active.clear()
         self._timers.clear()
-        try:
-            self._ep.close()
-        except OSError:
-            pass
-        try:
-            os.close(self._wfd)
-        except OSError:
-            pass
+        self._close_poller()
 
 
 def _close_all():
