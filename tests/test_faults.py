@@ -985,7 +985,7 @@ def _timeout_vs_close(svc, pairs, rounds, width, rnd):
                 c.set_recv_timeout(t)
                 c.recv(("op", r, id(c)), bytearray(16))
             # close around the deadline (timers fire up to ~1 ms late: ms-resolution polls)
-            plan.append((time.monotonic() + t + rnd.uniform(-0.0002, 0.0015), c))
+            plan.append((time.monotonic() + t + rnd.uniform(-0.0002, 0.003), c))
         reasons = {}
         for at, c in sorted(plan, key=lambda x: x[0]):
             while time.monotonic() < at:
