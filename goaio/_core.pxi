@@ -1303,8 +1303,7 @@ cdef class AIOConn:
         cdef conn_t *c = self.c
         cdef svc_t *s = self._svc.s
         cdef oplist_t done
-        cdef int rc = 0
-        cdef int64_t now
+        cdef int rc = 0, kind
         done.head = done.tail = NULL
         done.n = 0
         op.conn = c
@@ -1351,10 +1350,11 @@ cdef class AIOConn:
             cq_push(s, &done)
             pthread_mutex_unlock(&c.lock)
         if rc:
+            kind = op.kind           # (read before the op is freed)
             op_release(op, False)
             if rc == 1:
                 raise ConnClosed("the connection is closed")
-            raise Busy("the send queue is full" if op.kind == OP_SEND else "the receive queue is full")
+            raise Busy("the send queue is full" if kind == OP_SEND else "the receive queue is full")
 
     def recv(self, context, buff=None):
         """Read some bytes into buff (or a share buffer when buff is None)."""
