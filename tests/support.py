@@ -334,3 +334,11 @@ def assert_service_drained(svc):
     assert stats["live_ops"] == 0, stats
     assert stats["conns"] == 0, stats
     assert stats["threads"] == 0, stats
+
+
+def extend_hang_guard(seconds):
+    """Re-arm conftest's faulthandler hang guard for a long (slow) test."""
+    import faulthandler
+
+    f = getattr(sys.modules.get("conftest"), "_hang_file", None) or sys.stderr
+    faulthandler.dump_traceback_later(seconds, exit=True, file=f)

@@ -8,16 +8,11 @@ printed; ``pytest -s`` or ``-rP`` shows them.
 
 import array
 import contextlib
-import errno
-import hashlib
 import json
-import os
 import queue
 import random
 import signal
 import socket
-import struct
-import sys
 import threading
 import time
 
@@ -25,33 +20,19 @@ import pytest
 
 import goaio
 from support import (
+    close_service,
+    extend_hang_guard,
     WAIT,
     LINUX,
     Pairs,
     Reader,
     assert_no_result,
     collect,
-    collect_one,
     family_available,
     recv_exactly,
     reset,
     run_python,
 )
-
-try:
-    from support import close_service
-except ImportError:  # older support.py
-    def close_service(svc, timeout=WAIT):
-        svc.close()
-
-
-def extend_hang_guard(seconds):
-    """Re-arm conftest's faulthandler hang guard for a long (slow) test."""
-    import faulthandler
-
-    f = getattr(sys.modules.get("conftest"), "_hang_file", None) or sys.stderr
-    faulthandler.dump_traceback_later(seconds, exit=True, file=f)
-
 
 TCP_FAMILIES = [f for f in ("tcp", "tcp6") if family_available(f)]
 ALL_FAMILIES = [f for f in ("tcp", "tcp6", "unix") if family_available(f)]

@@ -12,7 +12,6 @@ import errno
 import os
 import socket
 import struct
-import sys
 import threading
 import time
 

@@ -38,7 +38,8 @@ import time
 import pytest
 
 import goaio
-from support import Pairs, WAIT, assert_service_drained, family_available, reset
+from support import (Pairs, WAIT, assert_service_drained, close_service, extend_hang_guard,
+                     family_available, reset)
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, Phase, settings, strategies as st  # noqa: E402
@@ -50,22 +51,6 @@ from hypothesis.stateful import (  # noqa: E402
     rule,
     run_state_machine_as_test,
 )
-
-try:
-    from support import close_service
-except ImportError:  # older support.py
-    def close_service(svc, timeout=WAIT):
-        svc.close()
-
-
-def extend_hang_guard(seconds):
-    """Re-arm conftest's faulthandler hang guard for a long (slow) test."""
-    import faulthandler
-    import sys
-
-    f = getattr(sys.modules.get("conftest"), "_hang_file", None) or sys.stderr
-    faulthandler.dump_traceback_later(seconds, exit=True, file=f)
-
 
 FAMILY_CHOICES = [f for f in ("tcp", "tcp6", "unix") if family_available(f)]
 MAX_CONNS = 3
