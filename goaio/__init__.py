@@ -14,7 +14,9 @@ import threading as _threading
 
 from ._errors import (
     Busy,
+    Cancelled,
     ConnClosed,
+    ConnectTimeout,
     EmptyBuffer,
     Error,
     RecvTimeout,
@@ -78,6 +80,8 @@ __all__ = [
     "UnsupportedConn",
     "RecvTimeout",
     "SendTimeout",
+    "ConnectTimeout",
+    "Cancelled",
     "EmptyBuffer",
     "bind",
     "default_service",

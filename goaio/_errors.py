@@ -16,6 +16,8 @@ __all__ = [
     "UnsupportedConn",
     "RecvTimeout",
     "SendTimeout",
+    "ConnectTimeout",
+    "Cancelled",
     "EmptyBuffer",
     "oserror",
 ]
@@ -47,6 +49,14 @@ class RecvTimeout(Error, TimeoutError):
 
 class SendTimeout(Error, TimeoutError):
     """A send did not complete within the connection's send timeout."""
+
+
+class ConnectTimeout(Error, TimeoutError):
+    """A posted connect did not complete within its timeout."""
+
+
+class Cancelled(Error):
+    """The operation was cancelled by ``conn.cancel(context)`` (the default reason)."""
 
 
 class EmptyBuffer(Error, ValueError):
