@@ -1,6 +1,6 @@
 # The kqueue poller (macOS/BSD; on Linux only in the GOAIO_KQUEUE_EMULATION test
-# build, over the emulation in includes/kqueue_emu.c). Same interface as
-# _poller_epoll.pxi (all nogil, no Python):
+# build, over the emulation in tests/kqueue_emu/kqueue_emu.c). Same interface as
+# pollers/epoll.pxi (all nogil, no Python):
 #   poller_open(p) -> 0 or errno      poller_close(p)
 #   poller_add(p, fd, id) -> 0/errno  poller_del(p, fd) -> 0/errno
 #   poller_wait(p, out, maxev, timeout_ms) -> number of pevent_t written, or -errno

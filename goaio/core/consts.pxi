@@ -1,4 +1,5 @@
-# Constants shared by the compiled core and its pollers.
+# core/consts.pxi -- constants shared by the compiled core and its pollers
+# (included before the poller).
 cdef enum:
     POLL_BATCH = 128      # events taken by one poll
     PF_READ = 1           # poller event flags

@@ -1,5 +1,5 @@
 # The epoll poller: the only part of the compiled core that is Linux-specific.
-# Interface used by _core.pxi (all nogil, no Python):
+# Interface used by the core (core/engine.pxi) (all nogil, no Python):
 #   poller_open(p) -> 0 or errno      poller_close(p)
 #   poller_add(p, fd, id) -> 0/errno  poller_del(p, fd) -> 0/errno
 #   poller_wait(p, out, maxev, timeout_ms) -> number of pevent_t written, or -errno
