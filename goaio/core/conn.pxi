@@ -11,7 +11,7 @@ cdef class AIOConn:
     cdef object __weakref__
 
     def __init__(self):
-        raise TypeError("AIOConn objects are made by AIOService.bind()")
+        raise TypeError(MSG_NOT_MADE_BY_BIND)
 
     def __dealloc__(self):
         if self.c != NULL:
@@ -50,9 +50,9 @@ cdef class AIOConn:
 
     cdef inline int _check_open(self) except -1:
         if self._svc.s.closed:
-            raise ServiceClosed("the service is closed")
+            raise ServiceClosed(MSG_SERVICE_CLOSED)
         if self.c.closed:
-            raise ConnClosed("the connection is closed")
+            raise ConnClosed(MSG_CONN_CLOSED)
         return 0
 
     cdef object _post(self, op_t *op, object context):
@@ -92,8 +92,8 @@ cdef class AIOConn:
             kind = op.kind           # (read before the op is freed)
             op_release_gil(op, False)
             if rc == 1:
-                raise ConnClosed("the connection is closed")
-            raise Busy("the send queue is full" if kind == OP_SEND else "the receive queue is full")
+                raise ConnClosed(MSG_CONN_CLOSED)
+            raise Busy(MSG_SENDQ_FULL if kind == OP_SEND else MSG_RECVQ_FULL)
 
     def recv(self, context, buff=None):
         """Read some bytes into buff (or a share buffer when buff is None)."""
@@ -119,7 +119,7 @@ cdef class AIOConn:
         cdef op_t *op
         self._check_open()
         if buff is None:
-            raise TypeError("recv_full needs a buffer")
+            raise TypeError(MSG_RECV_FULL_NEEDS_BUFFER)
         op = op_new(OP_RECV_FULL)
         try:
             fill_buffers(op, buff, True)
@@ -171,7 +171,7 @@ cdef class AIOConn:
         """Close the connection and its socket; pending operations complete
         with `reason` (an exception instance; default ConnClosed())."""
         if reason is not None and not isinstance(reason, BaseException):
-            raise TypeError("reason must be an exception instance or None")
+            raise TypeError(MSG_REASON_TYPE)
         self._close(reason)
 
     cdef _close(self, reason):

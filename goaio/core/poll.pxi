@@ -7,7 +7,7 @@ cdef void poll_once(svc_t *s, int64_t until) noexcept nogil:
     wait) or the next timer, run the connections that became ready and the
     expired timers, and queue their completions in one go. No lock held, no
     GIL; the caller has set s.polling (only one thread polls at a time)."""
-    cdef pevent_t evs[POLL_BATCH]
+    cdef pevent_t evs[POLL_BATCH_MAX]
     cdef int n, i, ms
     cdef int64_t now, t
     cdef conn_t *c
@@ -27,7 +27,7 @@ cdef void poll_once(svc_t *s, int64_t until) noexcept nogil:
         now = goaio_now_ns()
         # round up: a timer must never fire early
         ms = <int>((until - now + 999999) // 1000000) if until > now else 0
-    n = poller_wait(&s.poller, evs, POLL_BATCH, ms)
+    n = poller_wait(&s.poller, evs, POLL_BATCH_N, ms)
     pthread_mutex_lock(&s.tlock)
     s.poll_until = 0
     pthread_mutex_unlock(&s.tlock)
@@ -55,7 +55,7 @@ cdef void poll_once(svc_t *s, int64_t until) noexcept nogil:
 
 
 cdef void worker_loop(svc_t *s) noexcept nogil:
-    """A service thread: polls when no collector has for IDLE_NS, so IO and
+    """A service thread: polls when no collector has for WORKER_GRACE_NS, so IO and
     timeouts progress while nobody collects. No GIL; takes s.lock and drops
     it around each poll round."""
     cdef int64_t now, t
@@ -63,10 +63,10 @@ cdef void worker_loop(svc_t *s) noexcept nogil:
     while not s.closed:
         now = goaio_now_ns()
         if s.polling:
-            cond_wait_until(&s.w_cond, &s.lock, now + 20 * IDLE_NS)
+            cond_wait_until(&s.w_cond, &s.lock, now + 20 * WORKER_GRACE_NS)
             continue
-        if now - s.last_collector < IDLE_NS:
-            cond_wait_until(&s.w_cond, &s.lock, s.last_collector + IDLE_NS)
+        if now - s.last_collector < WORKER_GRACE_NS:
+            cond_wait_until(&s.w_cond, &s.lock, s.last_collector + WORKER_GRACE_NS)
             continue
         s.polling = 1
         s.poller_is_worker = 1

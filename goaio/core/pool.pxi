@@ -122,12 +122,12 @@ cdef class BufferPool:
         cdef object i = self._index.get(id(buff))
         cdef int idx
         if i is None or self._all[i] is not buff:
-            raise ValueError("buffer was not handed out by this pool, or was already released")
+            raise ValueError(MSG_POOL_FOREIGN)
         idx = i
         if not self.p.out[idx]:
-            raise ValueError("buffer was not handed out by this pool, or was already released")
+            raise ValueError(MSG_POOL_FOREIGN)
         if len(buff) != self.buffer_size:
-            raise ValueError("a pool buffer must not be resized")
+            raise ValueError(MSG_POOL_RESIZED)
         pool_push(self.p, idx)
 
     @property

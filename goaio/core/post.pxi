@@ -4,7 +4,7 @@
 cdef int get_view(object b, Py_buffer *v, bint writable) except -1:
     """Pin b (C-contiguous; writable for a receive) into v (GIL held)."""
     if not PyObject_CheckBuffer(b):
-        raise TypeError(f"a bytes-like object is required, not {type(b).__name__!r}")
+        raise TypeError(MSG_NOT_BUFFER.format(type(b).__name__))
     # (numpy reports a non-contiguous array with ValueError: made BufferError)
     if not writable:
         try:
@@ -20,7 +20,7 @@ cdef int get_view(object b, Py_buffer *v, bint writable) except -1:
         except (BufferError, ValueError) as e:
             raise BufferError(str(e)) from None
         PyBuffer_Release(v)
-        raise TypeError(f"a writable buffer is required, not a read-only {type(b).__name__!r}") from None
+        raise TypeError(MSG_READ_ONLY.format(type(b).__name__)) from None
     return 0
 
 
@@ -47,7 +47,7 @@ cdef int fill_buffers(op_t *op, object buff, bint writable) except -1:
         n = len(<list>buff)
         if n == 0:
             if writable:
-                raise EmptyBuffer("empty list of buffers")
+                raise EmptyBuffer(MSG_EMPTY_LIST)
             op.buffobj = <PyObject *>buff
             Py_INCREF(buff)
             op.iovcnt = 0
@@ -75,7 +75,7 @@ cdef int fill_buffers(op_t *op, object buff, bint writable) except -1:
     Py_INCREF(buff)
     if op.total == 0:
         if writable:
-            raise EmptyBuffer("zero-length receive buffer")
+            raise EmptyBuffer(MSG_EMPTY_RECV)
         op.iovcnt = 0
     else:
         advance(op, 0)   # skip leading zero-length items

@@ -28,17 +28,17 @@ cdef object make_err_gil(op_t *op):
     if e == 0:
         return None
     if e == ERR_EOF:
-        return EOFError("connection closed by peer")
+        return EOFError(MSG_PEER_CLOSED)
     if e == ERR_RTIMEOUT:
-        return RecvTimeout("recv timed out")
+        return RecvTimeout(MSG_RECV_TIMEOUT)
     if e == ERR_STIMEOUT:
-        return SendTimeout("send timed out")
+        return SendTimeout(MSG_SEND_TIMEOUT)
     if e == ERR_EMPTY:
-        return EmptyBuffer("empty send buffer")
+        return EmptyBuffer(MSG_EMPTY_SEND)
     if e == ERR_OBJ:
         return <object>op.errobj
     if e == ERR_CLOSED:
-        return ConnClosed("the connection was closed")
+        return ConnClosed(MSG_CONN_CLOSED)
     return _oserror(e)
 
 

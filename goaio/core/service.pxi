@@ -88,7 +88,7 @@ cdef class AIOService:
         cdef conn_t *c
         cdef int err
         if self.s.closed:
-            raise ServiceClosed("the service is closed")
+            raise ServiceClosed(MSG_SERVICE_CLOSED)
         fd = _check_socket(sock)
         _bound_fds.add(fd)
         try:
@@ -139,7 +139,7 @@ cdef class AIOService:
             raise
         if self.s.closed:
             conn._close(None)
-            raise ServiceClosed("the service is closed")
+            raise ServiceClosed(MSG_SERVICE_CLOSED)
         return conn
 
     cdef object _collect(self, long maxn, timeout):
@@ -152,7 +152,7 @@ cdef class AIOService:
         if timeout is not None:
             t = _common.check_timeout(timeout)
         if s.closed:
-            raise ServiceClosed("the service is closed")
+            raise ServiceClosed(MSG_SERVICE_CLOSED)
         # fast path: results are waiting (a thread holding the GIL may take
         # s.lock: no holder of it ever waits for the GIL)
         pthread_mutex_lock(&s.lock)
@@ -165,7 +165,7 @@ cdef class AIOService:
             with nogil:
                 closed = cq_take(s, maxn, until, &head)
             if closed:
-                raise ServiceClosed("the service is closed")
+                raise ServiceClosed(MSG_SERVICE_CLOSED)
         if maxn == 1 and head != NULL and head.next == NULL:
             return make_result_gil(s, head)
         out = []
@@ -239,7 +239,7 @@ cdef class AIOService:
                     conns.append(<object>c.pyobj)
             pthread_mutex_unlock(&s.reg_lock)
             for conn in conns:
-                (<AIOConn>conn)._close(ServiceClosed("the service was closed"))
+                (<AIOConn>conn)._close(ServiceClosed(MSG_SERVICE_CLOSED))
             conns = None
             # discard what nobody collected (share buffers go back to their pools)
             with nogil:

@@ -48,7 +48,7 @@ cdef stash_t *take_stash_nogil(PyObject *sb, PyObject **exc_out) noexcept with g
             if share is not None:
                 share.release(obj)
             if isinstance(e, (BufferError, ValueError)):
-                raise TypeError(f"share_buff.acquire() returned an unusable buffer: {e}") from None
+                raise TypeError(MSG_SHARE_UNUSABLE.format(e)) from None
             raise
         Py_INCREF(obj)
         st.obj = <PyObject *>obj
@@ -58,7 +58,7 @@ cdef stash_t *take_stash_nogil(PyObject *sb, PyObject **exc_out) noexcept with g
         if st.view.len == 0:
             stash_free_gil(st, True)
             st = NULL
-            raise EmptyBuffer("share_buff.acquire() returned an empty buffer")
+            raise EmptyBuffer(MSG_SHARE_EMPTY)
     except BaseException as e:
         Py_INCREF(e)
         exc_out[0] = <PyObject *>e

@@ -17,7 +17,6 @@ cdef enum:
     ERR_OBJ = -5         # errobj holds the exception (close reason, acquire() error)
     ERR_CLOSED = -6      # closed without a reason: a fresh ConnClosed
 
-    IDLE_NS = 20000000   # a worker polls only when no collector did for this long
 
 
 # svc_t.closed: the service's life (docs/architecture.md, "Service states").

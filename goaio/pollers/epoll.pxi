@@ -65,12 +65,12 @@ cdef void poller_wake(poller_t *p) noexcept nogil:
     write(p.wakefd, &one, 8)
 
 cdef int poller_wait(poller_t *p, pevent_t *out, int maxev, int timeout_ms) noexcept nogil:
-    cdef epoll_event evs[POLL_BATCH]
+    cdef epoll_event evs[POLL_BATCH_MAX]
     cdef int n, i, k = 0
     cdef uint32_t e, f
     cdef uint64_t junk
-    if maxev > POLL_BATCH:
-        maxev = POLL_BATCH
+    if maxev > POLL_BATCH_MAX:
+        maxev = POLL_BATCH_MAX
     n = epoll_wait(p.epfd, evs, maxev, timeout_ms)
     if n < 0:
         return -errno

@@ -197,11 +197,11 @@ cdef int poller_translate(poller_t *p, kevent_t *evs, int n, pevent_t *out) noex
 
 
 cdef int poller_wait(poller_t *p, pevent_t *out, int maxev, int timeout_ms) noexcept nogil:
-    cdef kevent_t evs[POLL_BATCH]
+    cdef kevent_t evs[POLL_BATCH_MAX]
     cdef timespec ts
     cdef int n
-    if maxev > POLL_BATCH:
-        maxev = POLL_BATCH
+    if maxev > POLL_BATCH_MAX:
+        maxev = POLL_BATCH_MAX
     ts.tv_sec = timeout_ms // 1000
     ts.tv_nsec = (timeout_ms % 1000) * 1000000
     n = kevent(p.kq, NULL, 0, evs, maxev, &ts if timeout_ms >= 0 else NULL)
