@@ -184,6 +184,7 @@ cdef class AIOConn:
         cdef int fd
         cdef stash_t *st
         cdef PyObject *exc
+        cdef bint had_timer
         if c.closed:
             return
         oplist_init(&done)
@@ -203,6 +204,7 @@ cdef class AIOConn:
                 Py_INCREF(reason)
                 op = op.next
         cq_push(s, &done)
+        had_timer = timer_remove_locked(s, c)    # its timers leave with it
         fd = c.fd
         st = c.stash
         c.stash = NULL
@@ -210,6 +212,8 @@ cdef class AIOConn:
         c.stash_exc = NULL
         c.pyobj = NULL
         pthread_mutex_unlock(&c.lock)
+        if had_timer:
+            conn_decref_nogil(c)        # the entry's (the AIOConn still holds one)
         with nogil:
             reg_remove(s, c)
         # Close the fd only if the socket object still owned it: had the user

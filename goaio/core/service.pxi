@@ -104,6 +104,7 @@ cdef class AIOService:
             memset(c, 0, sizeof(conn_t))
             pthread_mutex_init(&c.lock, NULL)
             c.cref = 1
+            c.heap_idx = -1
             conn.c = c
             conn._svc = self
             conn._sock = sock
@@ -277,6 +278,7 @@ cdef class AIOService:
                 s.heap_len = s.heap_cap = 0
                 pthread_mutex_unlock(&s.tlock)
                 for k in range(n):
+                    heap[k].conn.heap_idx = -1
                     conn_decref_nogil(heap[k].conn)
                 PyMem_RawFree(heap)
                 poller_close(&s.poller)

@@ -98,7 +98,8 @@ cdef struct conn_t:
     char acquiring       # a thread is getting a share buffer with the lock dropped
     opq_t rq             # pending receives
     opq_t sq             # pending sends
-    int64_t timer_at     # earliest deadline with an entry in the timer heap, 0 if none
+    int64_t timer_at     # the deadline of its entry in the timer heap, 0 if none
+    Py_ssize_t heap_idx  # where that entry is, -1 if none (guarded by s.tlock)
     pool_t *pool         # BufferPool fast path, or NULL
     PyObject *share_buff # owned; released with the record (so a worker may use it
                          # while it holds a cref, whatever the AIOConn does)
