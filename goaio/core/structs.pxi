@@ -77,6 +77,8 @@ cdef struct opq_t:
 cdef struct pool_t:
     pthread_mutex_t lock
     PyObject **bufs      # every buffer made (borrowed from BufferPool._all)
+    Py_buffer *views     # the pool's export of each buffer not with the user: a
+                         # free or attached buffer cannot be resized meanwhile
     char *out            # 1 while handed out
     int *free            # stack of free indexes
     Py_ssize_t nfree

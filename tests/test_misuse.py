@@ -1,0 +1,215 @@
+"""Misuse and hostile callbacks (issue 14: items 6, 7, 9, 10, 14, 15, 16, 17,
+20): raising share buffers, resized pool buffers, unusable buffers, sockets
+closed behind goaio's back, close racing bind or called from a callback, and
+a reset with receives pending. Every test runs on every backend; where a
+crash or a hang is possible the scenario runs in a child process.
+"""
+
+import errno
+import gc
+import mmap
+import socket
+import sys
+import threading
+import time
+
+import pytest
+
+from goaio import ConnClosed, ServiceClosed, _messages
+from support import WAIT, collect, collect_one, fd_count, reset, run_python, wait_until
+
+
+class RaisingShare:
+    """A share_buff whose release() raises (the library calls it for a failed
+    receive's buffer and at close)."""
+
+    def __init__(self):
+        self.acquired = 0
+        self.released = 0
+
+    def acquire(self):
+        self.acquired += 1
+        return bytearray(64)
+
+    def release(self, buff):
+        self.released += 1
+        raise RuntimeError("release failed")
+
+
+@pytest.fixture
+def unraisable(monkeypatch):
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_value))
+    return seen
+
+
+def _reset_receives(backend, svc, pairs, n, share):
+    """n connections whose share-buffer receive fails (the peer resets) after
+    the buffer was taken."""
+    conns = []
+    for i in range(n):
+        sock, peer = pairs("tcp")
+        conn = svc.bind(sock, share_buff=share)
+        conn.recv(i, None)
+        conns.append((conn, peer))
+    for _, peer in conns:
+        reset(peer)
+    return [c for c, _ in conns]
+
+
+# ---------------------------------------------------------------- item 6 / 20: release() raising
+
+def test_raising_release_loses_no_result(backend, svc, pairs, unraisable):
+    share = RaisingShare()
+    conns = _reset_receives(backend, svc, pairs, 4, share)
+    wait_until(lambda: svc._stats()["live_ops"] == 0, msg="the receives failed")
+    got = []
+    deadline = time.monotonic() + WAIT
+    while len(got) < 4 and time.monotonic() < deadline:
+        got += svc.get_complete_statuses(8, timeout=0.5)
+    assert sorted(r.context for r in got) == [0, 1, 2, 3], got
+    for r in got:
+        assert isinstance(r.err, OSError) or isinstance(r.err, EOFError), r
+        assert r.buff is None, r
+    # every buffer taken and not handed over was given back, each release's
+    # error reported, not raised
+    assert share.released == share.acquired
+    assert share.acquired >= 1
+    assert len(unraisable) == share.released
+    assert all(isinstance(e, RuntimeError) and str(e) == "release failed" for e in unraisable)
+    for c in conns:
+        c.close()
+
+
+def test_raising_release_never_stops_close(backend, pairs, unraisable):
+    share = RaisingShare()
+    socks = [pairs("tcp") for _ in range(4)]
+    base = fd_count()
+    svc = backend.AIOService()
+    conns = []
+    for i, (sock, peer) in enumerate(socks):
+        conns.append(svc.bind(sock, share_buff=share))
+        conns[-1].recv(i, None)
+    for _, peer in socks:
+        reset(peer)
+    # the failed receives wait uncollected, each holding its share buffer
+    wait_until(lambda: svc._stats()["live_ops"] == 0, msg="the receives failed")
+    svc.close()
+    assert svc.closed
+    svc.close()
+    assert share.released == share.acquired >= 1
+    assert len(unraisable) == share.released
+    # the service's own fds and the bound sockets are closed; the peers too
+    assert fd_count() == base - 2 * len(socks)
+    with pytest.raises(ServiceClosed):
+        svc.get_complete_status(timeout=0)
+
+
+# ---------------------------------------------------------------- item 7: resized pool buffer
+
+RESIZED_CHILD = r"""
+import importlib, socket, sys
+mod = importlib.import_module("goaio._" + sys.argv[1])
+svc = mod.AIOService()
+pool = mod.BufferPool(4096)
+out = []
+for how in ("clear", "shrink", "grow"):
+    b = pool.acquire()
+    pool.release(b)
+    try:
+        if how == "clear":
+            del b[:]
+        elif how == "shrink":
+            del b[16:]
+        else:
+            b.extend(b"z" * 100)
+        resized = True
+    except BufferError:
+        resized = False
+    a, peer = socket.socketpair()
+    conn = svc.bind(a, share_buff=pool)
+    conn.recv(how, None)
+    peer.sendall(b"x" * 4096)
+    res = svc.get_complete_status(timeout=5)
+    assert res is not None, "no result"
+    blen = None if res.buff is None else len(res.buff)
+    # never more bytes than the buffer holds, and a pool buffer handed over
+    # is one of buffer_size
+    if res.err is None:
+        assert res.bytes_transferred <= blen, (how, res.bytes_transferred, blen)
+        assert blen == 4096, (how, blen)
+        pool.release(res.buff)
+    else:
+        assert res.buff is None, res
+    out.append((how, resized, type(res.err).__name__))
+    conn.close()
+    peer.close()
+svc.close()
+print("OK", out)
+"""
+
+
+def test_resized_pool_buffer_is_never_overrun(backend):
+    proc = run_python(RESIZED_CHILD, argv=[backend.name], args=("-X", "dev"), timeout=60)
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr[-3000:])
+    assert proc.stdout.startswith("OK"), proc.stdout
+
+
+# ---------------------------------------------------------------- item 15: acquire() non-contiguous
+
+class StridedShare:
+    def __init__(self):
+        self.given = []
+        self.back = []
+
+    def acquire(self):
+        mv = memoryview(bytearray(256))[::2]
+        self.given.append(mv)
+        return mv
+
+    def release(self, buff):
+        self.back.append(buff)
+
+
+def test_noncontiguous_share_buffer_is_buffer_error(backend, svc, connect):
+    share = StridedShare()
+    conn, peer = connect(share_buff=share)
+    conn.recv("r", None)
+    peer.sendall(b"data")
+    res = collect_one(svc)
+    assert type(res.err) is BufferError, res
+    assert str(res.err) == _messages.NOT_CONTIGUOUS
+    assert res.buff is None
+    assert share.back == share.given, "the unusable buffer was not given back"
+    conn.close()
+
+
+# ---------------------------------------------------------------- item 16: released buffers
+
+def _released_memoryview():
+    m = memoryview(bytearray(16))
+    m.release()
+    return m
+
+
+def _closed_mmap():
+    mm = mmap.mmap(-1, 16)
+    mm.close()
+    return mm
+
+
+@pytest.mark.parametrize("make", [_released_memoryview, _closed_mmap], ids=["memoryview", "mmap"])
+@pytest.mark.parametrize("method", ["recv", "recv_full", "send"])
+@pytest.mark.parametrize("in_list", [False, True], ids=["single", "list"])
+def test_released_buffer_is_value_error(backend, svc, connect, make, method, in_list):
+    conn, peer = connect()
+    buff = make()
+    with pytest.raises(ValueError) as expected:
+        memoryview(buff)
+    arg = [bytearray(4), buff] if in_list else buff
+    with pytest.raises(ValueError) as info:
+        getattr(conn, method)("ctx", arg)
+    assert type(info.value) is ValueError
+    assert str(info.value) == str(expected.value)
+    assert svc._stats()["live_ops"] == 0, "a refused post left an op behind"
+    conn.close()
