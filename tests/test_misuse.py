@@ -213,3 +213,102 @@ def test_released_buffer_is_value_error(backend, svc, connect, make, method, in_
     assert str(info.value) == str(expected.value)
     assert svc._stats()["live_ops"] == 0, "a refused post left an op behind"
     conn.close()
+
+
+# ---------------------------------------------------------------- item 9: bind racing close
+
+def test_bind_racing_close_is_service_closed(backend):
+    """bind() while another thread closes the service: every bind returns a
+    connection (closed by the close) or raises ServiceClosed; never an
+    OSError from a poller being closed."""
+    errors = []
+    bound = []
+    for _ in range(120):
+        socks = [socket.socketpair() for _ in range(12)]
+        svc = backend.AIOService()
+        go = threading.Barrier(2)
+
+        def closer():
+            go.wait()
+            svc.close()
+
+        t = threading.Thread(target=closer)
+        t.start()
+        go.wait()
+        for a, b in socks:
+            try:
+                bound.append(svc.bind(a))
+            except ServiceClosed:
+                a.close()
+            except BaseException as exc:  # noqa: BLE001 - collected and asserted
+                errors.append(exc)
+                a.close()
+        t.join(WAIT)
+        assert not t.is_alive(), "close() did not return"
+        for a, b in socks:
+            b.close()
+        for c in bound:
+            assert c.closed, "a connection bound while closing stayed open"
+        bound.clear()
+    assert errors == [], errors[:3]
+
+
+# ---------------------------------------------------------------- item 14: close from a callback
+
+CLOSE_IN_CALLBACK = r"""
+import importlib, socket, sys, threading, time
+mod = importlib.import_module("goaio._" + sys.argv[1])
+where = sys.argv[2]
+ServiceClosed = importlib.import_module("goaio").ServiceClosed
+
+
+class ClosingShare:
+    def __init__(self):
+        self.threads = []
+
+    def acquire(self):
+        self.threads.append(threading.current_thread().name)
+        if where == "racing":
+            other = threading.Thread(target=svc.close)
+            other.start()
+            time.sleep(0.05)        # the other close() is now waiting for this round
+        svc.close()
+        if where == "racing":
+            other.join(5)
+            assert not other.is_alive(), "the other close() never returned"
+        return bytearray(64)
+
+    def release(self, buff):
+        pass
+
+
+svc = mod.AIOService()
+share = ClosingShare()
+a, b = socket.socketpair()
+conn = svc.bind(a, share_buff=share)
+conn.recv("r", None)
+b.send(b"data")
+if where in ("collector", "racing"):
+    # the collecting thread polls: acquire() runs in it
+    try:
+        res = svc.get_complete_status(timeout=5)
+        print("returned", res)
+    except ServiceClosed:
+        pass
+else:
+    # nobody collects: a worker polls and runs acquire()
+    t0 = time.monotonic()
+    while not svc.closed and time.monotonic() - t0 < 5:
+        time.sleep(0.01)
+assert svc.closed, "not closed"
+svc.close()
+assert share.threads, "acquire() never ran"
+print("OK", where, share.threads[0].startswith("goaio"))
+"""
+
+
+@pytest.mark.parametrize("where", ["collector", "worker", "racing"])
+def test_close_from_inside_acquire(backend, where):
+    proc = run_python(CLOSE_IN_CALLBACK, argv=[backend.name, where], timeout=30)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr[-3000:])
+    assert f"OK {where}" in proc.stdout, proc.stdout

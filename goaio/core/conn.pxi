@@ -88,6 +88,8 @@ cdef class AIOConn:
                         process_recv_locked(s, c, &done)
             cq_push(s, &done)
             pthread_mutex_unlock(&c.lock)
+        if s.closed == SVC_CLOSED:
+            discard_queued_gil(s)       # a callback closed the service meanwhile
         if rc:
             kind = op.kind           # (read before the op is freed)
             op_release_gil(op, False)
@@ -226,7 +228,9 @@ cdef class AIOConn:
             mine = False
         if mine:
             with nogil:
-                poller_del(&s.poller, fd)
+                if poller_use_begin(s, False):   # (never a closed poller)
+                    poller_del(&s.poller, fd)
+                    poller_use_end(s)
         _bound_fds.discard(fd)
         if mine:
             close(fd)

@@ -128,6 +128,9 @@ cdef struct svc_t:
     int poller_is_worker
     int kicked
     int nwaiting
+    unsigned long poller_tid  # the thread in the poll round (valid while polling)
+    int poller_users     # threads using the poller outside a poll round (bind, conn close)
+    int poller_gone      # set (under s.lock) just before the poller is closed
     int64_t last_collector
     long live_ops        # atomic
     poller_t poller

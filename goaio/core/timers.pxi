@@ -102,7 +102,7 @@ cdef void schedule_timer_locked(svc_t *s, conn_t *c, int64_t at) noexcept nogil:
         wake = True
     pthread_mutex_unlock(&s.tlock)
     if wake:
-        poller_wake(&s.poller)
+        svc_wake(s)
 
 
 cdef bint timer_remove_locked(svc_t *s, conn_t *c) noexcept nogil:

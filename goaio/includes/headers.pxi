@@ -10,6 +10,9 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.mem cimport PyMem_RawMalloc, PyMem_RawFree, PyMem_RawRealloc
 from cpython.exc cimport PyErr_CheckSignals
 
+cdef extern from "Python.h" nogil:
+    unsigned long PyThread_get_thread_ident()
+
 from goaio.includes.posix cimport *
 
 cdef extern from "includes/compat.h" nogil:
