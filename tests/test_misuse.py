@@ -312,3 +312,91 @@ def test_close_from_inside_acquire(backend, where):
     proc = run_python(CLOSE_IN_CALLBACK, argv=[backend.name, where], timeout=30)
     assert proc.returncode == 0, (proc.stdout, proc.stderr[-3000:])
     assert f"OK {where}" in proc.stdout, proc.stdout
+
+
+# ---------------------------------------------------------------- item 10: socket closed behind our back
+
+def _socket_on(fd):
+    """A new socket pair whose first socket got fd (the number just freed)."""
+    held = []
+    try:
+        for _ in range(64):
+            x, y = socket.socketpair()
+            if x.fileno() == fd:
+                return x, y
+            if y.fileno() == fd:
+                return y, x
+            held += [x, y]
+        pytest.skip(f"fd {fd} was not reused")
+    finally:
+        for s in held:
+            s.close()
+
+
+def _assert_bad_fd_or_closed(err):
+    assert isinstance(err, (OSError, ConnClosed)), err
+    if isinstance(err, OSError) and not isinstance(err, ConnClosed):
+        assert err.errno == errno.EBADF, err
+
+
+def test_post_after_socket_closed_behind_our_back(backend, svc, pairs):
+    sock, peer = pairs("tcp")
+    conn = svc.bind(sock)
+    conn.recv("pending", bytearray(8))
+    fd = sock.fileno()
+    sock.close()                      # behind goaio's back
+    new, new_peer = _socket_on(fd)    # an unrelated socket gets the number
+    try:
+        try:
+            conn.send("leak", b"LEAKED BYTES")
+        except ConnClosed:
+            pass
+        else:
+            res = collect_one(svc)
+            if res.context == "leak":
+                _assert_bad_fd_or_closed(res.err)
+        new_peer.settimeout(0.3)
+        with pytest.raises(socket.timeout):
+            data = new_peer.recv(64)
+            pytest.fail(f"the closed connection's bytes reached another socket: {data!r}")
+        # the receive that was pending completes, with EBADF or ConnClosed
+        got = {}
+        deadline = time.monotonic() + WAIT
+        while "pending" not in got and time.monotonic() < deadline:
+            for r in svc.get_complete_statuses(8, timeout=0.2):
+                got[r.context] = r
+        if "pending" not in got:
+            conn.close()
+            got["pending"] = collect_one(svc)
+        _assert_bad_fd_or_closed(got["pending"].err)
+    finally:
+        conn.close()
+        new.close()
+        new_peer.close()
+
+
+def test_rebinding_a_number_freed_behind_our_back(backend, svc, pairs):
+    sock, peer = pairs("tcp")
+    conn = svc.bind(sock)
+    conn.recv("pending", bytearray(8))
+    fd = sock.fileno()
+    sock.close()                      # behind goaio's back
+    new, new_peer = _socket_on(fd)
+    conn2 = svc.bind(new)             # not "already bound"
+    assert conn2.fd == fd
+    # the stale connection is closed; its receive completed with EBADF
+    res = collect_one(svc)
+    assert res.context == "pending", res
+    _assert_bad_fd_or_closed(res.err)
+    assert conn.closed
+    with pytest.raises(ConnClosed):
+        conn.send("x", b"x")
+    # the new connection works, and only it reaches its peer
+    conn2.send("s", b"hello")
+    conn2.recv("r", bytearray(8))
+    new_peer.sendall(b"back")
+    got = {r.context: r for r in collect(svc, 2)}
+    assert got["s"].err is None and got["r"].err is None, got
+    assert new_peer.recv(64) == b"hello"
+    conn2.close()
+    new_peer.close()

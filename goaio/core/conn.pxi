@@ -53,7 +53,20 @@ cdef class AIOConn:
             raise ServiceClosed(MSG_SERVICE_CLOSED)
         if self.c.closed:
             raise ConnClosed(MSG_CONN_CLOSED)
+        if self._sock.fileno() != self.c.fd:
+            # The user closed the socket behind our back: the number may
+            # belong to another file now, which must never see our IO.
+            self._close(_oserror(EBADF))
+            raise ConnClosed(MSG_CONN_CLOSED)
         return 0
+
+    cdef bint _evict_if_stale(self, int fd):
+        """Close this connection (pending ops: OSError(EBADF)) if its socket
+        no longer owns fd; True when it did (GIL held, no C lock)."""
+        if self.c.closed or self.c.fd != fd or self._sock.fileno() == fd:
+            return False
+        self._close(_oserror(EBADF))
+        return True
 
     cdef object _post(self, op_t *op, object context):
         """Queue op and run it at once when the socket is ready (GIL held, no
