@@ -400,3 +400,23 @@ def test_rebinding_a_number_freed_behind_our_back(backend, svc, pairs):
     assert new_peer.recv(64) == b"hello"
     conn2.close()
     new_peer.close()
+
+
+# ---------------------------------------------------------------- item 17: reset with receives pending
+
+def test_reset_fails_every_pending_receive_alike(backend, svc, connect):
+    """Every receive pending when the peer resets completes with the reset
+    error; one posted afterwards gets what the socket then says (EOF)."""
+    conn, peer = connect("tcp")
+    for i in range(3):
+        conn.recv(i, bytearray(8))
+    assert svc.get_complete_status(timeout=0.1) is None
+    reset(peer)
+    got = sorted(collect(svc, 3), key=lambda r: r.context)
+    assert [type(r.err) for r in got] == [ConnectionResetError] * 3, got
+    assert [r.bytes_transferred for r in got] == [0, 0, 0]
+    conn.recv("later", bytearray(8))
+    res = collect_one(svc)
+    assert type(res.err) is EOFError, res
+    assert str(res.err) == _messages.PEER_CLOSED
+    conn.close()
