@@ -243,7 +243,7 @@ def main(args):
             ok, why = srvmod.availability(spec.name)
             print(f"{spec.name:18} {spec.label:30} {'available' if ok else 'unavailable: ' + why}")
         found = srvmod.goaio_for_servers()
-        print(f"goaio servers import goaio from {found['root']}" + (f" ({found['note']})" if found["note"] else ""))
+        print(found["note"] or f"the goaio servers import goaio from {found['root']}")
         return 0
     if not args.seconds > 0:
         print("goaio bench: --seconds must be > 0", file=sys.stderr)
