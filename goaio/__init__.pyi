@@ -219,8 +219,8 @@ def get_complete_status(timeout: _Timeout = None) -> AIOResult | None: ...
 def get_complete_statuses(max_results: int = 64, timeout: _Timeout = None) -> list[AIOResult]: ...
 
 # ======================================================================
-# ---- issue 10: listening and connecting (SPEC "Listening and
-# connecting", "Half-close, cancellation, addresses", "Introspection").
+# ---- issue 10: listening and connecting (posted accept and connect),
+# half-close, cancellation, addresses, introspection.
 # The methods this adds to AIOService, AIOConn and BufferPool are marked
 # "issue 10" in their classes above; these are the types they use.
 

@@ -20,8 +20,8 @@ pytest.importorskip("mypy", reason="mypy is not installed (pip install '.[test]'
 EXAMPLES = os.path.join(REPO_ROOT, "examples")
 INSTALLED = os.path.basename(GOAIO_PARENT) in ("site-packages", "dist-packages")
 
-#: Names the stubs declare ahead of the runtime (SPEC "Listening and
-#: connecting", "Half-close, cancellation, addresses", "Introspection"):
+#: Names the stubs declare ahead of the runtime (listen/accept, connect,
+#: shutdown, cancel, peername/sockname, the stats of service and pool):
 #: stubtest ignores them while they are missing and checks them once they
 #: exist. Also: the constructors the library keeps to itself (and the
 #: compiled AIOService's, which Cython's __cinit__ hides from stubtest);
