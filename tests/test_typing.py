@@ -1,5 +1,6 @@
 """The typed API (goaio/__init__.pyi, shipped with goaio/py.typed): mypy
---strict accepts correct user code (examples/typed_example.py), rejects
+--strict accepts correct user code (examples/typed_example.py, and
+typed_listen.py for the posted accept/connect API), rejects
 wrong calls (examples/typed_wrong.py, each line marked WRONG), reveals
 ``get_complete_status()`` as ``AIOResult | None``; and mypy's stubtest finds
 the stubs true to every backend's runtime objects. Type-checks the goaio
@@ -85,8 +86,9 @@ def mypy_run(tmp_path_factory):
     return run
 
 
-def test_typed_example_passes_strict(mypy_run):
-    proc = mypy_run([os.path.join(EXAMPLES, "typed_example.py")])
+@pytest.mark.parametrize("example", ["typed_example.py", "typed_listen.py"])
+def test_typed_example_passes_strict(mypy_run, example):
+    proc = mypy_run([os.path.join(EXAMPLES, example)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip() == "", proc.stdout
 
@@ -154,3 +156,12 @@ def test_typed_example_runs(backend):
                           env=subprocess_env(backend.name), capture_output=True, text=True, timeout=WAIT * 3)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"{backend.name}: b'hello, typed goaio'"), proc.stdout
+
+
+def test_typed_listen_example_runs(backend):
+    if not hasattr(backend.AIOService, "listen"):
+        pytest.skip(f"the {backend.name} backend has no AIOService.listen yet")
+    proc = subprocess.run([sys.executable, os.path.join(EXAMPLES, "typed_listen.py")], cwd=CHILD_CWD,
+                          env=subprocess_env(backend.name), capture_output=True, text=True, timeout=WAIT * 3)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == repr(b"ping over a posted connect"), proc.stdout
