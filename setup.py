@@ -1,10 +1,11 @@
 """Build the compiled goaio backends (Cython >= 3).
 
 Environment switches (all optional):
-  GOAIO_DEBUG=1            -O0 -g3 and the GOAIO_DEBUG define (sanitizer/counter builds)
+  GOAIO_DEBUG=1            -O0 -g3 (sanitizer and debugger builds)
   GOAIO_ASAN=1             AddressSanitizer (implies GOAIO_DEBUG); run with LD_PRELOAD=libasan
-  GOAIO_KQUEUE_EMULATION=1 also build goaio._kqueue on Linux, linked with the test-only
-                           emulation of kqueue()/kevent() over epoll (never the default)
+  GOAIO_KQUEUE_EMULATION=1 also build goaio._kqueue on Linux from tests/kqueue_emu/ (the
+                           test-only emulation of kqueue()/kevent() over epoll and the
+                           test hooks; never the default, own build directory)
   GOAIO_NO_EXT=1           build no extension (pure-Python backend only)
   GOAIO_REQUIRE_EXT=1      a compiled module that fails to build fails the install
                            (default: see OptionalBuildExt below; CI sets it)
@@ -27,6 +28,7 @@ def flag(name):
 
 
 KQUEUE_HEADERS = ["goaio/includes/kqueue.h", "goaio/includes/compat.h"]
+EMULATION_DIR = "tests/kqueue_emu"   # test-only: the kqueue emulation and the test hooks
 
 
 def extensions():
@@ -37,7 +39,7 @@ def extensions():
     debug = flag("GOAIO_DEBUG") or flag("GOAIO_ASAN")
     cflags = ["-O0", "-g3"] if debug else ["-O2"]
     ldflags = []
-    macros = [("GOAIO_DEBUG", "1" if debug else "0")]
+    macros = []
     if flag("GOAIO_ASAN"):
         cflags += ["-fsanitize=address", "-fno-omit-frame-pointer"]
         ldflags += ["-fsanitize=address"]
@@ -53,14 +55,17 @@ def extensions():
         if flag("GOAIO_KQUEUE_EMULATION"):
             emu = dict(common)
             emu["define_macros"] = macros + [("GOAIO_KQUEUE_EMULATION", "1")]
-            exts.append(Extension("goaio._kqueue", ["goaio/_kqueue.pyx", "goaio/includes/kqueue_emu.c"],
-                                  depends=KQUEUE_HEADERS + ["goaio/includes/kqueue_emu.h"], **emu))
+            emu["include_dirs"] = common["include_dirs"] + [EMULATION_DIR]
+            exts.append(Extension("goaio._kqueue", [f"{EMULATION_DIR}/_kqueue.pyx", f"{EMULATION_DIR}/kqueue_emu.c"],
+                                  depends=KQUEUE_HEADERS + [f"{EMULATION_DIR}/kqueue_emu.h"], **emu))
     elif sys.platform == "darwin" or "bsd" in sys.platform:
         exts.append(Extension("goaio._kqueue", ["goaio/_kqueue.pyx"], depends=KQUEUE_HEADERS, **common))
     return cythonize(
         exts,
         compiler_directives={"language_level": 3, "embedsignature": True},
         include_path=["."],
+        # the emulation build's generated C stays out of the source tree
+        build_dir=os.path.join("build", "kqueue-emulation", "cython") if flag("GOAIO_KQUEUE_EMULATION") else None,
     )
 
 
