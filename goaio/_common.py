@@ -144,7 +144,10 @@ def check_timeout(value, name="timeout"):
         raise TypeError(f"{name} must be a number or None, not {type(value).__name__}")
     if value != value or value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond any float: no limit, as math.inf
+        return float("inf")
 
 
 def check_conn_timeout(value):
