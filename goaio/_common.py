@@ -9,6 +9,8 @@ pool buffer without the GIL); everything else here is used as is.
 import socket
 import threading
 
+from . import _messages
+
 __all__ = ["AIOConnOption", "AIOResult", "BufferPool", "DEFAULT_RECV_BUFF_SIZE"]
 
 #: Size of the ``bytearray`` made for ``recv(ctx, None)`` when the connection
@@ -114,9 +116,9 @@ class BufferPool:
         """Give back a buffer that ``acquire()`` handed out."""
         with self._lock:
             if id(buff) not in self._out or type(buff) is not bytearray:
-                raise ValueError("buffer was not handed out by this pool, or was already released")
+                raise ValueError(_messages.POOL_FOREIGN)
             if len(buff) != self.buffer_size:
-                raise ValueError("a pool buffer must not be resized")
+                raise ValueError(_messages.POOL_RESIZED)
             self._out.discard(id(buff))
             self._free.append(buff)
 

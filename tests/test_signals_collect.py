@@ -164,5 +164,5 @@ def test_raising_handler_during_the_service_work_loses_nothing(backend, request)
     assert hits[0] > 20, hits[0]
     svc.close()
     print("ok", hits[0], cut)
-    """, timeout=60)
+    """, timeout=30)
     assert out.split()[0] == "ok"
