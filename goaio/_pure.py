@@ -872,6 +872,7 @@ class AIOService:
         self._polls_c = 0          # poll rounds done by collectors / by workers
         self._polls_w = 0
         self._poller = make_poller()   # GOAIO_PURE_POLLER, else the best one here
+        self._notify_fd = -1           # goaio.aio hook (_set_notify_fd)
         self._write_wake = self._poller.wake
         with _live_lock:
             _live.add(self)
@@ -1239,6 +1240,30 @@ class AIOService:
                     return
             finally:
                 self._release_poller(False)
+            if self._notify_fd >= 0 and self._q:
+                self._notify_worker_results()
+
+    # -- goaio.aio hooks: an event loop watches these descriptors --
+
+    def _poll_fd(self):
+        """The poller's descriptor, readable while IO events wait (a thread
+        then collecting with timeout=0 does that IO itself); -1 if the poller
+        has none (poll, select) or the service is closed."""
+        fileno = getattr(self._poller, "fileno", None)
+        if self._closed or fileno is None:
+            return -1
+        return fileno()
+
+    def _set_notify_fd(self, fd):
+        """After a worker's poll round that left results queued, write 8
+        bytes (an eventfd's 1) to ``fd`` (-1: stop). The caller owns ``fd``."""
+        self._notify_fd = int(fd)
+
+    def _notify_worker_results(self):
+        try:
+            os.write(self._notify_fd, b"\x01\0\0\0\0\0\0\0")
+        except OSError:
+            pass   # full pipe (already readable) or closed: nothing to add
 
     # -- share buffers of undelivered results --
 

@@ -76,9 +76,18 @@ cdef void worker_loop(svc_t *s) noexcept nogil:
         pthread_mutex_lock(&s.lock)
         s.polling = 0
         s.poller_is_worker = 0
+        worker_notify_locked(s)
         if s.nwaiting > 0:
             pthread_cond_signal(&s.cq_cond)
     pthread_mutex_unlock(&s.lock)
+
+
+cdef void worker_notify_locked(svc_t *s) noexcept nogil:
+    """goaio.aio hook (s.lock held): a worker's poll round left results queued:
+    make s.notify_fd readable, so an event loop that watches it comes to collect."""
+    cdef uint64_t one = 1
+    if s.notify_fd >= 0 and s.cq_head != NULL:
+        write(s.notify_fd, &one, 8)
 
 
 cdef int cq_take(svc_t *s, long maxn, int64_t until, op_t **out) noexcept nogil:
