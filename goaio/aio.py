@@ -62,7 +62,9 @@ class GoaioTransport(transports._FlowControlMixin, transports.Transport):
     """
 
     _start_tls_compatible = True
-    _sendfile_compatible = constants._SendfileMode.FALLBACK
+    # native: asyncio's loop.sock_sendfile (os.sendfile) on the socket once
+    # every goaio send has completed (write() meanwhile raises)
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
     _sock = None
     _conn = None
 
@@ -326,7 +328,8 @@ class GoaioTransport(transports._FlowControlMixin, transports.Transport):
             self._backlog.append(data)
         else:
             self._post_send(data)
-        self._maybe_pause_protocol()
+        if self._buffer_size > self._high_water:
+            self._loop._goaio_check_flow(self)
 
     def writelines(self, list_of_data):
         if self._eof:
@@ -356,7 +359,8 @@ class GoaioTransport(transports._FlowControlMixin, transports.Transport):
         else:
             # one gather send (writev)
             self._post_send(items if len(items) > 1 else items[0])
-        self._maybe_pause_protocol()
+        if self._buffer_size > self._high_water:
+            self._loop._goaio_check_flow(self)
 
     def _post_send(self, data):
         try:
@@ -482,13 +486,16 @@ class GoaioTransport(transports._FlowControlMixin, transports.Transport):
             conn = self._conn
             self._sock = None
             self._held = None
+            self._reading_proto = None
             if conn is not None:
                 conn.close()        # closes the socket too
+                self._loop._goaio_dirty = True   # collect what the close completed
             waiter = self._empty_waiter
             if waiter is not None and not waiter.done():
                 waiter.set_exception(ConnectionError("Connection is closed by peer"))
             self._protocol = None
             self._loop = None
+            self._conn = None
             server = self._server
             if server is not None:
                 self._server = None
@@ -514,6 +521,7 @@ class Loop(asyncio.SelectorEventLoop):
         self._pool = mod.BufferPool(RECV_BUFFER_SIZE)
         self._goaio_dirty = False
         self._goaio_results = collections.deque()
+        self._goaio_flow = []
         # the service's poller: readable while goaio has IO to do, which the
         # loop thread then does itself (collect with timeout=0)
         self._goaio_poll_fd = self._svc._poll_fd()
@@ -547,7 +555,21 @@ class Loop(asyncio.SelectorEventLoop):
             self._goaio_dirty = False
             if self._goaio_collect():
                 timeout = 0
+            flow = self._goaio_flow
+            if flow:
+                self._goaio_flow = []
+                for tr in flow:
+                    if tr._loop is not None:
+                        tr._maybe_pause_protocol()
         return self._goaio_select_orig(timeout)
+
+    def _goaio_check_flow(self, transport):
+        """A write took ``transport`` past its high-water mark. Sends that
+        completed as they were posted are counted until their results are
+        collected, so the check waits for that (before the loop next waits):
+        pause_writing() comes once the bytes truly wait."""
+        self._goaio_flow.append(transport)
+        self._goaio_dirty = True
 
     def _goaio_collect(self):
         """Collect and dispatch what the service has (doing the IO that is
