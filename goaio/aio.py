@@ -67,6 +67,10 @@ class GoaioTransport(transports._FlowControlMixin, transports.Transport):
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
     _sock = None
     _conn = None
+    #: write() with nothing queued sends at once (a non-blocking send(2) on
+    #: the loop thread); only what the kernel does not take becomes a goaio
+    #: send. False: every write is a goaio send (see docs/aio.md, "Delivery").
+    try_send_first = True
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         super().__init__(extra, loop)
@@ -320,7 +324,22 @@ class GoaioTransport(transports._FlowControlMixin, transports.Transport):
                 logger.warning("socket.send() raised exception.")
             self._conn_lost += 1
             return
-        if type(data) is not bytes:
+        if not self._sending and not self._backlog and self.try_send_first:
+            # nothing queued: write at once, as asyncio does (an error is then
+            # seen by this very call, and the common case needs no result)
+            try:
+                n = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal write error on socket transport")
+                return
+            if n == len(data):
+                return
+            data = bytes(memoryview(data)[n:])
+        elif type(data) is not bytes:
             # the caller may change a mutable buffer once write() returns
             data = bytes(data)
         self._buffer_size += len(data)
@@ -328,8 +347,7 @@ class GoaioTransport(transports._FlowControlMixin, transports.Transport):
             self._backlog.append(data)
         else:
             self._post_send(data)
-        if self._buffer_size > self._high_water:
-            self._loop._goaio_check_flow(self)
+        self._maybe_pause_protocol()
 
     def writelines(self, list_of_data):
         if self._eof:
@@ -359,8 +377,7 @@ class GoaioTransport(transports._FlowControlMixin, transports.Transport):
         else:
             # one gather send (writev)
             self._post_send(items if len(items) > 1 else items[0])
-        if self._buffer_size > self._high_water:
-            self._loop._goaio_check_flow(self)
+        self._maybe_pause_protocol()
 
     def _post_send(self, data):
         try:
@@ -521,7 +538,10 @@ class Loop(asyncio.SelectorEventLoop):
         self._pool = mod.BufferPool(RECV_BUFFER_SIZE)
         self._goaio_dirty = False
         self._goaio_results = collections.deque()
-        self._goaio_flow = []
+        #: how the results reached the loop (docs/aio.md, "Delivery")
+        self._goaio_stats = {"collects": 0, "results": 0, "worker_wakeups": 0}
+        #: how the results reached the loop (docs/aio.md, "Delivery")
+        self._goaio_stats = {"collects": 0, "results": 0, "worker_wakeups": 0}
         # the service's poller: readable while goaio has IO to do, which the
         # loop thread then does itself (collect with timeout=0)
         self._goaio_poll_fd = self._svc._poll_fd()
@@ -555,21 +575,7 @@ class Loop(asyncio.SelectorEventLoop):
             self._goaio_dirty = False
             if self._goaio_collect():
                 timeout = 0
-            flow = self._goaio_flow
-            if flow:
-                self._goaio_flow = []
-                for tr in flow:
-                    if tr._loop is not None:
-                        tr._maybe_pause_protocol()
         return self._goaio_select_orig(timeout)
-
-    def _goaio_check_flow(self, transport):
-        """A write took ``transport`` past its high-water mark. Sends that
-        completed as they were posted are counted until their results are
-        collected, so the check waits for that (before the loop next waits):
-        pause_writing() comes once the bytes truly wait."""
-        self._goaio_flow.append(transport)
-        self._goaio_dirty = True
 
     def _goaio_collect(self):
         """Collect and dispatch what the service has (doing the IO that is
@@ -582,6 +588,9 @@ class Loop(asyncio.SelectorEventLoop):
                 return False
             if not got:
                 return False
+            st = self._goaio_stats
+            st["collects"] += 1
+            st["results"] += len(got)
             results.extend(got)
         pop = results.popleft
         while results:
@@ -590,6 +599,7 @@ class Loop(asyncio.SelectorEventLoop):
         return True
 
     def _goaio_on_notify(self):
+        self._goaio_stats["worker_wakeups"] += 1
         try:
             os.read(self._goaio_wake_r, 4096)
         except OSError:

@@ -37,7 +37,8 @@ MODULES = [
     "test_events",
 ]
 #: A few key modules, small enough for the pytest wrapper.
-QUICK = ["test_streams", "test_server", "test_buffered_proto", "test_sock_lowlevel"]
+QUICK = ["test_streams", "test_server", "test_buffered_proto", "test_sock_lowlevel",
+         "test_sslproto", "test_sendfile"]
 
 PASSING = ("pass", "skip", "xfail")
 
@@ -67,6 +68,14 @@ def _install_goaio(backend):
         def __init__(self, selector=None):
             super().__init__(selector, backend=mod)
 
+    made = _install_goaio.transports = collections.Counter()
+    orig_init = goaio.aio.GoaioTransport.__init__
+
+    def counting_init(self, *a, **k):
+        made["transports"] += 1
+        orig_init(self, *a, **k)
+
+    goaio.aio.GoaioTransport.__init__ = counting_init
     asyncio.SelectorEventLoop = HarnessLoop
     ue.SelectorEventLoop = HarnessLoop
     ue._UnixDefaultEventLoopPolicy._loop_factory = HarnessLoop
@@ -169,6 +178,7 @@ def run_one(module, loop_kind, backend, per_test_timeout, out):
         "details": details,
         "running_loops": dict(running),
         "not_goaio": not_goaio,
+        "goaio_transports": _install_goaio.transports["transports"] if goaio_cls is not None else 0,
     }
     with open(out, "w") as f:
         json.dump(data, f)
@@ -266,7 +276,8 @@ def main(argv=None):
         print(f"{m:20s} default: {fmt_counts(d)}")
         print(f"{'':20s} goaio:   {fmt_counts(g)}   regressions: {len(reg)}")
         if g.get("running_loops"):
-            print(f"{'':20s} loops that ran on the goaio side: {g['running_loops']}")
+            print(f"{'':20s} loops that ran on the goaio side: {g['running_loops']}, "
+                  f"goaio transports made: {g.get('goaio_transports', 0)}")
     if regressions:
         print(f"\n{len(regressions)} regression(s) (pass on the default loop, not on goaio's):")
         for m, tid, oc, tb in regressions:
@@ -276,6 +287,8 @@ def main(argv=None):
     if a.report:
         with open(a.report, "w") as f:
             json.dump([{"module": m, "default": d.get("counts"), "goaio": g.get("counts"),
+                        "running_loops": g.get("running_loops"),
+                        "goaio_transports": g.get("goaio_transports", 0),
                         "regressions": reg} for m, d, g, reg in rows], f, indent=1)
     return 1 if regressions else 0
 
