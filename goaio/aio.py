@@ -538,6 +538,8 @@ class Loop(asyncio.SelectorEventLoop):
         self._pool = mod.BufferPool(RECV_BUFFER_SIZE)
         self._goaio_dirty = False
         self._goaio_results = collections.deque()
+        self._goaio_dispatch_pending = False
+        self._goaio_dispatch_handle = asyncio.Handle(self._goaio_dispatch, (), self)
         #: how the results reached the loop (docs/aio.md, "Delivery")
         self._goaio_stats = {"collects": 0, "results": 0, "worker_wakeups": 0}
         #: how the results reached the loop (docs/aio.md, "Delivery")
@@ -546,7 +548,7 @@ class Loop(asyncio.SelectorEventLoop):
         # loop thread then does itself (collect with timeout=0)
         self._goaio_poll_fd = self._svc._poll_fd()
         if self._goaio_poll_fd >= 0:
-            self._add_reader(self._goaio_poll_fd, self._goaio_collect)
+            self._add_reader(self._goaio_poll_fd, self._goaio_io_ready)
         # results a worker thread queued (it polls when the loop did not for
         # a while, or where the poller has no descriptor)
         if hasattr(os, "eventfd"):
@@ -569,34 +571,52 @@ class Loop(asyncio.SelectorEventLoop):
     # -- collecting completions --
 
     def _goaio_select(self, timeout=None):
-        # results of operations the last callbacks posted (sends that
-        # completed at once, say) are handled before the loop waits
-        if self._goaio_dirty or self._goaio_results:
+        # Results of operations that the last callbacks posted (a receive
+        # whose data was there, say) are taken before the loop waits, and
+        # dispatched by one handle queued behind the callbacks already ready:
+        # the order asyncio gives its own IO callbacks.
+        if self._goaio_dispatch_pending:
+            timeout = 0
+        elif self._goaio_dirty:
             self._goaio_dirty = False
-            if self._goaio_collect():
+            if self._goaio_take():
+                self._goaio_dispatch_pending = True
+                self._ready.append(self._goaio_dispatch_handle)
                 timeout = 0
         return self._goaio_select_orig(timeout)
 
-    def _goaio_collect(self):
-        """Collect and dispatch what the service has (doing the IO that is
-        ready on this thread). Returns True if anything was dispatched."""
+    def _goaio_take(self):
+        """Take what the service has into the loop's list (doing on this
+        thread the IO that is ready); True if the list is not empty."""
         results = self._goaio_results
-        if not results:
-            try:
-                got = self._svc.get_complete_statuses(BATCH, 0)
-            except ServiceClosed:
-                return False
-            if not got:
-                return False
-            st = self._goaio_stats
-            st["collects"] += 1
-            st["results"] += len(got)
-            results.extend(got)
+        if results:
+            return True
+        try:
+            got = self._svc.get_complete_statuses(BATCH, 0)
+        except ServiceClosed:
+            return False
+        if not got:
+            return False
+        st = self._goaio_stats
+        st["collects"] += 1
+        st["results"] += len(got)
+        results.extend(got)
+        return True
+
+    def _goaio_dispatch(self):
+        """Hand each taken result to its transport (res.context is the
+        transport's bound handler)."""
+        self._goaio_dispatch_pending = False
+        results = self._goaio_results
         pop = results.popleft
         while results:
             res = pop()
             res.context(res)
-        return True
+
+    def _goaio_io_ready(self):
+        # the service's poller has events: do that IO here and dispatch
+        if self._goaio_take():
+            self._goaio_dispatch()
 
     def _goaio_on_notify(self):
         self._goaio_stats["worker_wakeups"] += 1
@@ -604,7 +624,8 @@ class Loop(asyncio.SelectorEventLoop):
             os.read(self._goaio_wake_r, 4096)
         except OSError:
             pass
-        self._goaio_collect()
+        if self._goaio_take():
+            self._goaio_dispatch()
 
     # -- the transports --
 

@@ -227,7 +227,7 @@ def compare(modules, backend, per_test_timeout, module_timeout, python, verbose,
             d = futs[(m, "default")].result()
             g = futs[(m, "goaio")].result()
             reg = []
-            for tid, oc in d["outcomes"].items():
+            for tid, oc in ({} if g.get("crashed") else d["outcomes"]).items():
                 if oc in PASSING and g["outcomes"].get(tid, "missing") not in PASSING:
                     reg.append((tid, g["outcomes"].get(tid, "missing")))
             if g.get("crashed"):
