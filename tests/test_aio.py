@@ -443,3 +443,155 @@ def test_close_loop_closes_service(backend):
     lp.close()
     assert svc.closed
     lp.close()
+
+
+def _ssl_contexts():
+    from test.test_asyncio import utils as tu
+    return tu.simple_server_sslcontext(), tu.simple_client_sslcontext()
+
+
+def test_tls_echo_and_extra_info(loop):
+    server_ctx, client_ctx = _ssl_contexts()
+
+    async def handle(r, w):
+        w.write(await r.readexactly(5))
+        await w.drain()
+        w.close()
+
+    async def main():
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
+        async with srv:
+            port = srv.sockets[0].getsockname()[1]
+            r, w = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx)
+            tr = w.transport
+            assert tr.get_extra_info("sslcontext") is client_ctx
+            assert tr.get_extra_info("ssl_object") is not None
+            assert tr.get_extra_info("cipher") is not None
+            assert tr.get_extra_info("peername")[1] == port
+            # the TLS records travel over a goaio transport
+            assert isinstance(tr._ssl_protocol._transport, goaio.aio.GoaioTransport)
+            w.write(b"tls!!")
+            assert await r.read() == b"tls!!"
+            w.close()
+            await w.wait_closed()
+    run(loop, main())
+
+
+def test_start_tls_upgrade(loop):
+    server_ctx, client_ctx = _ssl_contexts()
+
+    async def handle(r, w):
+        assert await r.readexactly(8) == b"STARTTLS"
+        await w.start_tls(server_ctx)
+        w.write((await r.readexactly(4)).upper())
+        await w.drain()
+        w.close()
+
+    async def main():
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        async with srv:
+            port = srv.sockets[0].getsockname()[1]
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"STARTTLS")
+            await w.drain()
+            await w.start_tls(client_ctx)
+            w.write(b"ping")
+            assert await r.read() == b"PING"
+            w.close()
+            await w.wait_closed()
+    run(loop, main())
+
+
+def test_callback_errors_reach_handler_and_connection_lost(loop, pairs):
+    sock, peer = pairs("tcp")
+    seen = []
+    loop.set_exception_handler(lambda lp, ctx: seen.append(ctx))
+
+    class Bad(Recorder):
+        def data_received(self, data):
+            raise ZeroDivisionError("boom")
+
+    async def main():
+        tr, pr = await loop.connect_accepted_socket(lambda: Bad(loop), sock)
+        peer.sendall(b"x")
+        await pr.done
+        assert isinstance(pr.events[-1][1], ZeroDivisionError)
+        assert seen and seen[0]["message"] == "Fatal error: protocol.data_received() call failed."
+        assert seen[0]["transport"] is tr
+    run(loop, main())
+
+
+def test_results_come_back_on_the_loop_thread(loop):
+    """Steady ping-pong: the loop thread does the IO itself (a worker wake-up
+    only after the loop sat idle past WORKER_GRACE)."""
+    rounds = 300
+
+    class Client(asyncio.Protocol):
+        def __init__(self):
+            self.n = 0
+            self.done = loop.create_future()
+
+        def connection_made(self, tr):
+            self.tr = tr
+            tr.write(b"p" * 64)
+
+        def data_received(self, data):
+            self.n += 1
+            if self.n == rounds:
+                self.done.set_result(None)
+            else:
+                self.tr.write(b"p" * 64)
+
+    async def main():
+        srv = await loop.create_server(Echo, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        tr, pr = await loop.create_connection(Client, "127.0.0.1", port)
+        before = dict(loop._goaio_stats)
+        await pr.done
+        st = loop._goaio_stats
+        results = st["results"] - before["results"]
+        wakeups = st["worker_wakeups"] - before["worker_wakeups"]
+        assert results >= rounds
+        assert wakeups <= results // 4, st
+        tr.close()
+        srv.close()
+        await srv.wait_closed()
+    run(loop, main())
+
+
+def test_given_service_is_left_open(backend):
+    svc = backend.AIOService()
+    try:
+        lp = goaio.aio.Loop(service=svc)
+        assert lp.service is svc
+        lp.close()
+        assert not svc.closed
+    finally:
+        svc.close()
+
+
+def test_buffered_pause_reading_holds_and_switch_protocol(loop, pairs):
+    sock, peer = pairs("tcp")
+
+    async def main():
+        first = Buffered(loop, size=64)
+        tr, _ = await loop.connect_accepted_socket(lambda: first, sock)
+        await asyncio.sleep(0)
+        tr.pause_reading()
+        peer.sendall(b"abc")
+        await asyncio.sleep(0.1)
+        assert first.got == b""
+        second = Recorder(loop)
+        tr.set_protocol(second)
+        tr.resume_reading()
+        for _ in range(200):
+            if second.data:
+                break
+            await asyncio.sleep(0.005)
+        # read into the first protocol's buffer while it was current, handed
+        # to the protocol that is current now
+        assert bytes(second.data) == b"abc"
+        assert first.got == b""
+        tr.close()
+        await second.done
+    run(loop, main())
