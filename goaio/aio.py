@@ -371,12 +371,36 @@ class GoaioTransport(transports._FlowControlMixin, transports.Transport):
                 logger.warning("socket.send() raised exception.")
             self._conn_lost += 1
             return
+        if not self._sending and not self._backlog and self.try_send_first:
+            # nothing queued: one gather send(2) at once (sendmsg)
+            try:
+                n = self._sock.sendmsg(items[:512])
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal write error on socket transport")
+                return
+            size -= n
+            if not size:
+                return
+            while n:
+                first = items[0]
+                if n >= len(first):
+                    n -= len(first)
+                    del items[0]
+                else:
+                    items[0] = first[n:]
+                    n = 0
         self._buffer_size += size
         if self._sending >= MAX_INFLIGHT_SENDS or self._backlog:
             self._backlog.extend(items)
         else:
             # one gather send (writev)
-            self._post_send(items if len(items) > 1 else items[0])
+            self._post_send(items[:512] if len(items) > 1 else items[0])
+            if len(items) > 512:
+                self._backlog.extend(items[512:])
         self._maybe_pause_protocol()
 
     def _post_send(self, data):
@@ -416,6 +440,7 @@ class GoaioTransport(transports._FlowControlMixin, transports.Transport):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
         if self._closing:
+            self._conn_lost += 1
             self._call_connection_lost(None)
         elif self._eof:
             self._shutdown_write()

@@ -482,6 +482,7 @@ def test_start_tls_upgrade(loop):
 
     async def handle(r, w):
         assert await r.readexactly(8) == b"STARTTLS"
+        w.write(b"OK")   # the client starts its handshake only after this
         await w.start_tls(server_ctx)
         w.write((await r.readexactly(4)).upper())
         await w.drain()
@@ -493,7 +494,7 @@ def test_start_tls_upgrade(loop):
             port = srv.sockets[0].getsockname()[1]
             r, w = await asyncio.open_connection("127.0.0.1", port)
             w.write(b"STARTTLS")
-            await w.drain()
+            assert await r.readexactly(2) == b"OK"
             await w.start_tls(client_ctx)
             w.write(b"ping")
             assert await r.read() == b"PING"
