@@ -103,6 +103,9 @@ class GoaioTransport(transports._FlowControlMixin, transports.Transport):
         self._buffer_size = 0        # bytes posted or waiting, not yet written
         self._backlog = []           # writes waiting for a free send slot
         self._empty_waiter = None
+        self._read_cb = self._on_read      # the contexts of its operations
+        self._write_cb = self._on_write
+        self._recv_iter = -1               # loop iteration of the last receive posted
         self._conn = loop._svc.bind(sock, recvq_size=2, sendq_size=MAX_INFLIGHT_SENDS + 1,
                                     share_buff=loop._pool, user_data=self)
         self._sock = sock
@@ -198,7 +201,7 @@ class GoaioTransport(transports._FlowControlMixin, transports.Transport):
             proto = None
             buf = None
         try:
-            conn.recv(self._on_read, buf)
+            conn.recv(self._read_cb, buf)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -206,7 +209,9 @@ class GoaioTransport(transports._FlowControlMixin, transports.Transport):
             return
         self._reading = True
         self._reading_proto = proto
-        self._loop._goaio_dirty = True
+        loop = self._loop
+        loop._goaio_dirty = True
+        self._recv_iter = loop._goaio_iter
 
     def _on_read(self, res):
         """A receive completed (called by the loop with its result)."""
@@ -405,7 +410,7 @@ class GoaioTransport(transports._FlowControlMixin, transports.Transport):
 
     def _post_send(self, data):
         try:
-            self._conn.send(self._on_write, data)
+            self._conn.send(self._write_cb, data)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -564,7 +569,8 @@ class Loop(asyncio.SelectorEventLoop):
         self._goaio_dirty = False
         self._goaio_results = collections.deque()
         self._goaio_dispatch_pending = False
-        self._goaio_dispatch_handle = asyncio.Handle(self._goaio_dispatch, (), self)
+        self._goaio_iter = 0               # counts _run_once rounds (select calls)
+        self._goaio_dispatch_handle = asyncio.Handle(self._goaio_dispatch_queued, (), self)
         #: how the results reached the loop (docs/aio.md, "Delivery")
         self._goaio_stats = {"collects": 0, "results": 0, "worker_wakeups": 0}
         #: how the results reached the loop (docs/aio.md, "Delivery")
@@ -600,6 +606,7 @@ class Loop(asyncio.SelectorEventLoop):
         # whose data was there, say) are taken before the loop waits, and
         # dispatched by one handle queued behind the callbacks already ready:
         # the order asyncio gives its own IO callbacks.
+        self._goaio_iter += 1
         if self._goaio_dispatch_pending:
             timeout = 0
         elif self._goaio_dirty:
@@ -614,29 +621,45 @@ class Loop(asyncio.SelectorEventLoop):
         """Take what the service has into the loop's list (doing on this
         thread the IO that is ready); True if the list is not empty."""
         results = self._goaio_results
-        if results:
-            return True
         try:
             got = self._svc.get_complete_statuses(BATCH, 0)
         except ServiceClosed:
-            return False
+            return bool(results)
         if not got:
-            return False
+            return bool(results)
         st = self._goaio_stats
         st["collects"] += 1
         st["results"] += len(got)
         results.extend(got)
         return True
 
+    def _goaio_dispatch_queued(self):
+        self._goaio_dispatch_pending = False
+        self._goaio_dispatch()
+
     def _goaio_dispatch(self):
         """Hand each taken result to its transport (res.context is the
         transport's bound handler)."""
-        self._goaio_dispatch_pending = False
         results = self._goaio_results
         pop = results.popleft
+        it = self._goaio_iter
+        deferred = None
         while results:
             res = pop()
-            res.context(res)
+            ctx = res.context
+            tr = ctx.__self__
+            if tr._recv_iter == it and ctx is tr._read_cb:
+                # posted in this very iteration (after a previous read's
+                # data): its data waits for the next one, as a readiness
+                # loop reads a socket once per iteration
+                if deferred is None:
+                    deferred = []
+                deferred.append(res)
+                continue
+            ctx(res)
+        if deferred is not None:
+            results.extend(deferred)
+            self._goaio_dirty = True
 
     def _goaio_io_ready(self):
         # the service's poller has events: do that IO here and dispatch
