@@ -873,6 +873,7 @@ class AIOService:
         self._polls_w = 0
         self._poller = make_poller()   # GOAIO_PURE_POLLER, else the best one here
         self._notify_fd = -1           # goaio.aio hook (_set_notify_fd)
+        self._external = False         # goaio.aio hook (_set_external_collector)
         self._write_wake = self._poller.wake
         with _live_lock:
             _live.add(self)
@@ -1221,7 +1222,11 @@ class AIOService:
                     if not self._polling:
                         idle = monotonic() - self._last_cpoll
                         if idle >= _GRACE:
-                            break
+                            if not (self._external and not self._timers):
+                                break
+                            # goaio.aio hook: a loop collects (no timers armed)
+                            wcond.wait(4 * _GRACE)
+                            continue
                         wcond.wait(_GRACE - idle)
                     else:
                         self._wwaiting += 1
@@ -1253,6 +1258,14 @@ class AIOService:
         if self._closed or fileno is None:
             return -1
         return fileno()
+
+    def _set_external_collector(self, on):
+        """An event loop watches _poll_fd() and collects with timeout=0
+        whenever it is readable; while on, the workers leave the poll to it
+        (unless timers are armed), so IO stays on the loop thread."""
+        with self._lock:
+            self._external = bool(on)
+            self._wcond.notify_all()
 
     def _set_notify_fd(self, fd):
         """After a worker's poll round that left results queued, write 8

@@ -590,6 +590,9 @@ class Loop(asyncio.SelectorEventLoop):
             os.set_blocking(self._goaio_wake_w, False)
         self._add_reader(self._goaio_wake_r, self._goaio_on_notify)
         self._svc._set_notify_fd(self._goaio_wake_w)
+        if self._goaio_poll_fd >= 0:
+            # the loop thread does the IO: workers stay out of the poll
+            self._svc._set_external_collector(True)
         sel = self._selector
         self._goaio_select_orig = sel.select
         sel.select = self._goaio_select
@@ -713,6 +716,8 @@ class Loop(asyncio.SelectorEventLoop):
         svc = self._svc
         if svc is not None:
             svc._set_notify_fd(-1)
+            if not svc.closed:
+                svc._set_external_collector(False)
             if self._owns_svc:
                 svc.close()
         for fd in {self._goaio_wake_r, self._goaio_wake_w}:

@@ -19,9 +19,27 @@ def loop(backend):
     lp = goaio.aio.Loop(backend=backend.module)
     asyncio.set_event_loop(lp)
     yield lp
+
+    async def settle():
+        # the far ends of connections a test closed see their EOF and close
+        for _ in range(200):
+            if not _open_transports(lp):
+                return
+            await asyncio.sleep(0.01)
+
+    if not lp.is_closed():
+        lp.run_until_complete(settle())
+        for tr in _open_transports(lp):
+            tr.abort()
+        lp.run_until_complete(asyncio.sleep(0))
     asyncio.set_event_loop(None)
     lp.close()
     assert lp.service.closed
+
+
+def _open_transports(lp):
+    return [t for t in list(lp._transports.values())
+            if isinstance(t, goaio.aio.GoaioTransport) and t._sock is not None]
 
 
 def run(loop, coro):
@@ -595,4 +613,29 @@ def test_buffered_pause_reading_holds_and_switch_protocol(loop, pairs):
         assert first.got == b""
         tr.close()
         await second.done
+    run(loop, main())
+
+
+def test_sparse_requests_need_no_worker_hop(loop):
+    """With the loop watching the poller's descriptor, the workers leave the
+    poll to it even after the loop sat idle past WORKER_GRACE."""
+    if loop._goaio_poll_fd < 0:
+        pytest.skip("this poller has no descriptor to watch (poll/select): workers deliver")
+
+    async def main():
+        srv = await loop.create_server(Echo, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        before = dict(loop._goaio_stats)
+        for _ in range(5):
+            await asyncio.sleep(0.05)
+            w.write(b"x")
+            assert await r.readexactly(1) == b"x"
+        st = loop._goaio_stats
+        assert st["results"] > before["results"]
+        assert st["worker_wakeups"] == before["worker_wakeups"], st
+        w.close()
+        await w.wait_closed()
+        srv.close()
+        await srv.wait_closed()
     run(loop, main())
