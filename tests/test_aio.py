@@ -639,3 +639,51 @@ def test_sparse_requests_need_no_worker_hop(loop):
         srv.close()
         await srv.wait_closed()
     run(loop, main())
+
+
+def test_ipv6_and_debug_mode(loop):
+    from support import family_available
+    if not family_available("tcp6"):
+        pytest.skip("no IPv6 loopback")
+    loop.set_debug(True)
+
+    async def handle(r, w):
+        w.write(await r.readexactly(3))
+        await w.drain()
+        w.close()
+
+    async def main():
+        srv = await asyncio.start_server(handle, "::1", 0)
+        async with srv:
+            port = srv.sockets[0].getsockname()[1]
+            r, w = await asyncio.open_connection("::1", port)
+            assert w.get_extra_info("peername")[:2] == ("::1", port)
+            w.write(b"six")
+            assert await r.read() == b"six"
+            w.close()
+            await w.wait_closed()
+    run(loop, main())
+
+
+def test_closing_the_loop_with_open_connections_leaks_no_fd(backend):
+    import gc
+    import warnings
+    from support import fd_count
+    before = fd_count()
+    lp = goaio.aio.Loop(backend=backend.module)
+
+    async def main():
+        srv = await lp.create_server(Echo, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        conns = [await lp.create_connection(asyncio.Protocol, "127.0.0.1", port) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        srv.close()
+        return conns
+
+    conns = lp.run_until_complete(asyncio.wait_for(main(), WAIT))
+    lp.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)   # unclosed transports, as asyncio warns
+        del conns
+        gc.collect()
+    assert fd_count() == before
