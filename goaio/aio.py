@@ -107,7 +107,7 @@ class GoaioTransport(transports._FlowControlMixin, transports.Transport):
         self._write_cb = self._on_write
         self._recv_iter = -1               # loop iteration of the last receive posted
         self._conn = loop._svc.bind(sock, recvq_size=2, sendq_size=MAX_INFLIGHT_SENDS + 1,
-                                    share_buff=loop._pool, user_data=self)
+                                    share_buff=loop._pool)
         self._sock = sock
         if server is not None:
             if _ATTACH_TAKES_TRANSPORT:
@@ -532,7 +532,10 @@ class GoaioTransport(transports._FlowControlMixin, transports.Transport):
         finally:
             conn = self._conn
             self._sock = None
+            held = self._held
             self._held = None
+            if held is not None and held[1] is None and held[0].err is None:
+                self._loop._pool.release(held[0].buff)   # a pool buffer never delivered
             self._reading_proto = None
             if conn is not None:
                 conn.close()        # closes the socket too

@@ -687,3 +687,24 @@ def test_closing_the_loop_with_open_connections_leaks_no_fd(backend):
         del conns
         gc.collect()
     assert fd_count() == before
+
+
+def test_close_while_paused_gives_pool_buffer_back(loop, pairs):
+    sock, peer = pairs("tcp")
+
+    async def main():
+        tr, pr = await loop.connect_accepted_socket(lambda: Recorder(loop), sock)
+        await asyncio.sleep(0)
+        tr.pause_reading()
+        peer.sendall(b"held")
+        for _ in range(200):
+            if tr._held is not None:
+                break
+            await asyncio.sleep(0.005)
+        assert tr._held is not None       # the pending receive completed while paused
+        tr.close()
+        await pr.done
+        assert pr.data == b""
+    run(loop, main())
+    # every pool buffer is back (the repr counts them on both backends)
+    assert " out=0 " in repr(loop._pool), repr(loop._pool)
