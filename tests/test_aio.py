@@ -35,6 +35,8 @@ def loop(backend):
     asyncio.set_event_loop(None)
     lp.close()
     assert lp.service.closed
+    # every receive buffer went back to the loop's pool
+    assert " out=0 " in repr(lp._pool), repr(lp._pool)
 
 
 def _open_transports(lp):
