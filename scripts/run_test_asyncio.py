@@ -179,6 +179,7 @@ def run_one(module, loop_kind, backend, per_test_timeout, out):
         "running_loops": dict(running),
         "not_goaio": not_goaio,
         "goaio_transports": _install_goaio.transports["transports"] if goaio_cls is not None else 0,
+        "goaio_module": getattr(sys.modules.get("goaio"), "__file__", None),
     }
     with open(out, "w") as f:
         json.dump(data, f)
@@ -188,6 +189,17 @@ def run_one(module, loop_kind, backend, per_test_timeout, out):
 # comparison: every (module, loop) in its own interpreter
 # --------------------------------------------------------------------------
 
+def _goaio_parent():
+    """The directory the children import goaio from: the one this process
+    imports (an installed package with its compiled backend, or a tree on
+    PYTHONPATH), else this checkout's source tree."""
+    try:
+        import goaio
+    except ImportError:
+        return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.dirname(os.path.dirname(os.path.abspath(goaio.__file__)))
+
+
 def spawn(module, loop_kind, backend, per_test_timeout, module_timeout, python):
     fd, out = tempfile.mkstemp(suffix=".json", prefix=f"harness-{module}-{loop_kind}-")
     os.close(fd)
@@ -196,8 +208,9 @@ def spawn(module, loop_kind, backend, per_test_timeout, module_timeout, python):
     if backend:
         cmd += ["--backend", backend]
     env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.pop("GOAIO_BACKEND", None)     # the backend is --backend's
+    parent = _goaio_parent()
+    env["PYTHONPATH"] = parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     try:
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=module_timeout,
                            cwd=tempfile.gettempdir())
