@@ -874,6 +874,7 @@ class AIOService:
         self._poller = make_poller()   # GOAIO_PURE_POLLER, else the best one here
         self._notify_fd = -1           # goaio.aio hook (_set_notify_fd)
         self._external = False         # goaio.aio hook (_set_external_collector)
+        self._grace = _GRACE           # goaio.aio hook (_set_worker_grace)
         self._write_wake = self._poller.wake
         with _live_lock:
             _live.add(self)
@@ -1221,13 +1222,14 @@ class AIOService:
                         return
                     if not self._polling:
                         idle = monotonic() - self._last_cpoll
-                        if idle >= _GRACE:
+                        grace = self._grace
+                        if idle >= grace:
                             if not (self._external and not self._timers):
                                 break
                             # goaio.aio hook: a loop collects (no timers armed)
                             wcond.wait(4 * _GRACE)
                             continue
-                        wcond.wait(_GRACE - idle)
+                        wcond.wait(grace - idle)
                     else:
                         self._wwaiting += 1
                         try:
@@ -1265,6 +1267,15 @@ class AIOService:
         (unless timers are armed), so IO stays on the loop thread."""
         with self._lock:
             self._external = bool(on)
+            self._wcond.notify_all()
+
+    def _set_worker_grace(self, seconds):
+        """How long the workers leave the poll to collectors (default
+        WORKER_GRACE). An event loop on a poller without a descriptor
+        (poll, select) sets 0: the workers do the IO, the loop takes the
+        results when the notify fd says so (a hop, but no grace delay)."""
+        with self._lock:
+            self._grace = float(seconds)
             self._wcond.notify_all()
 
     def _set_notify_fd(self, fd):

@@ -596,6 +596,10 @@ class Loop(asyncio.SelectorEventLoop):
         if self._goaio_poll_fd >= 0:
             # the loop thread does the IO: workers stay out of the poll
             self._svc._set_external_collector(True)
+        elif hasattr(self._svc, "_set_worker_grace"):
+            # nothing to watch (the pure backend's poll/select): a worker
+            # does the IO without waiting for the loop to stay away
+            self._svc._set_worker_grace(0)
         sel = self._selector
         self._goaio_select_orig = sel.select
         sel.select = self._goaio_select
