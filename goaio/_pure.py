@@ -921,6 +921,9 @@ class AIOService:
         self._close_done = threading.Event()
         self._recheck = False      # an exception may have cut a round short: re-check readiness
         self._poller = make_poller()   # GOAIO_PURE_POLLER, else the best one here
+        self._notify_fd = -1           # goaio.aio hook (_set_notify_fd)
+        self._external = False         # goaio.aio hook (_set_external_collector)
+        self._grace = _GRACE           # goaio.aio hook (_set_worker_grace)
         self._write_wake = self._poller.wake
         with _live_lock:
             _live.add(self)
@@ -1334,9 +1337,14 @@ class AIOService:
                         return
                     if not self._polling:
                         idle = monotonic() - self._last_cpoll
-                        if idle >= _GRACE:
-                            break
-                        wcond.wait(_GRACE - idle)
+                        grace = self._grace
+                        if idle >= grace:
+                            if not (self._external and not self._timers):
+                                break
+                            # goaio.aio hook: a loop collects (no timers armed)
+                            wcond.wait(4 * _GRACE)
+                            continue
+                        wcond.wait(grace - idle)
                     else:
                         self._wwaiting += 1
                         try:
@@ -1355,6 +1363,47 @@ class AIOService:
                 _unraisable(exc, self._worker)
             finally:
                 self._release_poller(False)
+            if self._notify_fd >= 0 and self._q:
+                self._notify_worker_results()
+
+    # -- goaio.aio hooks: an event loop watches these descriptors --
+
+    def _poll_fd(self):
+        """The poller's descriptor, readable while IO events wait (a thread
+        then collecting with timeout=0 does that IO itself); -1 if the poller
+        has none (poll, select) or the service is closed."""
+        fileno = getattr(self._poller, "fileno", None)
+        if self._closed or fileno is None:
+            return -1
+        return fileno()
+
+    def _set_external_collector(self, on):
+        """An event loop watches _poll_fd() and collects with timeout=0
+        whenever it is readable; while on, the workers leave the poll to it
+        (unless timers are armed), so IO stays on the loop thread."""
+        with self._lock:
+            self._external = bool(on)
+            self._wcond.notify_all()
+
+    def _set_worker_grace(self, seconds):
+        """How long the workers leave the poll to collectors (default
+        WORKER_GRACE). An event loop on a poller without a descriptor
+        (poll, select) sets 0: the workers do the IO, the loop takes the
+        results when the notify fd says so (a hop, but no grace delay)."""
+        with self._lock:
+            self._grace = float(seconds)
+            self._wcond.notify_all()
+
+    def _set_notify_fd(self, fd):
+        """After a worker's poll round that left results queued, write 8
+        bytes (an eventfd's 1) to ``fd`` (-1: stop). The caller owns ``fd``."""
+        self._notify_fd = int(fd)
+
+    def _notify_worker_results(self):
+        try:
+            os.write(self._notify_fd, b"\x01\0\0\0\0\0\0\0")
+        except OSError:
+            pass   # full pipe (already readable) or closed: nothing to add
 
     # -- share buffers of undelivered results --
 
