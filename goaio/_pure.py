@@ -1058,7 +1058,10 @@ class AIOService:
         # lock of its own rather than a Condition (whose wait(), interrupted
         # at the wrong bytecode, returns without the lock). Every lock here
         # is taken with 'with', which no handler can cut short.
-        main = threading.get_ident() == _main_ident()
+        # An event loop that collects for itself (goaio.aio, which runs no
+        # raising handler inside its IO calls) is the exception: its thread
+        # does the IO, main thread or not.
+        main = threading.get_ident() == _main_ident() and not self._external
         while True:
             waiter = None
             with lock:
