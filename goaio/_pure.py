@@ -338,7 +338,11 @@ class AIOConn:
         "user_data", "__weakref__",
     )
 
-    def __init__(self, svc, sock, fd, option):
+    def __init__(self, *args, **kwargs):
+        raise TypeError(M.NOT_MADE_BY_BIND)
+
+    def _setup(self, svc, sock, fd, option):
+        # bind() makes connections through __new__ and this (as compiled does)
         self._svc = svc
         self._sock = sock
         self._fd = fd
@@ -950,7 +954,8 @@ class AIOService:
         try:
             opt = make_option(option, kwargs)
             sock.setblocking(False)
-            conn = AIOConn(self, sock, fd, opt)
+            conn = AIOConn.__new__(AIOConn)
+            conn._setup(self, sock, fd, opt)
             try:
                 with self._lock:
                     if self._closed:
