@@ -35,6 +35,7 @@ Layout of the machinery:
 
 import atexit
 import collections
+import errno
 import time
 import heapq
 import itertools
@@ -398,13 +399,29 @@ class AIOConn:
 
     # -- posting --
 
+    def _closed_or_stale(self):
+        """Raise ConnClosed; first, if the user closed the socket behind our
+        back (the number may belong to another file now, which must never see
+        our IO), close the connection: pending ops get OSError(EBADF)."""
+        if not self._closed:
+            self.close(oserror(errno.EBADF))
+        raise ConnClosed(M.CONN_CLOSED)
+
+    def _evict_if_stale(self, fd):
+        """The bound-fd registry's hook, per connection: close it if its
+        socket no longer owns fd; True when it did."""
+        if self._closed or self._fd != fd or self._sock.fileno() == fd:
+            return False
+        self.close(oserror(errno.EBADF))
+        return True
+
     def recv(self, context, buff=None):
         """Read some bytes into ``buff`` (a buffer, a list of them, or None)."""
         svc = self._svc
         if svc._closed:
             raise ServiceClosed(M.SERVICE_CLOSED)
-        if self._closed:
-            raise ConnClosed(M.CONN_CLOSED)
+        if self._closed or self._sock.fileno() != self._fd:
+            self._closed_or_stale()
         if buff is None:
             return self._post_recv(_Op(self, context, None, None, None, 0, _RECV))
         return self._post_recv(_Op(self, context, buff, *_recv_views(buff), _RECV))
@@ -414,8 +431,8 @@ class AIOConn:
         svc = self._svc
         if svc._closed:
             raise ServiceClosed(M.SERVICE_CLOSED)
-        if self._closed:
-            raise ConnClosed(M.CONN_CLOSED)
+        if self._closed or self._sock.fileno() != self._fd:
+            self._closed_or_stale()
         if buff is None:
             raise TypeError(M.RECV_FULL_NEEDS_BUFFER)
         return self._post_recv(_Op(self, context, buff, *_recv_views(buff), _RECV_FULL))
@@ -464,8 +481,8 @@ class AIOConn:
         svc = self._svc
         if svc._closed:
             raise ServiceClosed(M.SERVICE_CLOSED)
-        if self._closed:
-            raise ConnClosed(M.CONN_CLOSED)
+        if self._closed or self._sock.fileno() != self._fd:
+            self._closed_or_stale()
         if type(buff) is list:
             mv, total = _views(buff, False)
             iov = _iov(mv)
@@ -1512,6 +1529,21 @@ def _after_fork():
     _live.clear()
 
 
+def _evict_stale_fd(fd):
+    """The bound-fd registry's hook (goaio/_common.py): close a connection of
+    any live service registered under fd whose socket no longer owns it."""
+    with _live_lock:
+        services = list(_live)
+    evicted = False
+    for svc in services:
+        ref = svc._fdmap.get(fd)
+        conn = None if ref is None else ref()
+        if conn is not None and conn._evict_if_stale(fd):
+            evicted = True
+    return evicted
+
+
+bound_fds.add_stale_hook(_evict_stale_fd)
 atexit.register(_close_all)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
