@@ -849,17 +849,21 @@ class AIOConn:
             if self._closed:
                 return
             self._closed = True
-            n = 0
+            n = armed = 0
             for q in (self._recvq, self._sendq):
                 ops = q[:]
                 q.clear()
                 for op in ops:
+                    if op.deadline is not None:
+                        armed += 1
                     self._finish(op, op.done, ConnClosed(M.CONN_CLOSED) if reason is None else reason)
                 n += len(ops)
             if self._active:
                 self._active = False
                 svc._active.discard(self)
             self._release_fd()
+        if armed:
+            svc._drop_timers(armed)
         if n and (svc._cwaiters or svc._pcoll):
             svc._wake_for_results()
 
@@ -926,6 +930,7 @@ class AIOService:
         self._timers = []          # heap of (deadline, seq, op)
         self._tseq = itertools.count().__next__
         self._tcompact = 256
+        self._tdead = 0            # entries of closed connections' ops (see _drop_timers)
         self._closed = False
         self._polling = False      # somebody holds the poller role
         self._pcoll = False        # ... and it is a collector
@@ -1299,14 +1304,30 @@ class AIOService:
     def _after_arm(self, deadline):
         timers = self._timers
         if len(timers) >= self._tcompact:
-            # drop the entries of completed or re-armed operations
-            timers[:] = [e for e in timers if e[2].conn is not None and e[2].deadline == e[0]]
-            heapq.heapify(timers)
-            self._tcompact = max(256, 2 * len(timers))
+            self._compact_timers()
         if self._polling and deadline < self._wake_at and not self._wake_pending:
             # the poller sleeps past this deadline: make it recompute
             self._wake_pending = True
             self._write_wake()
+
+    def _compact_timers(self):
+        """Drop the entries of completed or re-armed operations (lock held)."""
+        timers = self._timers
+        live = [e for e in timers if e[2].conn is not None and e[2].deadline == e[0]]
+        heapq.heapify(live)
+        timers[:] = live    # (in place: one step, and pollers hold the list)
+        self._tdead = 0
+        self._tcompact = max(256, 2 * len(live))
+
+    def _drop_timers(self, k):
+        """A connection closed with k armed operations: their entries leave
+        the heap with it, by a compaction once the dead entries are half the
+        heap (so each entry costs O(1) amortised, and a heap of closed
+        connections only is emptied at once)."""
+        with self._lock:
+            self._tdead += k
+            if 2 * self._tdead >= len(self._timers):
+                self._compact_timers()
 
     def _fire_timers(self):
         now = monotonic()
