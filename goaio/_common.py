@@ -106,13 +106,17 @@ class BufferPool:
     def __init__(self, buffer_size=65536):
         self.buffer_size = _check_int("buffer_size", buffer_size, 1, sys.maxsize)
         self._lock = threading.Lock()
-        self._free = []
+        self._free = []    # (buffer, the memoryview that pins it)
         self._out = set()  # ids of the buffers handed out and not yet released
 
     def acquire(self):
         """Take a buffer from the pool."""
         with self._lock:
-            buff = self._free.pop() if self._free else bytearray(self.buffer_size)
+            if self._free:
+                buff, pin = self._free.pop()
+                pin.release()   # the user may resize it again
+            else:
+                buff = bytearray(self.buffer_size)
             self._out.add(id(buff))
         return buff
 
@@ -124,7 +128,10 @@ class BufferPool:
             if len(buff) != self.buffer_size:
                 raise ValueError(_messages.POOL_RESIZED)
             self._out.discard(id(buff))
-            self._free.append(buff)
+            # a free buffer is pinned by an export (as compiled does): resizing
+            # it after release raises BufferError, so the pool never hands out
+            # a buffer shorter or longer than buffer_size
+            self._free.append((buff, memoryview(buff)))
 
     @property
     def outstanding(self):

@@ -35,6 +35,7 @@ Layout of the machinery:
 
 import atexit
 import collections
+import errno
 import time
 import heapq
 import itertools
@@ -338,7 +339,11 @@ class AIOConn:
         "user_data", "__weakref__",
     )
 
-    def __init__(self, svc, sock, fd, option):
+    def __init__(self, *args, **kwargs):
+        raise TypeError(M.NOT_MADE_BY_BIND)
+
+    def _setup(self, svc, sock, fd, option):
+        # bind() makes connections through __new__ and this (as compiled does)
         self._svc = svc
         self._sock = sock
         self._fd = fd
@@ -394,13 +399,29 @@ class AIOConn:
 
     # -- posting --
 
+    def _closed_or_stale(self):
+        """Raise ConnClosed; first, if the user closed the socket behind our
+        back (the number may belong to another file now, which must never see
+        our IO), close the connection: pending ops get OSError(EBADF)."""
+        if not self._closed:
+            self.close(oserror(errno.EBADF))
+        raise ConnClosed(M.CONN_CLOSED)
+
+    def _evict_if_stale(self, fd):
+        """The bound-fd registry's hook, per connection: close it if its
+        socket no longer owns fd; True when it did."""
+        if self._closed or self._fd != fd or self._sock.fileno() == fd:
+            return False
+        self.close(oserror(errno.EBADF))
+        return True
+
     def recv(self, context, buff=None):
         """Read some bytes into ``buff`` (a buffer, a list of them, or None)."""
         svc = self._svc
         if svc._closed:
             raise ServiceClosed(M.SERVICE_CLOSED)
-        if self._closed:
-            raise ConnClosed(M.CONN_CLOSED)
+        if self._closed or self._sock.fileno() != self._fd:
+            self._closed_or_stale()
         if buff is None:
             return self._post_recv(_Op(self, context, None, None, None, 0, _RECV))
         return self._post_recv(_Op(self, context, buff, *_recv_views(buff), _RECV))
@@ -410,8 +431,8 @@ class AIOConn:
         svc = self._svc
         if svc._closed:
             raise ServiceClosed(M.SERVICE_CLOSED)
-        if self._closed:
-            raise ConnClosed(M.CONN_CLOSED)
+        if self._closed or self._sock.fileno() != self._fd:
+            self._closed_or_stale()
         if buff is None:
             raise TypeError(M.RECV_FULL_NEEDS_BUFFER)
         return self._post_recv(_Op(self, context, buff, *_recv_views(buff), _RECV_FULL))
@@ -460,8 +481,8 @@ class AIOConn:
         svc = self._svc
         if svc._closed:
             raise ServiceClosed(M.SERVICE_CLOSED)
-        if self._closed:
-            raise ConnClosed(M.CONN_CLOSED)
+        if self._closed or self._sock.fileno() != self._fd:
+            self._closed_or_stale()
         if type(buff) is list:
             mv, total = _views(buff, False)
             iov = _iov(mv)
@@ -828,17 +849,21 @@ class AIOConn:
             if self._closed:
                 return
             self._closed = True
-            n = 0
+            n = armed = 0
             for q in (self._recvq, self._sendq):
                 ops = q[:]
                 q.clear()
                 for op in ops:
+                    if op.deadline is not None:
+                        armed += 1
                     self._finish(op, op.done, ConnClosed(M.CONN_CLOSED) if reason is None else reason)
                 n += len(ops)
             if self._active:
                 self._active = False
                 svc._active.discard(self)
             self._release_fd()
+        if armed:
+            svc._drop_timers(armed)
         if n and (svc._cwaiters or svc._pcoll):
             svc._wake_for_results()
 
@@ -905,6 +930,7 @@ class AIOService:
         self._timers = []          # heap of (deadline, seq, op)
         self._tseq = itertools.count().__next__
         self._tcompact = 256
+        self._tdead = 0            # entries of closed connections' ops (see _drop_timers)
         self._closed = False
         self._polling = False      # somebody holds the poller role
         self._pcoll = False        # ... and it is a collector
@@ -953,7 +979,8 @@ class AIOService:
         try:
             opt = make_option(option, kwargs)
             sock.setblocking(False)
-            conn = AIOConn(self, sock, fd, opt)
+            conn = AIOConn.__new__(AIOConn)
+            conn._setup(self, sock, fd, opt)
             try:
                 with self._lock:
                     if self._closed:
@@ -1283,14 +1310,30 @@ class AIOService:
     def _after_arm(self, deadline):
         timers = self._timers
         if len(timers) >= self._tcompact:
-            # drop the entries of completed or re-armed operations
-            timers[:] = [e for e in timers if e[2].conn is not None and e[2].deadline == e[0]]
-            heapq.heapify(timers)
-            self._tcompact = max(256, 2 * len(timers))
+            self._compact_timers()
         if self._polling and deadline < self._wake_at and not self._wake_pending:
             # the poller sleeps past this deadline: make it recompute
             self._wake_pending = True
             self._write_wake()
+
+    def _compact_timers(self):
+        """Drop the entries of completed or re-armed operations (lock held)."""
+        timers = self._timers
+        live = [e for e in timers if e[2].conn is not None and e[2].deadline == e[0]]
+        heapq.heapify(live)
+        timers[:] = live    # (in place: one step, and pollers hold the list)
+        self._tdead = 0
+        self._tcompact = max(256, 2 * len(live))
+
+    def _drop_timers(self, k):
+        """A connection closed with k armed operations: their entries leave
+        the heap with it, by a compaction once the dead entries are half the
+        heap (so each entry costs O(1) amortised, and a heap of closed
+        connections only is emptied at once)."""
+        with self._lock:
+            self._tdead += k
+            if 2 * self._tdead >= len(self._timers):
+                self._compact_timers()
 
     def _fire_timers(self):
         now = monotonic()
@@ -1559,6 +1602,21 @@ def _after_fork():
     _live.clear()
 
 
+def _evict_stale_fd(fd):
+    """The bound-fd registry's hook (goaio/_common.py): close a connection of
+    any live service registered under fd whose socket no longer owns it."""
+    with _live_lock:
+        services = list(_live)
+    evicted = False
+    for svc in services:
+        ref = svc._fdmap.get(fd)
+        conn = None if ref is None else ref()
+        if conn is not None and conn._evict_if_stale(fd):
+            evicted = True
+    return evicted
+
+
+bound_fds.add_stale_hook(_evict_stale_fd)
 atexit.register(_close_all)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)

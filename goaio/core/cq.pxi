@@ -41,3 +41,23 @@ cdef op_t *cq_pop_locked(svc_t *s, Py_ssize_t maxn) noexcept nogil:
     s.cq_len -= k
     return head
 
+
+
+cdef void cq_unpop(svc_t *s, op_t *head) noexcept nogil:
+    """Put a chain cq_pop_locked detached back at the head of the queue, in
+    its order (a signal handler raised before it was handed over). Takes
+    s.lock."""
+    cdef op_t *last = head
+    cdef Py_ssize_t k = 1
+    while last.next != NULL:
+        last = last.next
+        k += 1
+    pthread_mutex_lock(&s.lock)
+    last.next = s.cq_head
+    if s.cq_head == NULL:
+        s.cq_tail = last
+    s.cq_head = head
+    s.cq_len += k
+    if s.nwaiting > 0:
+        pthread_cond_signal(&s.cq_cond)
+    pthread_mutex_unlock(&s.lock)

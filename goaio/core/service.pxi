@@ -196,6 +196,16 @@ cdef class AIOService:
                 if head != NULL or until == 0 or (until > 0 and goaio_now_ns() >= until):
                     break
                 PyErr_CheckSignals()
+        if head != NULL:
+            # A signal that came while we waited for the GIL or took the
+            # chain: its handler runs here, not at the return (where Python
+            # would run it and drop our return value); if it raises, the
+            # results go back to the queue, nothing handed over is lost.
+            try:
+                PyErr_CheckSignals()
+            except BaseException:
+                cq_unpop(s, head)
+                raise
         if maxn == 1 and head != NULL and head.next == NULL:
             return make_result_gil(s, head)
         out = []
