@@ -14,8 +14,8 @@ import pytest
 import goaio.aio
 from support import WAIT
 
+aiohttp = pytest.importorskip("aiohttp", reason="aiohttp is not installed (pip install '.[test]')")
 web = pytest.importorskip("aiohttp.web")
-aiohttp = pytest.importorskip("aiohttp")
 
 HELLO = b"Hello, World!"
 
