@@ -2,6 +2,7 @@
 (SPEC "Listening and connecting", "Half-close, cancellation, addresses")."""
 
 import errno
+import os
 import socket
 import threading
 import time
@@ -69,6 +70,15 @@ def test_connect_to_a_listener(backend, svc, peers, family):
     assert conn.sockname == server.getpeername()
     _roundtrip(svc, conn, server)
     assert_no_result(svc)
+
+
+def test_connected_tcp_connection_has_nodelay(backend, svc, peers):
+    conn, _server = connect_pair(svc, peers, "tcp")
+    s = socket.socket(fileno=os.dup(conn.fd))
+    try:
+        assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        s.close()
 
 
 def test_connect_unix_bytes_path(backend, svc, peers):

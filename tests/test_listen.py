@@ -531,6 +531,27 @@ def test_listener_repr_and_attributes(backend, svc, peers):
     ln.close()
     assert ln.closed is True
     assert "closed" in repr(ln)
+    assert ln.address is None and ln.fd == -1
+
+
+def test_accepted_tcp_connection_has_nodelay(backend, svc, peers):
+    ln = peers.keep(svc.listen(("127.0.0.1", 0)))
+    ln.accept("a")
+    peers.client("tcp", ln.address)
+    conn = peers.keep(collect_one(svc).conn)
+    assert _sockopt(conn.fd, socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_listen_on_an_existing_unix_path_raises_and_leaves_it(backend, svc, peers):
+    require("unix")
+    path = peers.path()
+    with open(path, "w") as f:
+        f.write("mine")
+    with pytest.raises(OSError) as ei:
+        svc.listen(path)
+    assert ei.value.errno == errno.EADDRINUSE
+    with open(path) as f:
+        assert f.read() == "mine"
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX")

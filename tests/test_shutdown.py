@@ -58,6 +58,8 @@ def test_send_after_shutdown_raises_broken_pipe_at_the_call(backend, svc, connec
     assert str(ei.value) == M.SEND_AFTER_SHUTDOWN
     with pytest.raises(BrokenPipeError):
         conn.send("late-list", [b"a", b"b"])
+    with pytest.raises(BrokenPipeError):
+        conn.shutdown("again")
     assert_no_result(svc)
     assert recv_until_eof(peer) == b""
 
