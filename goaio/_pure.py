@@ -48,6 +48,10 @@ from ._common import (
     check_workers,
     make_option,
 )
+from . import _messages as _M
+from ._pure_ops import SHUTDOWN as _SHUTDOWN, ConnLifecycle, ServiceLifecycle, run_shutdown
+from ._pure_connect import Timer as _Timer
+from ._pure_listen import Listener
 from ._errors import (
     Busy,
     ConnClosed,
@@ -58,7 +62,7 @@ from ._errors import (
     oserror,
 )
 
-__all__ = ["AIOService", "AIOConn", "AIOResult", "BufferPool"]
+__all__ = ["AIOService", "AIOConn", "AIOResult", "BufferPool", "Listener"]
 
 _EPOLLIN = select.EPOLLIN
 _EPOLLOUT = select.EPOLLOUT
@@ -91,6 +95,36 @@ _RECV_FULL = 1
 _SEND = 2
 
 _new_result = AIOResult
+
+
+class _EpollShim:
+    """(pre-seam) the register/modify/unregister interface over the service's epoll."""
+
+    edge = True
+
+    def __init__(self, ep):
+        self._ep = ep
+        self.tokens = {}
+
+    def register(self, fd, token, flags):
+        self.tokens[fd] = token
+        m = (_EPOLLIN | _EPOLLRDHUP if flags & 1 else 0) | (_EPOLLOUT if flags & 2 else 0)
+        try:
+            self._ep.register(fd, m | select.EPOLLET)
+        except BaseException:
+            self.tokens.pop(fd, None)
+            raise
+
+    def modify(self, fd, token, flags):
+        pass
+
+    def unregister(self, fd, token, forget=False):
+        if self.tokens.get(fd) is token:
+            del self.tokens[fd]
+            try:
+                self._ep.unregister(fd)
+            except (OSError, ValueError):
+                pass
 
 
 # --- buffers -----------------------------------------------------------------
@@ -183,7 +217,7 @@ class _Op:
 
 # --- connections ---------------------------------------------------------------
 
-class AIOConn:
+class AIOConn(ConnLifecycle):
     """A socket bound to an :class:`AIOService`; post ``recv``/``send`` on it."""
 
     __slots__ = (
@@ -219,6 +253,7 @@ class AIOConn:
         self._recv_into = sock.recv_into
         self._send = sock.send
         self._q_append = svc._q.append
+        self._init_lifecycle()
 
     # -- public attributes --
 
@@ -305,6 +340,8 @@ class AIOConn:
             raise ServiceClosed("the service is closed")
         if self._closed:
             raise ConnClosed("the connection is closed")
+        if self._shut:
+            raise BrokenPipeError(_M.SEND_AFTER_SHUTDOWN)
         if type(buff) is list:
             mv, total = _views(buff, False)
             iov = mv
@@ -335,12 +372,15 @@ class AIOConn:
                     pass
                 except OSError as exc:
                     mv.release()
+                    self._nops += 1
                     self._q_append(_new_result(self, context, buff, 0,
                                                oserror(exc.errno) if exc.errno else exc))
                     done = -1
                 else:
                     if done == total:
                         mv.release()
+                        self._nops += 1
+                        self._bsent += done
                         self._q_append(_new_result(self, context, buff, done, None))
                         done = -1
                     else:
@@ -389,6 +429,11 @@ class AIOConn:
         else:
             _release_views(op)
         op.conn = None
+        self._nops += 1
+        if op.kind == _SEND:
+            self._bsent += n
+        elif op.kind != _SHUTDOWN:
+            self._brecv += n
         self._q_append(_new_result(self, op.ctx, op.buff, n, err))
 
     def _run_recvs(self):
@@ -452,6 +497,8 @@ class AIOConn:
                 rq.pop(0)
                 op.buff = b
                 op.conn = None
+                self._nops += 1
+                self._brecv += n
                 res = _new_result(self, op.ctx, b, n, None)
                 if pooled is not None:
                     self._svc._pooled[id(res)] = res
@@ -494,6 +541,8 @@ class AIOConn:
                     op.mv = None
                     mv.release()
                     op.conn = None
+                    self._nops += 1
+                    self._brecv += done
                     self._q_append(_new_result(self, op.ctx, op.buff, done, None))
                 else:
                     self._finish(op, done, None)
@@ -526,7 +575,10 @@ class AIOConn:
             total = op.total
             if not total:
                 sq.pop(0)
-                self._finish(op, 0, EmptyBuffer("zero-length send buffer"))
+                if op.kind == _SHUTDOWN:
+                    run_shutdown(self, op)
+                else:
+                    self._finish(op, 0, EmptyBuffer("zero-length send buffer"))
                 count += 1
                 continue
             if not self._writable:
@@ -552,7 +604,10 @@ class AIOConn:
                 continue
             except OSError as exc:
                 sq.pop(0)
-                self._finish(op, done, oserror(exc.errno) if exc.errno else exc)
+                err = oserror(exc.errno) if exc.errno else exc
+                if self._shut == 1:   # the pending shutdown fails with it
+                    self._shut_err = err
+                self._finish(op, done, err)
                 count += 1
                 continue
             done += n
@@ -562,6 +617,8 @@ class AIOConn:
                     op.mv = None
                     mv.release()
                     op.conn = None
+                    self._nops += 1
+                    self._bsent += total
                     self._q_append(_new_result(self, op.ctx, op.buff, total, None))
                 else:
                     self._finish(op, total, None)
@@ -594,6 +651,8 @@ class AIOConn:
             count = 0
             while len(sq) > i:
                 o = sq.pop(i)
+                if o.kind == _SHUTDOWN:
+                    self._shut = 0
                 self._finish(o, o.done, SendTimeout("send timed out"))
                 count += 1
             return count
@@ -656,6 +715,7 @@ class AIOConn:
             if self._active:
                 self._active = False
                 svc._active.discard(self)
+            self._fold()
             self._release_fd()
         if n and (svc._cwaiters or svc._pcoll):
             svc._wake_for_results()
@@ -695,6 +755,7 @@ class AIOConn:
             return
         try:
             self._closed = True
+            self._fold()
             self._release_fd()
         finally:
             # like socket: under an 'error' filter this surfaces as an
@@ -733,7 +794,7 @@ _live_lock = threading.Lock()
 _live = weakref.WeakSet()
 
 
-class AIOService:
+class AIOService(ServiceLifecycle):
     """Bound connections, their pending operations and the completion queue."""
 
     def __init__(self, workers=1):
@@ -763,9 +824,11 @@ class AIOService:
         try:
             self._wfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             self._ep.register(self._wfd, _EPOLLIN)
+            self._poller = _EpollShim(self._ep)
         except BaseException:
             self._ep.close()
             raise
+        self._init_lifecycle()
         with _live_lock:
             _live.add(self)
         self._threads = []
@@ -998,6 +1061,12 @@ class AIOService:
         for fd, ev in events:
             r = get(fd)
             if r is None:
+                t = self._poller.tokens.get(fd)
+                if t is not None:
+                    h = t()
+                    if h is not None:
+                        h._on_event(ev)
+                    continue
                 if fd == self._wfd:
                     # drain first, then clear: a wake written in between
                     # leaves the eventfd readable, so it is never lost
@@ -1074,6 +1143,9 @@ class AIOService:
                 if op.conn is not None and op.deadline == d:
                     due.append(op)
         for op in due:
+            if op.__class__ is _Timer:
+                op.run()
+                continue
             c = op.conn
             if c is None:
                 continue
@@ -1186,6 +1258,7 @@ class AIOService:
                     c.close()
                 except Exception:
                     pass
+        self._close_lifecycle()
         for t in self._threads:
             if t.ident != me:
                 t.join(5.0)

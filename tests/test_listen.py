@@ -355,6 +355,7 @@ def test_listener_close_bad_reason_is_type_error(backend, svc, peers, bad):
     client = peers.client("tcp", ln.address)
     res = collect_one(svc)
     assert res.err is None
+    peers.keep(res.conn)
     assert client
 
 
