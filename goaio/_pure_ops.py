@@ -53,6 +53,8 @@ def shutdown(conn, context, new_op):
             conn._activate()
             if conn._sto and op.conn is not None:
                 svc._arm(op, monotonic() + conn._sto)
+        if getattr(conn, "_level", False):
+            conn._want()
     if n:
         svc._results_ready()
 
@@ -117,6 +119,8 @@ def cancel(conn, context, reason):
         if n and sq and (conn._writable or sq[0].kind == SHUTDOWN or not sq[0].total):
             more = conn._run_sends()   # a new head that can go now
         conn._deactivate_if_idle()
+        if getattr(conn, "_level", False):
+            conn._want()
     if n or more:
         svc._results_ready()
     return n
