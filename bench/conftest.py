@@ -14,15 +14,51 @@ Options: ``--echo-rounds N`` (timed rounds per echo case, default 3),
 ``--idle-conns N`` (default 10000), ``--bench-client auto|c|python``.
 """
 
+import glob
 import importlib
+import importlib.machinery
+import os
 import socket
+import sys
 
 import pytest
 
-from benchsupport import SUMMARY, start_server
 
-from goaio._bench import client as clientmod
-from goaio._bench import servers as srvmod
+def _prefer_installed_goaio():
+    """``python -m pytest bench/`` from a checkout puts the checkout first on
+    sys.path, and its source tree has no compiled module unless one was built
+    in place: the benchmarks would measure the pure backend only. When the
+    goaio installed in this interpreter has the compiled module and the
+    checkout does not, drop the checkout from sys.path (before anything
+    imports goaio). Returns the reason, or None."""
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    native = "_epoll" if sys.platform.startswith("linux") else "_kqueue"
+
+    def compiled(pkg_dir):
+        return any(glob.glob(os.path.join(pkg_dir, native + suffix))
+                   for suffix in importlib.machinery.EXTENSION_SUFFIXES)
+
+    if "goaio" in sys.modules or not os.path.isdir(os.path.join(checkout, "goaio")):
+        return None
+    if compiled(os.path.join(checkout, "goaio")):
+        return None
+    others = [p for p in sys.path if os.path.abspath(p or os.curdir) != checkout]
+    spec = importlib.machinery.PathFinder.find_spec("goaio", others)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    installed = list(spec.submodule_search_locations)[0]
+    if not compiled(installed):
+        return None
+    sys.path[:] = others
+    return f"the checkout {checkout} has no compiled goaio.{native}: benchmarking the installed {installed}"
+
+
+PREFERRED = _prefer_installed_goaio()
+
+from benchsupport import SUMMARY, start_server  # noqa: E402  (after the sys.path choice)
+
+from goaio._bench import client as clientmod  # noqa: E402
+from goaio._bench import servers as srvmod  # noqa: E402
 
 BACKENDS = ["pure", "epoll"]
 
@@ -41,7 +77,11 @@ def pytest_report_header(config):
         _, kind, note = clientmod.client_command(config.getoption("--bench-client"))
     except clientmod.ClientError as exc:
         kind, note = "none", str(exc)
-    lines = [f"goaio bench: {kind} load client" + (f" ({note})" if note else "")]
+    import goaio
+
+    lines = [f"goaio bench: goaio {goaio.__file__} (backend {goaio.BACKEND})"
+             + (f"; {PREFERRED}" if PREFERRED else ""),
+             f"goaio bench: {kind} load client" + (f" ({note})" if note else "")]
     missing = [f"{n} ({why})" for n in srvmod.DEFAULT for ok, why in [srvmod.availability(n)] if not ok]
     if missing:
         lines.append("goaio bench: skipped servers: " + "; ".join(missing))

@@ -6,6 +6,7 @@ its table and JSON. Quick: ``python -m pytest bench/test_cli_smoke.py``.
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,8 +23,15 @@ TIMEOUT = 60
 
 
 def _env(**extra):
-    env = dict(os.environ, PYTHONPATH=ROOT, **extra)
+    """The environment of a child ``python -P -m goaio`` (run in
+    srvmod.SERVER_CWD): it imports the goaio these tests import."""
+    pythonpath = os.pathsep.join([ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env = dict(os.environ, PYTHONPATH=pythonpath, **extra)
     return env
+
+
+def _goaio(*args):
+    return [sys.executable, "-P", "-m", "goaio", *args]
 
 
 @pytest.mark.parametrize("name", ["goaio-pure", "goaio-pure-share", "goaio-epoll", "goaio-epoll-share"])
@@ -53,7 +61,7 @@ def test_echo_answers_and_stops_cleanly(name, sig):
 def test_echo_recv_timeout_closes_idle_connection():
     if not srvmod.availability("goaio-pure")[0]:
         pytest.skip("no pure backend")
-    proc = subprocess.Popen([sys.executable, "-m", "goaio", "echo", "--port", "0", "--recv-timeout", "0.2"],
+    proc = subprocess.Popen(_goaio("echo", "--port", "0", "--recv-timeout", "0.2"), cwd=srvmod.SERVER_CWD,
                             env=_env(GOAIO_BACKEND="pure"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
@@ -112,9 +120,9 @@ def test_client_detects_wrong_bytes():
 def test_bench_short_run_writes_table_and_json(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "goaio", "bench", "--seconds", "0.3", "--warmup", "0.1", "--conns", "4",
-         "--servers", "goaio-pure,asyncio,goaio-pure-share", "--idle", "200", "--json", str(out)],
-        env=_env(), capture_output=True, text=True, timeout=120)
+        _goaio("bench", "--seconds", "0.3", "--warmup", "0.1", "--conns", "4",
+               "--servers", "goaio-pure,asyncio,goaio-pure-share", "--idle", "200", "--json", str(out)),
+        cwd=srvmod.SERVER_CWD, env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "| goaio pure " in proc.stdout and "| asyncio Protocol" in proc.stdout
     data = json.loads(out.read_text())
@@ -125,9 +133,50 @@ def test_bench_short_run_writes_table_and_json(tmp_path):
 
 
 def test_bench_skips_unknown_and_missing_servers():
-    proc = subprocess.run([sys.executable, "-m", "goaio", "bench", "--servers", "nonsense"],
+    proc = subprocess.run(_goaio("bench", "--servers", "nonsense"), cwd=srvmod.SERVER_CWD,
                           env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 2 and "unknown server" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "goaio", "bench", "--list"],
+    proc = subprocess.run(_goaio("bench", "--list"), cwd=srvmod.SERVER_CWD,
                           env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0 and "raw-epoll" in proc.stdout
+
+
+def test_servers_import_a_compiled_goaio_over_a_bare_source_tree(tmp_path):
+    """Run from a source tree with nothing compiled (a checkout), the bench
+    starts its goaio servers on the goaio that has the compiled backend (the
+    installed one), instead of skipping them."""
+    native = srvmod._native_backend()
+    if native is None or not srvmod.availability(f"goaio-{native}")[0]:
+        pytest.skip(f"no compiled {native} backend next to these tests")
+    checkout = tmp_path / "checkout"
+    shutil.copytree(os.path.join(ROOT, "goaio"), checkout / "goaio",
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__", "_epoll.py", "_kqueue.py"))
+    env = _env()
+    env["PYTHONPATH"] = os.pathsep.join([str(checkout), env["PYTHONPATH"]])
+    proc = subprocess.run(_goaio("bench", "--list"), cwd=srvmod.SERVER_CWD, env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(f"goaio-{native} "))
+    assert line.split()[-1] == "available", proc.stdout
+    assert f"has no compiled {native!r} backend" in proc.stdout, proc.stdout
+    out = tmp_path / "b.json"
+    proc = subprocess.run(_goaio("bench", "--seconds", "0.2", "--warmup", "0", "--conns", "2",
+                                 "--servers", f"goaio-{native}", "--json", str(out)),
+                          cwd=srvmod.SERVER_CWD, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"| goaio {native} " in proc.stdout, proc.stdout
+    assert json.loads(out.read_text())["results"][0]["rps"] > 0
+
+
+def test_plot_marks_a_missing_server(tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install '.[plot]')")
+    from goaio._bench import harness
+
+    rows = [{"name": "goaio-pure", "label": "goaio pure", "rps": 1000.0, "p99_us": 50.0, "runs": [{}]},
+            {"name": "uvloop", "label": "uvloop Protocol", "skipped": "uvloop is not installed", "runs": []},
+            {"name": "asyncio", "label": "asyncio Protocol", "failed": "2 wrong bytes", "runs": []}]
+    meta = {"conns": 2, "size": 64, "client": "python", "date": "now", "idle": 0}
+    path = tmp_path / "chart.png"
+    labels = harness.plot(rows, meta, str(path))
+    assert path.stat().st_size > 0
+    assert labels[0] == ["goaio pure", "uvloop Protocol ✗", "asyncio Protocol ✗"], labels

@@ -1,4 +1,4 @@
-"""``python -m goaio``: the echo server of the original README, and the bench.
+"""``python -m goaio``: an echo server on goaio (the README's example, complete), and the bench.
 
     python -m goaio echo [--host 127.0.0.1] [--port 8110] [--workers N] [--share-buff]
                          [--recv-timeout S] [--buffer-size B] [--quiet]
@@ -188,7 +188,7 @@ def build_parser():
     sub = ap.add_subparsers(dest="command", metavar="{echo,bench}")
     sub.required = True
 
-    echo = sub.add_parser("echo", help="run the echo server of the original README",
+    echo = sub.add_parser("echo", help="run an echo server on goaio (the README's example, complete)",
                           description="An echo server on goaio: one accept thread binds every "
                           "connection and posts a receive; the main thread collects completions, "
                           "sends back what was received and posts the next receive. "

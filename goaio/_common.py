@@ -9,8 +9,6 @@ pool buffer without the GIL); everything else here is used as is.
 import socket
 import threading
 
-from ._errors import EmptyBuffer
-
 __all__ = ["AIOConnOption", "AIOResult", "BufferPool", "DEFAULT_RECV_BUFF_SIZE"]
 
 #: Size of the ``bytearray`` made for ``recv(ctx, None)`` when the connection
@@ -228,7 +226,3 @@ class _BoundRegistry:
 
 
 bound_fds = _BoundRegistry()
-
-
-def empty_buffer():
-    return EmptyBuffer("zero-length buffer")

@@ -1,13 +1,20 @@
-"""The pure-Python backend of goaio (Linux epoll, edge-triggered).
+"""The pure-Python backend of goaio: any OS whose ``select`` module offers
+epoll, kqueue, poll or select (goaio/_purepoll.py holds the pollers).
 
 Layout of the machinery:
 
-* One ``select.epoll`` per service. Every bound socket is registered once, at
-  bind, for ``EPOLLIN|EPOLLOUT|EPOLLRDHUP|EPOLLET``; the events only set the
+* One poller per service, picked when the service is made (the best one
+  here, or the one ``GOAIO_PURE_POLLER`` names). The events only set the
   connection's ``readable``/``writable`` flags, which are cleared when a system
-  call says ``EAGAIN`` (or a read/write comes back short: with an
-  edge-triggered registration any byte or buffer space that appears after the
-  call raises a new event, so a short transfer proves the socket drained).
+  call says ``EAGAIN`` (or a read/write comes back short).
+  - Edge-triggered pollers (epoll, kqueue): every bound socket is registered
+    once, at bind, for both directions; any byte or buffer space that appears
+    after a call raises a new event, so a short transfer proves the socket
+    drained.
+  - Level-triggered pollers (poll, select): a socket is watched only for what
+    it waits for now (``AIOConn._want``): READ while a receive is pending,
+    WRITE while a send is queued, nothing while idle, so no ready idle
+    socket makes the poller spin.
 * Each connection has a lock, a deque of pending receives and one of pending
   sends. All IO on a connection happens under its lock and ``close()`` takes
   the same lock, so the fd is never closed while a thread is inside a system
@@ -18,10 +25,12 @@ Layout of the machinery:
 * Leader/follower: a collector that finds the queue empty polls the epoll
   itself when nobody else does; the ``workers`` threads poll only when no
   collector has been around for ``_GRACE`` seconds. A collector that arrives
-  while a worker polls wakes it (eventfd) and takes over. So a busy collector
+  while a worker polls wakes it (the poller's wake fd) and takes over. So a busy collector
   produces and consumes its completions on its own thread.
 * Timeouts: one heap of ``(deadline, seq, op)`` per service, lazily
   invalidated; the poller sleeps at most until the earliest deadline.
+* No wait is longer than ``_messages.MAX_WAIT``: longer ones, of any size,
+  are loops of such slices.
 """
 
 import atexit
@@ -29,13 +38,14 @@ import collections
 import heapq
 import itertools
 import os
-import select
 import socket
+import sys
 import threading
 import warnings
 import weakref
 from time import monotonic
 
+from . import _messages as M
 from ._common import (
     DEFAULT_RECV_BUFF_SIZE,
     AIOResult,
@@ -48,7 +58,6 @@ from ._common import (
     check_workers,
     make_option,
 )
-from . import _messages as _M
 from ._pure_ops import SHUTDOWN as _SHUTDOWN, ConnLifecycle, ServiceLifecycle, run_shutdown
 from ._pure_connect import Timer as _Timer
 from ._pure_listen import Listener
@@ -61,20 +70,15 @@ from ._errors import (
     ServiceClosed,
     oserror,
 )
+from ._purepoll import ERR, HUP, READ, WAKE, WRITE, make_poller
 
 __all__ = ["AIOService", "AIOConn", "AIOResult", "BufferPool", "Listener"]
 
-_EPOLLIN = select.EPOLLIN
-_EPOLLOUT = select.EPOLLOUT
-_EPOLLERR = select.EPOLLERR
-_EPOLLHUP = select.EPOLLHUP
-_EPOLLRDHUP = select.EPOLLRDHUP
-_REG_MASK = _EPOLLIN | _EPOLLOUT | _EPOLLRDHUP | select.EPOLLET
 #: events that make a read worth trying / a write worth trying
-_IN_EV = _EPOLLIN | _EPOLLRDHUP | _EPOLLHUP | _EPOLLERR
-_OUT_EV = _EPOLLOUT | _EPOLLHUP | _EPOLLERR
+_IN_EV = READ | HUP | ERR
+_OUT_EV = WRITE | ERR
 #: events after which a short read no longer proves the socket drained
-_HUP_EV = _EPOLLRDHUP | _EPOLLHUP | _EPOLLERR
+_HUP_EV = HUP | ERR
 
 _MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 try:  # the most buffers one readv/writev (recvmsg/sendmsg) takes
@@ -83,11 +87,15 @@ except (AttributeError, ValueError, OSError):
     _IOV_MAX = 1024
 if _IOV_MAX <= 0:
     _IOV_MAX = 1024
+#: gather IO in one call where the platform has it (not on Windows)
+_HAVE_SENDMSG = hasattr(socket.socket, "sendmsg")
+_HAVE_RECVMSG_INTO = hasattr(socket.socket, "recvmsg_into")
 
 #: how long the worker threads leave the poller role to a collector that was
 #: recently active, so that a busy collector is not robbed of its completions.
-_GRACE = 0.002
-_MAX_EVENTS = 512
+_GRACE = M.WORKER_GRACE
+#: the longest single wait of a collector or a poller (see _messages.MAX_WAIT)
+_MAX_WAIT = M.MAX_WAIT
 _INF = float("inf")
 
 _RECV = 0
@@ -97,47 +105,20 @@ _SEND = 2
 _new_result = AIOResult
 
 
-class _EpollShim:
-    """(pre-seam) the register/modify/unregister interface over the service's epoll."""
-
-    edge = True
-
-    def __init__(self, ep):
-        self._ep = ep
-        self.tokens = {}
-
-    def register(self, fd, token, flags):
-        self.tokens[fd] = token
-        m = (_EPOLLIN | _EPOLLRDHUP if flags & 1 else 0) | (_EPOLLOUT if flags & 2 else 0)
-        try:
-            self._ep.register(fd, m | select.EPOLLET)
-        except BaseException:
-            self.tokens.pop(fd, None)
-            raise
-
-    def modify(self, fd, token, flags):
-        pass
-
-    def unregister(self, fd, token, forget=False):
-        if self.tokens.get(fd) is token:
-            del self.tokens[fd]
-            try:
-                self._ep.unregister(fd)
-            except (OSError, ValueError):
-                pass
-
-
 # --- buffers -----------------------------------------------------------------
 
 def _view(buff, writable):
     """A byte view pinning ``buff`` (the export is held until release)."""
-    mv = memoryview(buff)  # TypeError for a non-buffer
+    try:
+        mv = memoryview(buff)
+    except TypeError:
+        raise TypeError(M.NOT_BUFFER.format(type(buff).__name__)) from None
     if writable and mv.readonly:
         mv.release()
-        raise TypeError(f"a receive needs a writable buffer, not a read-only {type(buff).__name__}")
+        raise TypeError(M.READ_ONLY.format(type(buff).__name__))
     if not mv.c_contiguous:
         mv.release()
-        raise BufferError("the buffer must be C-contiguous")
+        raise BufferError(M.NOT_CONTIGUOUS)
     if mv.ndim != 1 or mv.format != "B":
         cast = mv.cast("B")
         mv.release()
@@ -161,27 +142,73 @@ def _views(buffs, writable):
     return mvs, total
 
 
+def _iov(mvs):
+    """The views a gather call moves: the non-empty ones. (An empty entry
+    would take a slot of the call's IOV_MAX, and a call made only of empty
+    entries moves 0 bytes, which a receive would read as EOF.)"""
+    for m in mvs:
+        if not m.nbytes:
+            return [m for m in mvs if m.nbytes]
+    return list(mvs)
+
+
 def _recv_views(buff):
     """(views, iov, total) of a receive buffer or list, checked and pinned."""
     if type(buff) is list:
-        mv, total = _recv_list(buff)
-        return mv, mv, total
+        mvs, total = _views(buff, True)
+        if not total:
+            for m in mvs:
+                m.release()
+            raise EmptyBuffer(M.EMPTY_RECV if mvs else M.EMPTY_LIST)
+        return mvs, _iov(mvs), total
     mv = _view(buff, True)
     total = mv.nbytes
     if not total:
         mv.release()
-        raise EmptyBuffer("zero-length receive buffer")
+        raise EmptyBuffer(M.EMPTY_RECV)
     return mv, None, total
 
 
-def _recv_list(buffs):
-    """Views of a list of receive buffers (whose total must not be zero)."""
-    mvs, total = _views(buffs, True)
-    if not total:
-        for m in mvs:
-            m.release()
-        raise EmptyBuffer("zero-length receive buffer list")
-    return mvs, total
+def _share_view(b):
+    """The pinned view of what share_buff.acquire() returned."""
+    try:
+        mv = _view(b, True)
+    except TypeError as exc:
+        raise TypeError(M.SHARE_UNUSABLE.format(exc)) from None
+    if not mv.nbytes:
+        mv.release()
+        raise EmptyBuffer(M.SHARE_EMPTY)
+    return mv
+
+
+def _hook_args_type():
+    """The type sys.unraisablehook takes (the default hook accepts no other),
+    caught once from an exception raised in a __del__."""
+    got = []
+    hook = sys.unraisablehook
+    sys.unraisablehook = got.append
+    try:
+        class _Raises:
+            def __del__(self):
+                raise RuntimeError
+
+        _Raises()
+    finally:
+        sys.unraisablehook = hook
+    return type(got[0]) if got else None
+
+
+_HookArgs = _hook_args_type()
+
+
+def _unraisable(exc, obj):
+    """Report an exception nobody can catch (a user callback's, raised while
+    goaio works for another thread), as CPython reports one from a __del__."""
+    try:
+        args = (type(exc), exc, exc.__traceback__, None, obj)
+        sys.unraisablehook(_HookArgs(args) if _HookArgs is not None else args)
+    except BaseException:  # noqa: BLE001 - a hook that raises is the user's to fix
+        pass
 
 
 def _release_views(op):
@@ -198,10 +225,81 @@ def _release_views(op):
                 m.release()
 
 
+def _advance(op, n):
+    """Move a gather op's iovec past ``n`` more transferred bytes.
+
+    ``op.iov`` holds the op's own views, except that its head may be a slice
+    made at an earlier partial transfer (``op.cut``), released once passed.
+    """
+    iov = op.iov
+    i = 0
+    for m in iov:
+        ln = m.nbytes
+        if n < ln:
+            break
+        n -= ln
+        i += 1
+    cut = op.cut
+    if i or n:
+        if cut is not None:
+            op.cut = None
+            if i:
+                cut.release()
+        rest = iov[i:]
+        if n:
+            head = rest[0]
+            rest[0] = op.cut = head[n:]
+            if head is cut:
+                cut.release()
+        op.iov = rest
+
+
+def _sendv(sock, iov, flags):
+    """Write a list of views: one sendmsg, or, where there is none, send()
+    per view until one comes back short. Raises like send() if nothing went."""
+    if _HAVE_SENDMSG:
+        if len(iov) > _IOV_MAX:
+            iov = iov[:_IOV_MAX]
+        return sock.sendmsg(iov, (), flags), sum([m.nbytes for m in iov])
+    done = 0
+    for m in iov:
+        try:
+            n = sock.send(m, flags)
+        except BlockingIOError:
+            if done:
+                return done, done + 1  # short: the socket is full
+            raise
+        done += n
+        if n < m.nbytes:
+            return done, done + 1
+    return done, done
+
+
+def _recvv(sock, iov):
+    """Read into a list of views: one recvmsg_into, or recv_into per view
+    until one comes back short. Returns (bytes, bytes asked)."""
+    if _HAVE_RECVMSG_INTO:
+        if len(iov) > _IOV_MAX:
+            iov = iov[:_IOV_MAX]
+        return sock.recvmsg_into(iov)[0], sum([m.nbytes for m in iov])
+    done = 0
+    for m in iov:
+        try:
+            n = sock.recv_into(m)
+        except BlockingIOError:
+            if done:
+                return done, done + 1  # short: drained
+            raise
+        done += n
+        if n < m.nbytes:
+            return done, done + 1
+    return done, done
+
+
 class _Op:
     """One pending operation. Its views pin the user's buffer(s)."""
 
-    __slots__ = ("conn", "ctx", "buff", "mv", "iov", "done", "total", "kind", "deadline")
+    __slots__ = ("conn", "ctx", "buff", "mv", "iov", "cut", "done", "total", "kind", "deadline")
 
     def __init__(self, conn, ctx, buff, mv, iov, total, kind):
         self.conn = conn
@@ -209,6 +307,7 @@ class _Op:
         self.buff = buff
         self.mv = mv          # memoryview, a list of them (gather IO), or None (recv(ctx, None))
         self.iov = iov        # gather IO: the views still to transfer; else None
+        self.cut = None       # gather IO: our slice at the head of iov, if any
         self.done = 0
         self.total = total
         self.kind = kind
@@ -223,7 +322,7 @@ class AIOConn(ConnLifecycle):
     __slots__ = (
         "_svc", "_sock", "_fd", "_lock", "_recvq", "_sendq", "_readable", "_writable",
         "_rdhup", "_eof", "_closed", "_active", "_rq_max", "_sq_max", "_share",
-        "_rto", "_sto", "_recv_into", "_send", "_q_append",
+        "_rto", "_sto", "_recv_into", "_send", "_q_append", "_ref", "_level", "_interest",
         "user_data", "__weakref__",
     )
 
@@ -254,6 +353,9 @@ class AIOConn(ConnLifecycle):
         self._send = sock.send
         self._q_append = svc._q.append
         self._init_lifecycle()
+        self._ref = weakref.ref(self)   # the poller's token
+        self._level = not svc._poller.edge
+        self._interest = 0              # level-triggered poller: what it watches for us
 
     # -- public attributes --
 
@@ -285,9 +387,9 @@ class AIOConn(ConnLifecycle):
         """Read some bytes into ``buff`` (a buffer, a list of them, or None)."""
         svc = self._svc
         if svc._closed:
-            raise ServiceClosed("the service is closed")
+            raise ServiceClosed(M.SERVICE_CLOSED)
         if self._closed:
-            raise ConnClosed("the connection is closed")
+            raise ConnClosed(M.CONN_CLOSED)
         if buff is None:
             return self._post_recv(_Op(self, context, None, None, None, 0, _RECV))
         return self._post_recv(_Op(self, context, buff, *_recv_views(buff), _RECV))
@@ -296,11 +398,11 @@ class AIOConn(ConnLifecycle):
         """Read until ``buff`` (a buffer or a list of them) is full."""
         svc = self._svc
         if svc._closed:
-            raise ServiceClosed("the service is closed")
+            raise ServiceClosed(M.SERVICE_CLOSED)
         if self._closed:
-            raise ConnClosed("the connection is closed")
+            raise ConnClosed(M.CONN_CLOSED)
         if buff is None:
-            raise TypeError("recv_full needs a buffer")
+            raise TypeError(M.RECV_FULL_NEEDS_BUFFER)
         return self._post_recv(_Op(self, context, buff, *_recv_views(buff), _RECV_FULL))
 
     def _post_recv(self, op):
@@ -309,11 +411,11 @@ class AIOConn(ConnLifecycle):
         try:
             if self._closed:
                 _release_views(op)
-                raise ConnClosed("the connection is closed")
+                raise ConnClosed(M.CONN_CLOSED)
             rq = self._recvq
             if len(rq) >= self._rq_max:
                 _release_views(op)
-                raise Busy("the receive queue is full")
+                raise Busy(M.RECVQ_FULL)
             rq.append(op)
             n = 0
             if self._eof:
@@ -326,6 +428,8 @@ class AIOConn(ConnLifecycle):
                     self._svc._active.add(self)
                 if self._rto and op.conn is not None:
                     self._svc._arm(op, monotonic() + self._rto)
+            if self._level:
+                self._want()
         finally:
             lock.release()
         if n:
@@ -337,14 +441,14 @@ class AIOConn(ConnLifecycle):
         """Write every byte of ``buff`` (a bytes-like object or a list of them)."""
         svc = self._svc
         if svc._closed:
-            raise ServiceClosed("the service is closed")
+            raise ServiceClosed(M.SERVICE_CLOSED)
         if self._closed:
-            raise ConnClosed("the connection is closed")
+            raise ConnClosed(M.CONN_CLOSED)
         if self._shut:
-            raise BrokenPipeError(_M.SEND_AFTER_SHUTDOWN)
+            raise BrokenPipeError(M.SEND_AFTER_SHUTDOWN)
         if type(buff) is list:
             mv, total = _views(buff, False)
-            iov = mv
+            iov = _iov(mv)
         else:
             mv = _view(buff, False)
             total = mv.nbytes
@@ -358,7 +462,7 @@ class AIOConn(ConnLifecycle):
                 else:
                     for m in mv:
                         m.release()
-                raise ConnClosed("the connection is closed")
+                raise ConnClosed(M.CONN_CLOSED)
             sq = self._sendq
             done = 0
             if not sq and self._writable and iov is None and total:
@@ -397,7 +501,7 @@ class AIOConn(ConnLifecycle):
                 else:
                     for m in mv:
                         m.release()
-                raise Busy("the send queue is full")
+                raise Busy(M.SENDQ_FULL)
             op = _Op(self, context, buff, mv, iov, total, _SEND)
             op.done = done
             sq.append(op)
@@ -410,6 +514,8 @@ class AIOConn(ConnLifecycle):
                     svc._active.add(self)
                 if self._sto and op.conn is not None:
                     svc._arm(op, monotonic() + self._sto)
+            if self._level:
+                self._want()
         finally:
             if lock is not None:
                 lock.release()
@@ -418,6 +524,17 @@ class AIOConn(ConnLifecycle):
                 svc._wake_for_results()
 
     # -- IO (the connection's lock is held) --
+
+    def _want(self):
+        """Level-triggered poller: have it watch for what this connection now
+        waits for, and nothing else (an idle ready socket would spin it)."""
+        want = (READ if self._recvq else 0) | (WRITE if self._sendq else 0)
+        if want != self._interest:
+            self._interest = want
+            try:
+                self._svc._poller.modify(self._fd, self._ref, want)
+            except (OSError, ValueError):
+                pass  # closed behind our back: the next send/recv says EBADF
 
     def _finish(self, op, n, err):
         """Complete ``op``: release its views and queue its result."""
@@ -454,15 +571,12 @@ class AIOConn(ConnLifecycle):
                         pooled = b
                     if b is None:
                         b = bytearray(DEFAULT_RECV_BUFF_SIZE)
-                    mv = _view(b, True)
-                    if not mv.nbytes:
-                        mv.release()
-                        raise EmptyBuffer("the share buffer has zero length")
+                    mv = _share_view(b)
                 except BaseException as exc:
+                    # any exception, KeyboardInterrupt included, is this
+                    # receive's result: it must not kill the polling thread
                     if pooled is not None:
                         self._give_back(pooled)
-                    if not isinstance(exc, Exception):
-                        raise
                     rq.pop(0)
                     self._finish(op, 0, exc)
                     count += 1
@@ -515,13 +629,7 @@ class AIOConn(ConnLifecycle):
                     want = op.total - done
                     n = self._recv_into(mv[done:] if done else mv)
                 else:
-                    if len(iov) > _IOV_MAX:
-                        chunk = iov[:_IOV_MAX]
-                        want = sum([m.nbytes for m in chunk])
-                        n = self._sock.recvmsg_into(chunk)[0]
-                    else:
-                        want = op.total - done
-                        n = self._sock.recvmsg_into(iov)[0]
+                    n, want = _recvv(self._sock, iov)
             except BlockingIOError:
                 self._readable = False
                 return count
@@ -550,7 +658,7 @@ class AIOConn(ConnLifecycle):
             else:
                 op.done = done
                 if iov is not None:
-                    op.iov = _trim_owned(iov, n, op.mv)
+                    _advance(op, n)
             if n < want and not self._rdhup:
                 self._readable = False
                 return count
@@ -563,7 +671,7 @@ class AIOConn(ConnLifecycle):
         ops = rq[:]
         rq.clear()
         for op in ops:
-            self._finish(op, op.done, EOFError())
+            self._finish(op, op.done, EOFError(M.PEER_CLOSED))
         return len(ops)
 
     def _run_sends(self):
@@ -578,7 +686,7 @@ class AIOConn(ConnLifecycle):
                 if op.kind == _SHUTDOWN:
                     run_shutdown(self, op)
                 else:
-                    self._finish(op, 0, EmptyBuffer("zero-length send buffer"))
+                    self._finish(op, 0, EmptyBuffer(M.EMPTY_SEND))
                 count += 1
                 continue
             if not self._writable:
@@ -590,13 +698,8 @@ class AIOConn(ConnLifecycle):
                     mv = op.mv
                     want = total - done
                     n = self._send(mv[done:] if done else mv, _MSG_NOSIGNAL)
-                elif len(iov) > _IOV_MAX:
-                    chunk = iov[:_IOV_MAX]
-                    want = sum([m.nbytes for m in chunk])
-                    n = self._sock.sendmsg(chunk, (), _MSG_NOSIGNAL)
                 else:
-                    want = total - done
-                    n = self._sock.sendmsg(iov, (), _MSG_NOSIGNAL)
+                    n, want = _sendv(self._sock, iov, _MSG_NOSIGNAL)
             except BlockingIOError:
                 self._writable = False
                 return count
@@ -626,21 +729,24 @@ class AIOConn(ConnLifecycle):
                 continue
             op.done = done
             if iov is not None:
-                op.iov = _trim_owned(iov, n, op.mv)
+                _advance(op, n)
             if n < want:
                 self._writable = False
                 return count
         return count
 
     def _give_back(self, buff):
+        """Return a share buffer the user never saw. A release() that raises
+        loses nothing: its error goes to sys.unraisablehook."""
+        release = self._share.release
         try:
-            self._share.release(buff)
-        except Exception:
-            pass
+            release(buff)
+        except BaseException as exc:
+            _unraisable(exc, release)
 
     def _timeout(self, op):
         """A deadline passed (called with the connection's lock held)."""
-        if op.kind == _SEND:
+        if op.kind >= _SEND:   # a send or a shutdown
             sq = self._sendq
             try:
                 i = sq.index(op)
@@ -653,7 +759,7 @@ class AIOConn(ConnLifecycle):
                 o = sq.pop(i)
                 if o.kind == _SHUTDOWN:
                     self._shut = 0
-                self._finish(o, o.done, SendTimeout("send timed out"))
+                self._finish(o, o.done, SendTimeout(M.SEND_TIMEOUT))
                 count += 1
             return count
         rq = self._recvq
@@ -661,7 +767,7 @@ class AIOConn(ConnLifecycle):
             rq.remove(op)
         except ValueError:
             return 0
-        self._finish(op, op.done, RecvTimeout("receive timed out"))
+        self._finish(op, op.done, RecvTimeout(M.RECV_TIMEOUT))
         return 1
 
     # -- timeouts --
@@ -699,7 +805,7 @@ class AIOConn(ConnLifecycle):
         """Close the connection and its socket; pending operations complete
         with ``reason`` (or a fresh ``ConnClosed``)."""
         if reason is not None and not isinstance(reason, BaseException):
-            raise TypeError("reason must be an exception instance or None")
+            raise TypeError(M.REASON_TYPE)
         svc = self._svc
         with self._lock:
             if self._closed:
@@ -710,7 +816,7 @@ class AIOConn(ConnLifecycle):
                 ops = q[:]
                 q.clear()
                 for op in ops:
-                    self._finish(op, op.done, ConnClosed("the connection is closed") if reason is None else reason)
+                    self._finish(op, op.done, ConnClosed(M.CONN_CLOSED) if reason is None else reason)
                 n += len(ops)
             if self._active:
                 self._active = False
@@ -729,11 +835,10 @@ class AIOConn(ConnLifecycle):
             mine = self._sock.detach() == fd
         except Exception:
             mine = False
-        if mine:
-            try:
-                svc._ep.unregister(fd)
-            except (OSError, ValueError):
-                pass
+        try:
+            svc._poller.unregister(fd, self._ref, forget=not mine)
+        except (OSError, ValueError):
+            pass
         svc._fdmap.pop(fd, None)
         bound_fds.discard(fd)
         if mine:
@@ -762,30 +867,6 @@ class AIOConn(ConnLifecycle):
             # unraisable exception, after the fd is closed
             warnings.warn(f"unclosed goaio connection fd={self._fd} (pure)",
                           ResourceWarning, stacklevel=2, source=self)
-
-
-def _trim_owned(iov, n, mine):
-    """The iovec left once ``n`` more bytes of ``iov`` were transferred.
-
-    ``iov`` is a suffix of ``mine`` (the op's own views), except that its head
-    may be a slice we made at the previous partial transfer: that slice is
-    released once it is replaced.
-    """
-    head = iov[0]
-    ours = head is not mine[len(mine) - len(iov)]
-    i = 0
-    for m in iov:
-        ln = m.nbytes
-        if n < ln:
-            break
-        n -= ln
-        i += 1
-    rest = iov[i:]
-    if n:
-        rest[0] = rest[0][n:]
-    if ours and (i or n):
-        head.release()
-    return rest
 
 
 # --- the service -----------------------------------------------------------------
@@ -820,14 +901,8 @@ class AIOService(ServiceLifecycle):
         self._last_cpoll = 0.0
         self._polls_c = 0          # poll rounds done by collectors / by workers
         self._polls_w = 0
-        self._ep = select.epoll()
-        try:
-            self._wfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            self._ep.register(self._wfd, _EPOLLIN)
-            self._poller = _EpollShim(self._ep)
-        except BaseException:
-            self._ep.close()
-            raise
+        self._poller = make_poller()   # GOAIO_PURE_POLLER, else the best one here
+        self._write_wake = self._poller.wake
         self._init_lifecycle()
         with _live_lock:
             _live.add(self)
@@ -851,7 +926,7 @@ class AIOService(ServiceLifecycle):
     def bind(self, sock, option=None, **kwargs):
         """Bind a connected stream socket; returns its :class:`AIOConn`."""
         if self._closed:
-            raise ServiceClosed("the service is closed")
+            raise ServiceClosed(M.SERVICE_CLOSED)
         fd = check_socket(sock)
         bound_fds.add(fd)
         try:
@@ -861,10 +936,12 @@ class AIOService(ServiceLifecycle):
             try:
                 with self._lock:
                     if self._closed:
-                        raise ServiceClosed("the service is closed")
-                    self._fdmap[fd] = weakref.ref(conn)
+                        raise ServiceClosed(M.SERVICE_CLOSED)
+                    self._fdmap[fd] = conn._ref
                     try:
-                        self._ep.register(fd, _REG_MASK)
+                        # edge-triggered: once, for good; level-triggered:
+                        # for nothing until an operation waits
+                        self._poller.register(fd, conn._ref, 0 if conn._level else READ | WRITE)
                     except BaseException:
                         del self._fdmap[fd]
                         raise
@@ -883,7 +960,7 @@ class AIOService(ServiceLifecycle):
         if timeout is not None:
             timeout = check_timeout(timeout)
         if self._closed:
-            raise ServiceClosed("the service is closed")
+            raise ServiceClosed(M.SERVICE_CLOSED)
         q = self._q
         if q:
             try:
@@ -903,7 +980,7 @@ class AIOService(ServiceLifecycle):
         if timeout is not None:
             timeout = check_timeout(timeout)
         if self._closed:
-            raise ServiceClosed("the service is closed")
+            raise ServiceClosed(M.SERVICE_CLOSED)
         q = self._q
         if q:
             out = []
@@ -957,7 +1034,7 @@ class AIOService(ServiceLifecycle):
             lock.acquire()
             try:
                 if self._closed:
-                    raise ServiceClosed("the service is closed")
+                    raise ServiceClosed(M.SERVICE_CLOSED)
                 if q:
                     return self._take(n)
                 now = monotonic()
@@ -980,12 +1057,16 @@ class AIOService(ServiceLifecycle):
                         # a worker polls: wake it, so that we take over
                         self._wake_pending = True
                         self._write_wake()
-                    if deadline is None:
-                        rem = None
-                    else:
-                        rem = deadline - now
-                        if rem <= 0:
+                    # in slices: a signal handler runs between them even if
+                    # the signal went to another thread, and no timeout is
+                    # ever too large for the OS
+                    rem = _MAX_WAIT
+                    if deadline is not None:
+                        left = deadline - now
+                        if left <= 0:
                             return []
+                        if left < rem:
+                            rem = left
                     self._cwaiters += 1
                     try:
                         if not q and not self._closed:
@@ -1004,27 +1085,27 @@ class AIOService(ServiceLifecycle):
             polled = True
 
     def _poll_timeout(self, now, deadline):
-        """The epoll timeout for a poller (service lock held); also records
-        when the poller will wake up at the latest."""
+        """How long a poller may wait (service lock held): until the earliest
+        deadline, and never longer than one MAX_WAIT slice. Records when the
+        poller wakes up at the latest."""
+        wake = _INF if deadline is None else deadline
         timers = self._timers
-        if deadline is None:
-            wake = _INF
-        else:
-            wake = deadline
         if timers:
             d = timers[0][0]
             if d < wake:
                 wake = d
-        self._wake_at = wake
-        if wake == _INF:
-            return -1
         t = wake - now
-        return t if t > 0 else 0
+        if t > _MAX_WAIT:
+            t = _MAX_WAIT
+        elif t < 0:
+            t = 0.0
+        self._wake_at = now + t
+        return t
 
     def _poll(self, t):
         """One round of the poller: wait for events, do the IO, fire timers."""
         try:
-            events = self._ep.poll(t, _MAX_EVENTS)
+            events = self._poller.wait(t)
         except InterruptedError:
             events = ()
         except (OSError, ValueError):
@@ -1056,28 +1137,18 @@ class AIOService(ServiceLifecycle):
                 self._wcond.notify()
 
     def _dispatch(self, events):
-        get = self._fdmap.get
         active = self._active
-        for fd, ev in events:
-            r = get(fd)
-            if r is None:
-                t = self._poller.tokens.get(fd)
-                if t is not None:
-                    h = t()
-                    if h is not None:
-                        h._on_event(ev)
-                    continue
-                if fd == self._wfd:
-                    # drain first, then clear: a wake written in between
-                    # leaves the eventfd readable, so it is never lost
-                    try:
-                        os.eventfd_read(fd)
-                    except OSError:
-                        pass
-                    self._wake_pending = False
+        for token, ev in events:
+            if token is WAKE:
+                # the poller drained the wake fd before reporting it: a wake
+                # written since leaves it readable, so none is lost
+                self._wake_pending = False
                 continue
-            c = r()
+            c = token()
             if c is None:
+                continue
+            if c.__class__ is not AIOConn:   # a listener or a connect in progress
+                c._on_event(ev)
                 continue
             lock = c._lock
             lock.acquire()
@@ -1099,6 +1170,8 @@ class AIOService(ServiceLifecycle):
                 if c._active and not c._recvq and not c._sendq:
                     c._active = False
                     active.discard(c)
+                if c._level:
+                    c._want()
             finally:
                 lock.release()
 
@@ -1156,14 +1229,10 @@ class AIOService(ServiceLifecycle):
                 if c._active and not c._recvq and not c._sendq:
                     c._active = False
                     self._active.discard(c)
+                if c._level:
+                    c._want()
 
     # -- waking --
-
-    def _write_wake(self):
-        try:
-            os.eventfd_write(self._wfd, 1)
-        except (OSError, ValueError):
-            pass
 
     def _wake_for_results(self):
         """A poster queued results: tell a waiting collector, or wake the
@@ -1279,15 +1348,8 @@ class AIOService(ServiceLifecycle):
             _live.discard(self)
 
     def _close_poller(self):
-        """Close the epoll and the wake fd (the last step of a close)."""
-        try:
-            self._ep.close()
-        except OSError:
-            pass
-        try:
-            os.close(self._wfd)
-        except OSError:
-            pass
+        """Close the poller and its wake fd (the last step of a close)."""
+        self._poller.close()
 
     def _after_fork_child(self):
         """In a forked child the threads are gone and the epoll is shared with
@@ -1307,6 +1369,9 @@ class AIOService(ServiceLifecycle):
                 c._sendq.clear()
                 bound_fds.discard(c._fd)
         self._fdmap.clear()
+        self._listeners.clear()
+        self._connects.clear()
+        self._resolver_obj = None
         self._q.clear()
         self._pooled.clear()
         self._active.clear()

@@ -53,7 +53,7 @@ def shutdown(conn, context, new_op):
             conn._activate()
             if conn._sto and op.conn is not None:
                 svc._arm(op, monotonic() + conn._sto)
-        if getattr(conn, "_level", False):
+        if conn._level:
             conn._want()
     if n:
         svc._results_ready()
@@ -119,7 +119,7 @@ def cancel(conn, context, reason):
         if n and sq and (conn._writable or sq[0].kind == SHUTDOWN or not sq[0].total):
             more = conn._run_sends()   # a new head that can go now
         conn._deactivate_if_idle()
-        if getattr(conn, "_level", False):
+        if conn._level:
             conn._want()
     if n or more:
         svc._results_ready()

@@ -24,21 +24,45 @@ def native_backend():
 
 
 def _load(name):
-    mod = importlib.import_module(f"goaio._{name}")
+    """Import backend ``name``. Whatever its import raises (a platform that
+    lacks a call it needs, say) becomes an ImportError naming the cause, so
+    that ``auto`` falls back with a reason instead of crashing."""
+    try:
+        mod = importlib.import_module(f"goaio._{name}")
+    except ImportError:
+        raise
+    except Exception as exc:
+        raise ImportError(
+            f"goaio backend {name!r} failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
     missing = [n for n in BACKEND_API if not hasattr(mod, n)]
     if missing:
         raise ImportError(f"goaio backend {name!r} lacks {', '.join(missing)}")
     return mod
 
 
+def _not_built(exc, name):
+    """Whether ``exc`` says that goaio._<name> itself does not exist."""
+    return isinstance(exc, ModuleNotFoundError) and exc.name == f"goaio._{name}"
+
+
+#: Where setup.py builds each compiled backend.
+BUILT_ON = {"epoll": "Linux", "kqueue": "macOS and BSD"}
+
+
 def _compiled(name, why):
     try:
         return _load(name)
     except ImportError as exc:
-        raise ImportError(
-            f"GOAIO_BACKEND={why}: the compiled {name!r} backend is not available "
-            f"({exc}); build it first: pip install ."
-        ) from exc
+        if name != native_backend() and _not_built(exc, name):
+            # kqueue on Linux, epoll on macOS: no build makes it here (but a
+            # kqueue emulation test build on Linux does make goaio._kqueue)
+            msg = (f"GOAIO_BACKEND={why}: the compiled {name!r} backend is not built on "
+                   f"{sys.platform}: goaio builds it only on {BUILT_ON[name]} ({exc})")
+        else:
+            msg = (f"GOAIO_BACKEND={why}: the compiled {name!r} backend is not available "
+                   f"({exc}); build it first: pip install .")
+        raise ImportError(msg) from exc
 
 
 def select(value):

@@ -47,7 +47,7 @@ copy_tree() {  # copy_tree DEST: the sources, without any built object
 build() {  # build DEST ENV...: build the extensions in DEST with the given switches
     local dest="$1"; shift
     local emu=0
-    if [[ "$(uname -s)" == "Linux" && -f "$dest/goaio/_kqueue.pyx" && -f "$dest/goaio/includes/kqueue_emu.c" ]]; then
+    if [[ "$(uname -s)" == "Linux" && -f "$dest/goaio/_kqueue.pyx" && -f "$dest/tests/kqueue_emu/kqueue_emu.c" ]]; then
         emu=1   # the test-only kqueue emulation shares the compiled core: check it too
     fi
     echo "sanitize: building in $dest ($* GOAIO_KQUEUE_EMULATION=$emu)"

@@ -116,7 +116,72 @@ def test_kqueue_on_linux_is_import_error_unless_built():
         assert proc.stdout.strip() == "kqueue"
     else:
         assert proc.returncode != 0
-        assert "ImportError" in proc.stderr.strip().splitlines()[-1], proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("ImportError"), proc.stderr
+        # not "build it first": no build makes it on Linux
+        assert "not built on linux" in last, last
+        assert "macOS" in last, last
+        assert "pip install" not in last, last
+
+
+@pytest.mark.skipif(not LINUX, reason="on Linux kqueue exists only in a special test build")
+def test_kqueue_on_linux_message_when_the_emulation_build_is_absent():
+    """The emulation build made or not, a missing goaio._kqueue on Linux is
+    'not built on this OS'."""
+    err = import_error("kqueue", prelude="import sys; sys.modules['goaio._kqueue'] = None\n")
+    last = err.strip().splitlines()[-1]
+    assert "not built on linux" in last and "pip install" not in last, last
+
+
+def raise_on_import(module, exc):
+    """A child prelude: importing ``module`` raises ``exc`` (source text), as a
+    backend would that calls something this platform lacks."""
+    return (
+        "import sys, importlib.abc\n"
+        "class _Raise(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        f"        if name == {module!r}:\n"
+        f"            raise {exc}\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, _Raise())\n"
+    )
+
+
+@pytest.mark.skipif(_select.native_backend() is None, reason="no compiled backend for this OS")
+@pytest.mark.parametrize("exc", ["RuntimeError('boom')", "AttributeError('boom: no EPOLLIN')",
+                                 "OSError(38, 'boom')"])
+def test_auto_falls_back_when_the_compiled_import_raises_anything(exc):
+    """Any exception raised while importing a backend is an ImportError that
+    names it: ``auto`` falls back, with that reason, instead of crashing."""
+    native = _select.native_backend()
+    backend, module, reason = show("auto", prelude=raise_on_import(f"goaio._{native}", exc))
+    assert backend == "pure", reason
+    cls = exc.split("(")[0]
+    assert f"{cls}: " in reason and "boom" in reason, reason
+
+
+@pytest.mark.skipif(_select.native_backend() is None, reason="no compiled backend for this OS")
+def test_forced_compiled_import_that_raises_is_import_error_naming_it():
+    native = _select.native_backend()
+    err = import_error(native, prelude=raise_on_import(f"goaio._{native}", "RuntimeError('boom')"))
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("ImportError"), err
+    assert "RuntimeError: boom" in last, last
+
+
+def test_pure_import_that_raises_is_import_error_naming_it():
+    err = import_error("pure", prelude=raise_on_import("goaio._pure", "AttributeError('EPOLLIN')"))
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("ImportError"), err
+    assert "AttributeError: EPOLLIN" in last, last
+
+
+def test_keyboard_interrupt_at_import_is_not_swallowed():
+    """Only Exceptions become ImportError: a Ctrl-C during the import stays one."""
+    proc = run_python(raise_on_import("goaio._pure", "KeyboardInterrupt") + "import goaio",
+                      backend_name="pure")
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == "KeyboardInterrupt", proc.stderr
 
 
 def test_optional_backends_join_when_built():

@@ -134,6 +134,11 @@ def table(rows, idle):
     return "\n".join(lines)
 
 
+def _short(text, n=60):
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
 def plot(rows, meta, path):
     import matplotlib
 
@@ -141,25 +146,42 @@ def plot(rows, meta, path):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    done = [r for r in rows if r.get("rps") is not None]
-    idle = [r for r in done if (r.get("idle") or {}).get("bytes_per_conn") is not None]
-    panels = [("round trips / s", [r["rps"] for r in done]),
-              ("p99 latency (µs)", [r["p99_us"] for r in done])]
-    if idle:
-        panels.append(("idle bytes / connection", [r["idle"]["bytes_per_conn"] for r in idle]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.45 * len(done) + 1.8),
+    # Every server asked for gets a row; one that was not measured (not
+    # installed, not built, failed) gets no bar but a marked label and the
+    # reason, so a missing server never silently drops out of the picture.
+    def missing(r):
+        if r.get("skipped"):
+            return "not run: " + _short(r["skipped"])
+        if r.get("rps") is None or r.get("failed"):
+            return "FAILED: " + _short(r.get("failed") or "no result")
+        return None
+
+    idle_rows = [r for r in rows if missing(r) or (r.get("idle") or {}).get("bytes_per_conn") is not None]
+    has_idle = any(not missing(r) for r in idle_rows) and meta.get("idle")
+    panels = [("round trips / s", rows, lambda r: r["rps"]),
+              ("p99 latency (µs)", rows, lambda r: r["p99_us"])]
+    if has_idle:
+        panels.append(("idle bytes / connection", idle_rows, lambda r: r["idle"]["bytes_per_conn"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.45 * len(rows) + 1.8),
                              squeeze=False)
-    for ax, (title, values) in zip(axes[0], panels):
-        sel = idle if title.startswith("idle") else done
-        labels = [r["label"] for r in sel]
+    for ax, (title, sel, value) in zip(axes[0], panels):
+        values = [0 if missing(r) else value(r) for r in sel]
+        labels = [r["label"] + (" ✗" if missing(r) else "") for r in sel]
         colors = ["#2a7ab0" if r["name"].startswith("goaio") else
                   "#999999" if r.get("ceiling") else "#e08a2c" for r in sel]
         ax.barh(range(len(sel)), values, color=colors)
         ax.set_yticks(range(len(sel)), labels)
+        for tick, r in zip(ax.get_yticklabels(), sel):
+            if missing(r):
+                tick.set_color("#b00020")
         ax.invert_yaxis()
         ax.set_title(title)
-        for i, v in enumerate(values):
-            ax.text(v, i, f" {v:,.0f}", va="center", fontsize=8)
+        for i, (v, r) in enumerate(zip(values, sel)):
+            why = missing(r)
+            if why:
+                ax.text(0, i, f" {why}", va="center", fontsize=7, color="#b00020")
+            else:
+                ax.text(v, i, f" {v:,.0f}", va="center", fontsize=8)
         ax.margins(x=0.25)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g} k" if x >= 1000 else f"{x:g}"))
     fig.suptitle(f"echo, {meta['conns']} connections × {meta['size']} B, {meta['client']} client, "
@@ -167,6 +189,7 @@ def plot(rows, meta, path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return [[t.get_text() for t in ax.get_yticklabels()] for ax in axes[0]]
 
 
 def _run_one(row, tag, idle, args, prefix, server_cpus, client_cpus, progress):
@@ -219,6 +242,8 @@ def main(args):
         for spec in srvmod.SPECS:
             ok, why = srvmod.availability(spec.name)
             print(f"{spec.name:18} {spec.label:30} {'available' if ok else 'unavailable: ' + why}")
+        found = srvmod.goaio_for_servers()
+        print(found["note"] or f"the goaio servers import goaio from {found['root']}")
         return 0
     if not args.seconds > 0:
         print("goaio bench: --seconds must be > 0", file=sys.stderr)
@@ -254,6 +279,8 @@ def main(args):
     }
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     rows = []
+    if any(srvmod.BY_NAME[n].kind == "goaio" for n in names) and srvmod.goaio_for_servers()["note"]:
+        progress.line(f"note: {srvmod.goaio_for_servers()['note']}")
     for name in names:
         spec = srvmod.BY_NAME[name]
         row = {"name": name, "label": spec.label, "ceiling": spec.ceiling, "runs": []}
@@ -289,6 +316,11 @@ def main(args):
     print()
     print(table(rows, args.idle))
     notes = [f"- {r['name']}: skipped ({r['skipped']})" for r in rows if r.get("skipped")]
+    if any(srvmod.BY_NAME[r["name"]].kind == "goaio" for r in rows):
+        found = srvmod.goaio_for_servers()
+        meta["goaio_root"] = found["root"]
+        if found["note"]:
+            notes.append(f"- {found['note']}")
     notes += [f"- {r['name']}: FAILED ({r['failed']})" for r in rows if r.get("failed")]
     busy = max((x for x in (load_before, load_after) if x is not None), default=0)
     if busy > (meta["cpus"] or 1):

@@ -5,8 +5,8 @@ Every server prints ``... listening on HOST:PORT`` when ready; it is started
 with port 0 and the port is read from that line, so no port is ever guessed.
 """
 
-import importlib
 import importlib.util
+import json
 import os
 import re
 import signal
@@ -19,8 +19,11 @@ from . import native
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEERS = os.path.join(HERE, "peers.py")
-# The goaio package the harness itself runs: the servers must import the same.
+#: The directory holding the goaio package the harness itself runs.
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(HERE))
+#: Server processes run here, with -P, so that neither their working
+#: directory nor a checkout the user stands in shadows the goaio they import.
+SERVER_CWD = tempfile.gettempdir()
 
 _READY = re.compile(r"listening on (\S+):(\d+)")
 
@@ -58,6 +61,81 @@ DEFAULT = [s.name for s in SPECS if s.name != "c-epoll"]
 
 _avail_cache = {}
 
+_PROBE = """
+import importlib, json, os
+import goaio
+why = {}
+for b in ("epoll", "kqueue", "pure"):
+    try:
+        importlib.import_module("goaio._" + b)
+        why[b] = None
+    except Exception as exc:
+        why[b] = str(exc) or type(exc).__name__
+print(json.dumps({"root": os.path.dirname(os.path.dirname(os.path.abspath(goaio.__file__))), "why": why}))
+"""
+
+
+def _native_backend():
+    if sys.platform.startswith("linux"):
+        return "epoll"
+    if sys.platform == "darwin" or "bsd" in sys.platform:
+        return "kqueue"
+    return None
+
+
+def _pythonpath(first=None):
+    """PYTHONPATH for a server: ``first``, then the user's own entries other
+    than the harness's package root (None: leave the root out, so the goaio
+    installed in this interpreter is found)."""
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+            if p and os.path.abspath(p) != PACKAGE_ROOT]
+    return os.pathsep.join(([first] if first else []) + rest)
+
+
+def _probe(pythonpath):
+    env = dict(os.environ, PYTHONPATH=pythonpath)
+    env.pop("GOAIO_BACKEND", None)
+    try:
+        proc = subprocess.run([sys.executable, "-P", "-c", _PROBE], cwd=SERVER_CWD, env=env,
+                              capture_output=True, text=True, timeout=60)
+        if proc.returncode == 0:
+            return json.loads(proc.stdout.strip().splitlines()[-1])
+        err = (proc.stderr.strip().splitlines() or ["exit status %d" % proc.returncode])[-1]
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as exc:
+        err = str(exc)
+    return {"root": None, "why": {b: f"goaio not importable: {err}" for b in ("epoll", "kqueue", "pure")}}
+
+
+_goaio_cache = []
+
+
+def goaio_for_servers():
+    """Which goaio the goaio servers import: a dict with ``root`` (the
+    directory holding the package), ``pythonpath``, ``why`` (backend -> None
+    or why it does not import there) and ``note`` (None, or a sentence for
+    the report).
+
+    The harness's own goaio if it has this OS's compiled backend; else the
+    goaio installed in this interpreter if that one has it (the usual case
+    when the harness runs from a checkout, whose source tree has nothing
+    compiled, after ``pip install .``); else the harness's own (pure only).
+    """
+    if _goaio_cache:
+        return _goaio_cache[0]
+    native = _native_backend()
+    own_path = _pythonpath(PACKAGE_ROOT)
+    own = _probe(own_path)
+    choice = dict(own, pythonpath=own_path, note=None)
+    if native and own["why"].get(native):
+        installed_path = _pythonpath(None)
+        inst = _probe(installed_path)
+        if inst["root"] and inst["root"] != own["root"] and inst["why"].get(native) is None:
+            note = (f"the goaio servers import the installed goaio ({inst['root']}): the one the bench "
+                    f"runs from ({own['root']}) has no compiled {native!r} backend")
+            choice = dict(inst, pythonpath=installed_path, note=note)
+    _goaio_cache.append(choice)
+    return choice
+
 
 def availability(name):
     """(True, None) or (False, why) for a server name."""
@@ -68,11 +146,15 @@ def availability(name):
         raise KeyError(name)
     why = None
     if spec.kind == "goaio":
-        try:
-            importlib.import_module(f"goaio._{spec.backend}")
-        except ImportError as exc:
-            hint = " (build it: pip install .)" if spec.backend != "pure" else ""
-            why = f"backend {spec.backend!r} not importable: {exc}{hint}"
+        found = goaio_for_servers()
+        err = found["why"].get(spec.backend)
+        if err:
+            hint = ""
+            if spec.backend == _native_backend():
+                hint = " (build it: pip install . , or in a checkout python setup.py build_ext --inplace)"
+            elif spec.backend != "pure":
+                hint = f" (not a backend of {sys.platform})"
+            why = f"backend {spec.backend!r} not importable: {err}{hint}"
     elif spec.name == "uvloop":
         if importlib.util.find_spec("uvloop") is None:
             why = "uvloop is not installed (pip install 'goaio[bench]')"
@@ -97,11 +179,11 @@ def parse_list(text):
 def command(spec, workers=1):
     """(argv, env) that start ``spec`` on 127.0.0.1, port 0."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = PACKAGE_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.pop("GOAIO_BACKEND", None)
     if spec.kind == "goaio":
+        env["PYTHONPATH"] = goaio_for_servers()["pythonpath"]
         env["GOAIO_BACKEND"] = spec.backend
-        argv = [sys.executable, "-m", "goaio", "echo", "--host", "127.0.0.1", "--port", "0",
+        argv = [sys.executable, "-P", "-m", "goaio", "echo", "--host", "127.0.0.1", "--port", "0",
                 "--workers", str(workers), "--quiet"]
         if spec.share:
             argv.append("--share-buff")
@@ -131,7 +213,7 @@ class Server:
         self.spec = spec
         argv, env = command(spec, workers)
         self._log = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
+        self.proc = subprocess.Popen(argv, env=env, cwd=SERVER_CWD, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, text=True)
         if cpus and hasattr(os, "sched_setaffinity"):
             try:

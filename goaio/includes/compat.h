@@ -8,10 +8,6 @@
 #include <limits.h>
 #include <sys/uio.h>
 
-#ifndef GOAIO_DEBUG
-#define GOAIO_DEBUG 0
-#endif
-
 /* The poller id of the wake-up fd; connection ids never reach it. */
 #define GOAIO_WAKE_ID UINT64_MAX
 

@@ -82,7 +82,6 @@ cdef extern from "<fcntl.h>" nogil:
         O_NONBLOCK
 
 cdef extern from "includes/compat.h" nogil:
-    int GOAIO_DEBUG
     int IOV_MAX
     int MSG_NOSIGNAL
     int64_t goaio_now_ns()

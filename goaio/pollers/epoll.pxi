@@ -1,5 +1,5 @@
 # The epoll poller: the only part of the compiled core that is Linux-specific.
-# Interface used by _core.pxi (all nogil, no Python):
+# Interface used by the core (core/engine.pxi) (all nogil, no Python):
 #   poller_open(p) -> 0 or errno      poller_close(p)
 #   poller_add(p, fd, id) -> 0/errno  poller_del(p, fd) -> 0/errno
 #   poller_wait(p, out, maxev, timeout_ms) -> number of pevent_t written, or -errno
@@ -65,12 +65,12 @@ cdef void poller_wake(poller_t *p) noexcept nogil:
     write(p.wakefd, &one, 8)
 
 cdef int poller_wait(poller_t *p, pevent_t *out, int maxev, int timeout_ms) noexcept nogil:
-    cdef epoll_event evs[POLL_BATCH]
+    cdef epoll_event evs[POLL_BATCH_MAX]
     cdef int n, i, k = 0
     cdef uint32_t e, f
     cdef uint64_t junk
-    if maxev > POLL_BATCH:
-        maxev = POLL_BATCH
+    if maxev > POLL_BATCH_MAX:
+        maxev = POLL_BATCH_MAX
     n = epoll_wait(p.epfd, evs, maxev, timeout_ms)
     if n < 0:
         return -errno

@@ -1,6 +1,6 @@
 # The kqueue poller (macOS/BSD; on Linux only in the GOAIO_KQUEUE_EMULATION test
-# build, over the emulation in includes/kqueue_emu.c). Same interface as
-# _poller_epoll.pxi (all nogil, no Python):
+# build, over the emulation in tests/kqueue_emu/kqueue_emu.c). Same interface as
+# pollers/epoll.pxi (all nogil, no Python):
 #   poller_open(p) -> 0 or errno      poller_close(p)
 #   poller_add(p, fd, id) -> 0/errno  poller_del(p, fd) -> 0/errno
 #   poller_wait(p, out, maxev, timeout_ms) -> number of pevent_t written, or -errno
@@ -197,11 +197,11 @@ cdef int poller_translate(poller_t *p, kevent_t *evs, int n, pevent_t *out) noex
 
 
 cdef int poller_wait(poller_t *p, pevent_t *out, int maxev, int timeout_ms) noexcept nogil:
-    cdef kevent_t evs[POLL_BATCH]
+    cdef kevent_t evs[POLL_BATCH_MAX]
     cdef timespec ts
     cdef int n
-    if maxev > POLL_BATCH:
-        maxev = POLL_BATCH
+    if maxev > POLL_BATCH_MAX:
+        maxev = POLL_BATCH_MAX
     ts.tv_sec = timeout_ms // 1000
     ts.tv_nsec = (timeout_ms % 1000) * 1000000
     n = kevent(p.kq, NULL, 0, evs, maxev, &ts if timeout_ms >= 0 else NULL)

@@ -1,0 +1,230 @@
+# core/conn.pxi -- AIOConn: posting onto a connection's queues, its timeouts,
+# and close (docs/architecture.md has the connection and op states).
+
+@cython.final
+cdef class AIOConn:
+    """A socket bound to an AIOService; post recv/recv_full/send on it."""
+    cdef conn_t *c
+    cdef AIOService _svc
+    cdef object _sock
+    cdef public object user_data
+    cdef object __weakref__
+
+    def __init__(self):
+        raise TypeError(MSG_NOT_MADE_BY_BIND)
+
+    def __dealloc__(self):
+        if self.c != NULL:
+            conn_decref_nogil(self.c)
+            self.c = NULL
+
+    def __del__(self):
+        if self.c != NULL and not self.c.closed:
+            # Taken out of the service first (no GIL release before this), so
+            # svc.close() can never see a dying connection.
+            self.c.pyobj = NULL
+            fd = self.c.fd
+            self._close(None)
+            # A connection of a service being closed is not leaked: the
+            # service closes it anyway (results dropped meanwhile, say).
+            if not self._svc.s.closed:
+                _warnings.warn(f"unclosed goaio connection fd={fd}", ResourceWarning, source=self)
+
+    def __repr__(self):
+        return f"<goaio.AIOConn fd={self.fd}{' closed' if self.closed else ''}>"
+
+    @property
+    def fd(self):
+        """The socket's fd; -1 once the connection is closed."""
+        return -1 if self.c.closed else self.c.fd
+
+    @property
+    def closed(self):
+        return bool(self.c.closed)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    cdef inline int _check_open(self) except -1:
+        if self._svc.s.closed:
+            raise ServiceClosed(MSG_SERVICE_CLOSED)
+        if self.c.closed:
+            raise ConnClosed(MSG_CONN_CLOSED)
+        return 0
+
+    cdef object _post(self, op_t *op, object context):
+        """Queue op and run it at once when the socket is ready (GIL held, no
+        C lock; takes c.lock without the GIL)."""
+        cdef conn_t *c = self.c
+        cdef svc_t *s = self._svc.s
+        cdef opq_t *q = &c.sq if op.kind == OP_SEND else &c.rq
+        cdef oplist_t done
+        cdef int rc = 0, kind
+        oplist_init(&done)
+        op.conn = c
+        op.context = <PyObject *>context
+        Py_INCREF(context)
+        op.pyconn = <PyObject *>self
+        Py_INCREF(self)
+        with nogil:
+            pthread_mutex_lock(&c.lock)
+            if c.closed:
+                rc = 1
+            elif q.len >= q.max:
+                rc = 2
+            else:
+                if q.timeout:
+                    op.deadline = goaio_now_ns() + q.timeout
+                    schedule_timer_locked(s, c, op.deadline)
+                opq_push_locked(q, op)
+                goaio_atomic_inc(&s.live_ops)
+                if q.head == op:
+                    if op.kind == OP_SEND:
+                        process_send_locked(s, c, &done)
+                    elif c.readable or c.eof:
+                        process_recv_locked(s, c, &done)
+            cq_push(s, &done)
+            pthread_mutex_unlock(&c.lock)
+        if rc:
+            kind = op.kind           # (read before the op is freed)
+            op_release_gil(op, False)
+            if rc == 1:
+                raise ConnClosed(MSG_CONN_CLOSED)
+            raise Busy(MSG_SENDQ_FULL if kind == OP_SEND else MSG_RECVQ_FULL)
+
+    def recv(self, context, buff=None):
+        """Read some bytes into buff (or a share buffer when buff is None)."""
+        cdef op_t *op
+        self._check_open()
+        op = op_new(OP_RECV, buff is not None or self.c.share_buff == NULL)
+        try:
+            if buff is None:
+                if self.c.share_buff != NULL:
+                    op.flags = OPF_NEEDBUF | OPF_NONEBUF
+                else:
+                    op.flags = OPF_NONEBUF
+                    fill_buffers(op, bytearray(DEFAULT_RECV_BUFF_SIZE), True)
+            else:
+                fill_buffers(op, buff, True)
+        except BaseException:
+            op_release_gil(op, False)
+            raise
+        self._post(op, context)
+
+    def recv_full(self, context, buff):
+        """Fill buff completely (or fail with EOF, an error or a timeout)."""
+        cdef op_t *op
+        self._check_open()
+        if buff is None:
+            raise TypeError(MSG_RECV_FULL_NEEDS_BUFFER)
+        op = op_new(OP_RECV_FULL)
+        try:
+            fill_buffers(op, buff, True)
+        except BaseException:
+            op_release_gil(op, False)
+            raise
+        self._post(op, context)
+
+    def send(self, context, buff):
+        """Write every byte of buff (a bytes-like object or a list of them)."""
+        cdef op_t *op
+        self._check_open()
+        op = op_new(OP_SEND)
+        try:
+            fill_buffers(op, buff, False)
+        except BaseException:
+            op_release_gil(op, False)
+            raise
+        self._post(op, context)
+
+    cdef _set_timeout(self, seconds, opq_t *q):
+        """Set q's timeout; every op pending in q gets the new deadline (GIL
+        held, no C lock; takes c.lock without the GIL)."""
+        cdef conn_t *c = self.c
+        cdef int64_t ns = to_ns(_common.check_conn_timeout(seconds))
+        cdef int64_t at
+        cdef op_t *op
+        with nogil:
+            pthread_mutex_lock(&c.lock)
+            at = goaio_now_ns() + ns if ns else 0
+            q.timeout = ns
+            op = q.head
+            while op != NULL:
+                op.deadline = at
+                op = op.next
+            if at and not c.closed and q.head != NULL:
+                schedule_timer_locked(self._svc.s, c, at)
+            pthread_mutex_unlock(&c.lock)
+
+    def set_recv_timeout(self, seconds):
+        """Receives must complete within `seconds` (None or 0: no limit)."""
+        self._set_timeout(seconds, &self.c.rq)
+
+    def set_send_timeout(self, seconds):
+        """Sends must complete within `seconds` (None or 0: no limit)."""
+        self._set_timeout(seconds, &self.c.sq)
+
+    def close(self, reason=None):
+        """Close the connection and its socket; pending operations complete
+        with `reason` (an exception instance; default ConnClosed())."""
+        if reason is not None and not isinstance(reason, BaseException):
+            raise TypeError(MSG_REASON_TYPE)
+        self._close(reason)
+
+    cdef _close(self, reason):
+        cdef conn_t *c = self.c
+        cdef svc_t *s = self._svc.s
+        cdef oplist_t done
+        cdef op_t *op
+        cdef int fd
+        cdef stash_t *st
+        cdef PyObject *exc
+        if c.closed:
+            return
+        oplist_init(&done)
+        pthread_mutex_lock(&c.lock)     # GIL held: fine, no c.lock holder waits for it
+        if c.closed:
+            pthread_mutex_unlock(&c.lock)
+            return
+        c.closed = 1
+        # every pending op gets the reason itself, or by default a fresh
+        # ConnClosed made when its result is (no Python code under c.lock)
+        opq_fail_locked(c, &c.rq, ERR_CLOSED if reason is None else ERR_OBJ, &done)
+        opq_fail_locked(c, &c.sq, ERR_CLOSED if reason is None else ERR_OBJ, &done)
+        if reason is not None:
+            op = done.head
+            while op != NULL:
+                op.errobj = <PyObject *>reason
+                Py_INCREF(reason)
+                op = op.next
+        cq_push(s, &done)
+        fd = c.fd
+        st = c.stash
+        c.stash = NULL
+        exc = c.stash_exc
+        c.stash_exc = NULL
+        c.pyobj = NULL
+        pthread_mutex_unlock(&c.lock)
+        with nogil:
+            reg_remove(s, c)
+        # Close the fd only if the socket object still owned it: had the user
+        # closed the socket behind our back, the number may already belong to
+        # another file. EPOLL_CTL_DEL comes before close(); the fd number leaves
+        # the bound registry while still open, so no socket can get it before.
+        try:
+            mine = self._sock.detach() == fd
+        except OSError:
+            mine = False
+        if mine:
+            with nogil:
+                poller_del(&s.poller, fd)
+        _bound_fds.discard(fd)
+        if mine:
+            close(fd)
+        if st != NULL:
+            stash_free_gil(st, True)
+        Py_XDECREF(exc)
+

@@ -1,0 +1,7 @@
+# core/consts.pxi -- constants shared by the compiled core and its pollers
+# (included before the poller).
+cdef enum:
+    POLL_BATCH_MAX = 1024 # bound of the event arrays; a poll takes POLL_BATCH_N (_messages.POLL_BATCH)
+    PF_READ = 1           # poller event flags
+    PF_WRITE = 2
+    PF_HUP = 4            # hang-up or error seen: EOF or an error is pending

@@ -1,0 +1,130 @@
+# core/poll.pxi -- the poll round and who runs it: leader/follower among the
+# collecting threads (cq_take), a worker thread when nobody collects.
+
+
+cdef void poll_once(svc_t *s, int64_t until) noexcept nogil:
+    """One poll round: wait for events until `until` (ns, -1: no limit, 0: don't
+    wait) or the next timer, run the connections that became ready and the
+    expired timers, and queue their completions in one go. No lock held, no
+    GIL; the caller has set s.polling (only one thread polls at a time)."""
+    cdef pevent_t evs[POLL_BATCH_MAX]
+    cdef int n, i, ms
+    cdef int64_t now, t
+    cdef conn_t *c
+    cdef oplist_t done
+    oplist_init(&done)
+    pthread_mutex_lock(&s.tlock)
+    t = s.heap[0].at if s.heap_len else 0
+    if t != 0 and (until < 0 or t < until):
+        until = t
+    s.poll_until = until if until > 0 else (0 if until == 0 else 0x7FFFFFFFFFFFFFFF)
+    pthread_mutex_unlock(&s.tlock)
+    if until < 0:
+        ms = -1
+    elif until == 0:
+        ms = 0
+    else:
+        now = goaio_now_ns()
+        # round up: a timer must never fire early
+        ms = <int>((until - now + 999999) // 1000000) if until > now else 0
+    n = poller_wait(&s.poller, evs, POLL_BATCH_N, ms)
+    pthread_mutex_lock(&s.tlock)
+    s.poll_until = 0
+    pthread_mutex_unlock(&s.tlock)
+    for i in range(n):
+        c = reg_lookup(s, evs[i].id)
+        if c == NULL:
+            continue
+        pthread_mutex_lock(&c.lock)
+        if evs[i].flags & PF_READ:
+            c.readable = 1
+        if evs[i].flags & PF_WRITE:
+            c.writable = 1
+        if evs[i].flags & PF_HUP:
+            c.hup = 1
+        if c.rq.head != NULL:
+            process_recv_locked(s, c, &done)
+        if c.sq.head != NULL:
+            process_send_locked(s, c, &done)
+        # queued before c.lock is released: completions of one connection
+        # enter the queue in the order they happened, whichever thread made them
+        cq_push(s, &done, True)
+        pthread_mutex_unlock(&c.lock)
+        conn_decref_nogil(c)
+    expire_timers(s, &done)
+
+
+cdef void worker_loop(svc_t *s) noexcept nogil:
+    """A service thread: polls when no collector has for WORKER_GRACE_NS, so IO and
+    timeouts progress while nobody collects. No GIL; takes s.lock and drops
+    it around each poll round."""
+    cdef int64_t now, t
+    pthread_mutex_lock(&s.lock)
+    while not s.closed:
+        now = goaio_now_ns()
+        if s.polling:
+            cond_wait_until(&s.w_cond, &s.lock, now + 20 * WORKER_GRACE_NS)
+            continue
+        if now - s.last_collector < WORKER_GRACE_NS:
+            cond_wait_until(&s.w_cond, &s.lock, s.last_collector + WORKER_GRACE_NS)
+            continue
+        s.polling = 1
+        s.poller_is_worker = 1
+        s.kicked = 0
+        pthread_mutex_unlock(&s.lock)
+        poll_once(s, now + 200000000)
+        pthread_mutex_lock(&s.lock)
+        s.polling = 0
+        s.poller_is_worker = 0
+        if s.nwaiting > 0:
+            pthread_cond_signal(&s.cq_cond)
+    pthread_mutex_unlock(&s.lock)
+
+
+cdef int cq_take(svc_t *s, long maxn, int64_t until, op_t **out) noexcept nogil:
+    """Collect up to maxn results, polling ourselves while the queue is empty
+    and nobody else polls (leader/follower). until: -1 forever, else a
+    monotonic deadline in ns. Returns 1 if the service is closed.
+    No GIL, no lock held on entry (takes s.lock, drops it to poll)."""
+    cdef int64_t now
+    pthread_mutex_lock(&s.lock)
+    s.last_collector = goaio_now_ns()
+    while True:
+        if s.closed:
+            pthread_mutex_unlock(&s.lock)
+            return 1
+        if s.cq_head != NULL:
+            out[0] = cq_pop_locked(s, maxn)
+            if s.cq_head != NULL and s.nwaiting > 0:
+                pthread_cond_signal(&s.cq_cond)
+            break
+        now = goaio_now_ns()
+        if until >= 0 and now >= until and until != 0:
+            break
+        if not s.polling:
+            s.polling = 1
+            s.poller_is_worker = 0
+            s.kicked = 0
+            pthread_mutex_unlock(&s.lock)
+            poll_once(s, until)
+            pthread_mutex_lock(&s.lock)
+            s.polling = 0
+            s.last_collector = goaio_now_ns()
+            if s.nwaiting > 0:
+                pthread_cond_signal(&s.cq_cond)
+            if until == 0 and s.cq_head == NULL:
+                break
+            continue
+        if until == 0:
+            break
+        if s.poller_is_worker and not s.kicked:
+            # a worker is in the poll: make it hand the role over to us
+            s.kicked = 1
+            poller_wake(&s.poller)
+        s.nwaiting += 1
+        cond_wait_until(&s.cq_cond, &s.lock, until)
+        s.nwaiting -= 1
+    s.last_collector = goaio_now_ns()
+    pthread_mutex_unlock(&s.lock)
+    return 0
+

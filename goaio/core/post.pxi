@@ -1,0 +1,88 @@
+# core/post.pxi -- building an op when it is posted: pinning the user's
+# buffers (Py_buffer, held until the op is released). GIL held, no C lock.
+
+cdef int get_view(object b, Py_buffer *v, bint writable) except -1:
+    """Pin b (C-contiguous; writable for a receive) into v (GIL held)."""
+    if not PyObject_CheckBuffer(b):
+        raise TypeError(MSG_NOT_BUFFER.format(type(b).__name__))
+    # (numpy reports a non-contiguous array with ValueError: made BufferError)
+    if not writable:
+        try:
+            PyObject_GetBuffer(b, v, PyBUF_C_CONTIGUOUS)
+        except ValueError as e:
+            raise BufferError(str(e)) from None
+        return 0
+    try:
+        PyObject_GetBuffer(b, v, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS)
+    except (BufferError, ValueError):
+        try:
+            PyObject_GetBuffer(b, v, PyBUF_C_CONTIGUOUS)
+        except (BufferError, ValueError) as e:
+            raise BufferError(str(e)) from None
+        PyBuffer_Release(v)
+        raise TypeError(MSG_READ_ONLY.format(type(b).__name__)) from None
+    return 0
+
+
+cdef op_t *op_new(int kind, bint pinned=True) except NULL:
+    """A new op (GIL held); one that pins no buffer of its own (a share-buffer receive,
+    which waits idle the longest) is allocated without the inline Py_buffer."""
+    cdef size_t size = sizeof(op_t) if pinned else sizeof(op_t) - sizeof(Py_buffer)
+    cdef op_t *op = <op_t *>PyMem_RawMalloc(size)
+    if op == NULL:
+        raise MemoryError()
+    memset(op, 0, size)
+    op.kind = kind
+    op.views = &op.view0
+    op.iov = &op.iov0
+    return op
+
+
+cdef int fill_buffers(op_t *op, object buff, bint writable) except -1:
+    """Pin buff (a buffer or a list of buffers) for the op's whole life (GIL
+    held; on error the caller releases the op)."""
+    cdef Py_ssize_t n, i
+    cdef Py_buffer *v
+    if type(buff) is list:
+        n = len(<list>buff)
+        if n == 0:
+            if writable:
+                raise EmptyBuffer(MSG_EMPTY_LIST)
+            op.buffobj = <PyObject *>buff
+            Py_INCREF(buff)
+            op.iovcnt = 0
+            return 0
+        op.views = <Py_buffer *>PyMem_RawMalloc(n * sizeof(Py_buffer))
+        op.iovs = <iovec *>PyMem_RawMalloc(n * sizeof(iovec))
+        if op.views == NULL or op.iovs == NULL:
+            raise MemoryError()
+        for i in range(n):
+            get_view((<list>buff)[i], &op.views[i], writable)
+            op.nviews = i + 1
+            op.iovs[i].iov_base = op.views[i].buf
+            op.iovs[i].iov_len = op.views[i].len
+            op.total += op.views[i].len
+        op.iov = op.iovs
+        op.iovcnt = <int>n
+    else:
+        get_view(buff, &op.view0, writable)
+        op.nviews = 1
+        op.iov0.iov_base = op.view0.buf
+        op.iov0.iov_len = op.view0.len
+        op.iovcnt = 1
+        op.total = op.view0.len
+    op.buffobj = <PyObject *>buff
+    Py_INCREF(buff)
+    if op.total == 0:
+        if writable:
+            raise EmptyBuffer(MSG_EMPTY_RECV)
+        op.iovcnt = 0
+    else:
+        advance(op, 0)   # skip leading zero-length items
+    return 0
+
+
+cdef inline int64_t to_ns(double seconds) noexcept nogil:
+    """Seconds to ns, rounded."""
+    return <int64_t>(seconds * 1e9 + 0.5)
+

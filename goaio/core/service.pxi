@@ -1,0 +1,269 @@
+# core/service.pxi -- AIOService: threads, bind, collecting results, close.
+# (The set of live services, for fork and exit, is in core/fork.pxi.)
+
+
+@cython.final
+cdef class AIOService:
+    """A proactor service: `workers` threads do the IO of the connections bound
+    to it; completions are collected with get_complete_status*(), from any thread."""
+    cdef svc_t *s
+    cdef list _threads
+    cdef object _close_lock
+    cdef int _workers
+    cdef object __weakref__
+
+    def __cinit__(self, workers=1):
+        cdef int err
+        self._workers = _common.check_workers(workers)
+        self._threads = []
+        self._close_lock = _threading.Lock()
+        self.s = <svc_t *>PyMem_RawMalloc(sizeof(svc_t))
+        if self.s == NULL:
+            raise MemoryError()
+        memset(self.s, 0, sizeof(svc_t))
+        pthread_mutex_init(&self.s.lock, NULL)
+        pthread_mutex_init(&self.s.reg_lock, NULL)
+        pthread_mutex_init(&self.s.tlock, NULL)
+        cond_init(&self.s.cq_cond)
+        cond_init(&self.s.w_cond)
+        err = poller_open(&self.s.poller)
+        if err:
+            self.s.closed = SVC_CLOSED
+            raise _oserror(err)
+        self.s.last_collector = 0
+        for i in range(self._workers):
+            t = _threading.Thread(target=self._worker_main, name=f"goaio-worker-{i}", daemon=True)
+            self._threads.append(t)
+        for t in self._threads:
+            t.start()
+        _live_services.add(_weakref.ref(self))
+
+    def _worker_main(self):
+        with nogil:
+            worker_loop(self.s)
+
+    def __dealloc__(self):
+        cdef svc_t *s = self.s
+        if s == NULL:
+            return
+        self.s = NULL
+        if s.closed != SVC_CLOSED:
+            # never closed: threads hold a reference, so this is only reached
+            # after close() or when __cinit__ failed
+            poller_close(&s.poller)
+        pthread_mutex_destroy(&s.lock)
+        pthread_mutex_destroy(&s.reg_lock)
+        pthread_mutex_destroy(&s.tlock)
+        pthread_cond_destroy(&s.cq_cond)
+        pthread_cond_destroy(&s.w_cond)
+        PyMem_RawFree(s.slots)
+        PyMem_RawFree(s.gens)
+        PyMem_RawFree(s.free_slots)
+        PyMem_RawFree(s.heap)
+        PyMem_RawFree(s)
+
+    def __repr__(self):
+        return f"<goaio.AIOService workers={self._workers}{' closed' if self.s.closed else ''}>"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __iter__(self):
+        while True:
+            try:
+                yield self.get_complete_status()
+            except ServiceClosed:
+                return
+
+    @property
+    def closed(self):
+        return bool(self.s.closed)
+
+    def bind(self, sock, option=None, **kwargs):
+        """Bind a connected stream socket; returns its AIOConn."""
+        cdef AIOConn conn
+        cdef conn_t *c
+        cdef int err
+        if self.s.closed:
+            raise ServiceClosed(MSG_SERVICE_CLOSED)
+        fd = _check_socket(sock)
+        _bound_fds.add(fd)
+        try:
+            option = _make_option(option, kwargs)
+            sock.setblocking(False)
+            err = poller_prepare_fd(fd)     # per-OS socket setup (macOS: SO_NOSIGPIPE)
+            if err:
+                raise _oserror(err)
+            conn = AIOConn.__new__(AIOConn)
+            c = <conn_t *>PyMem_RawMalloc(sizeof(conn_t))
+            if c == NULL:
+                raise MemoryError()
+            memset(c, 0, sizeof(conn_t))
+            pthread_mutex_init(&c.lock, NULL)
+            c.cref = 1
+            conn.c = c
+            conn._svc = self
+            conn._sock = sock
+            conn.user_data = option.user_data
+            c.fd = fd
+            # A send is tried at once (EAGAIN clears the flag). Readability comes
+            # from the poller: registering reports data already there, and no
+            # share buffer is ever taken on a guess.
+            c.readable = 0
+            c.writable = 1
+            c.rq.max = option.recvq_size
+            c.sq.max = option.sendq_size
+            share = option.share_buff
+            if share is not None:
+                Py_INCREF(share)
+                c.share_buff = <PyObject *>share
+                if type(share) is BufferPool:
+                    c.pool = (<BufferPool>share).p
+            c.pyobj = <PyObject *>conn
+            with nogil:
+                err = reg_add(self.s, c)
+            if err:
+                raise _oserror(err)
+            with nogil:
+                err = poller_add(&self.s.poller, c.fd, c.id)
+            if err:
+                with nogil:
+                    reg_remove(self.s, c)
+                c.closed = 1
+                raise _oserror(err)
+        except BaseException:
+            _bound_fds.discard(fd)
+            raise
+        if self.s.closed:
+            conn._close(None)
+            raise ServiceClosed(MSG_SERVICE_CLOSED)
+        return conn
+
+    cdef object _collect(self, long maxn, timeout):
+        cdef svc_t *s = self.s
+        cdef int64_t until
+        cdef op_t *head = NULL
+        cdef op_t *op
+        cdef int closed = 0
+        cdef double t = -1.0
+        if timeout is not None:
+            t = _common.check_timeout(timeout)
+        if s.closed:
+            raise ServiceClosed(MSG_SERVICE_CLOSED)
+        # fast path: results are waiting (a thread holding the GIL may take
+        # s.lock: no holder of it ever waits for the GIL)
+        pthread_mutex_lock(&s.lock)
+        if s.cq_head != NULL:
+            head = cq_pop_locked(s, maxn)
+            s.last_collector = goaio_now_ns()
+        pthread_mutex_unlock(&s.lock)
+        if head == NULL:
+            until = -1 if t < 0 else (0 if t == 0 else goaio_now_ns() + to_ns(t))
+            with nogil:
+                closed = cq_take(s, maxn, until, &head)
+            if closed:
+                raise ServiceClosed(MSG_SERVICE_CLOSED)
+        if maxn == 1 and head != NULL and head.next == NULL:
+            return make_result_gil(s, head)
+        out = []
+        while head != NULL:
+            op = head
+            head = op.next
+            out.append(make_result_gil(s, op))
+        return out
+
+    def get_complete_status(self, timeout=None):
+        """The next result; None if `timeout` seconds passed first (0: don't wait)."""
+        r = self._collect(1, timeout)
+        if type(r) is list:
+            return r[0] if r else None
+        return r
+
+    def get_complete_statuses(self, max_results=64, timeout=None):
+        """Up to max_results results (at least one unless `timeout` expired: [])."""
+        cdef long m = _common.check_max_results(max_results)
+        r = self._collect(m, timeout)
+        if type(r) is not list:
+            return [r]
+        return r
+
+    def _stats(self):
+        """Debug counters: live operations, registered connections, threads."""
+        return {
+            "live_ops": self.s.live_ops,
+            "conns": self.s.nconns,
+            "threads": sum(1 for t in self._threads if t.is_alive()),
+            "queued": self.s.cq_len,
+            "timers": self.s.heap_len,
+        }
+
+    def close(self):
+        """Close every connection, discard uncollected results, stop the threads."""
+        cdef svc_t *s = self.s
+        cdef op_t *head
+        cdef op_t *op
+        cdef conn_t *c
+        cdef tentry_t *heap
+        cdef Py_ssize_t n, k
+        cdef uint32_t i
+        with self._close_lock:
+            if s.closed:
+                return
+            with nogil:
+                pthread_mutex_lock(&s.lock)
+                s.closed = SVC_CLOSING
+                pthread_cond_broadcast(&s.cq_cond)
+                pthread_cond_broadcast(&s.w_cond)
+                pthread_mutex_unlock(&s.lock)
+                poller_wake(&s.poller)
+            for t in self._threads:
+                if t is not _threading.current_thread():
+                    t.join()
+            # a collector may still be inside a poll round: wait for it to leave
+            with nogil:
+                pthread_mutex_lock(&s.lock)
+                while s.polling:
+                    pthread_mutex_unlock(&s.lock)
+                    poller_wake(&s.poller)
+                    usleep(1000)
+                    pthread_mutex_lock(&s.lock)
+                pthread_mutex_unlock(&s.lock)
+            conns = []
+            pthread_mutex_lock(&s.reg_lock)
+            for i in range(s.nslots):
+                c = s.slots[i]
+                if c != NULL and c.pyobj != NULL:
+                    conns.append(<object>c.pyobj)
+            pthread_mutex_unlock(&s.reg_lock)
+            for conn in conns:
+                (<AIOConn>conn)._close(ServiceClosed(MSG_SERVICE_CLOSED))
+            conns = None
+            # discard what nobody collected (share buffers go back to their pools)
+            with nogil:
+                pthread_mutex_lock(&s.lock)
+                head = s.cq_head
+                s.cq_head = s.cq_tail = NULL
+                s.cq_len = 0
+                pthread_mutex_unlock(&s.lock)
+            while head != NULL:
+                op = head
+                head = op.next
+                op_release_gil(op, True)
+            with nogil:
+                pthread_mutex_lock(&s.tlock)
+                heap = s.heap
+                n = s.heap_len
+                s.heap = NULL
+                s.heap_len = s.heap_cap = 0
+                pthread_mutex_unlock(&s.tlock)
+                for k in range(n):
+                    conn_decref_nogil(heap[k].conn)
+                PyMem_RawFree(heap)
+                poller_close(&s.poller)
+            s.closed = SVC_CLOSED
+            self._threads = []
+            _live_services.discard(_weakref.ref(self))
+

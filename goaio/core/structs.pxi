@@ -1,0 +1,143 @@
+# core/structs.pxi -- the C records of the engine and their enums (declarations
+# only; docs/architecture.md has the state table and the lock order).
+
+cdef enum:
+    OP_RECV = 1
+    OP_RECV_FULL = 2
+    OP_SEND = 3
+
+    OPF_NEEDBUF = 1      # recv(ctx, None) with a share_buff: buffer taken when data is ready
+    OPF_NONEBUF = 2      # posted with None: a failed result carries buff=None
+    OPF_POOLBUF = 4      # buffobj is a BufferPool buffer (borrowed, index in pool_idx)
+
+    ERR_EOF = -1
+    ERR_RTIMEOUT = -2
+    ERR_STIMEOUT = -3
+    ERR_EMPTY = -4
+    ERR_OBJ = -5         # errobj holds the exception (close reason, acquire() error)
+    ERR_CLOSED = -6      # closed without a reason: a fresh ConnClosed
+
+
+
+# svc_t.closed: the service's life (docs/architecture.md, "Service states").
+# Tests of `s.closed` as a truth value mean "not SVC_OPEN".
+cdef enum svc_state:
+    SVC_OPEN = 0         # bind/post/collect work
+    SVC_CLOSING = 1      # close() under way (or done but for the poller): users get ServiceClosed
+    SVC_CLOSED = 2       # torn down: poller closed, threads gone (also: __cinit__ failed, forked child)
+
+
+cdef struct stash_t:
+    PyObject *obj        # owned
+    PyObject *share      # owned: the share_buff it came from (to give it back), or NULL
+    Py_buffer view
+
+
+cdef struct op_t:
+    op_t *next
+    conn_t *conn
+    int kind
+    int flags
+    int err
+    int nviews
+    int iovcnt
+    int pool_idx
+    PyObject *pyconn     # owned: keeps the AIOConn alive while the op is pending
+    PyObject *context    # owned
+    PyObject *buffobj    # owned (borrowed for OPF_POOLBUF)
+    PyObject *errobj     # owned or NULL
+    stash_t *stash
+    Py_buffer *views
+    iovec *iov           # current position
+    iovec *iovs          # heap array for lists, else NULL
+    Py_ssize_t total
+    Py_ssize_t done
+    int64_t deadline
+    iovec iov0
+    Py_buffer view0      # last: a share-buffer receive is allocated without it
+
+
+cdef struct oplist_t:
+    # a chain of completed ops on their way to the completion queue (core/cq.pxi)
+    op_t *head
+    op_t *tail
+    long n
+
+
+cdef struct opq_t:
+    # one direction of a connection: its pending ops in order (core/queue.pxi),
+    # guarded by the connection's lock
+    op_t *head
+    op_t *tail
+    int len
+    int max              # recvq_size / sendq_size
+    int64_t timeout      # ns per op, 0: none
+
+
+cdef struct pool_t:
+    pthread_mutex_t lock
+    PyObject **bufs      # every buffer made (borrowed from BufferPool._all)
+    char *out            # 1 while handed out
+    int *free            # stack of free indexes
+    Py_ssize_t nfree
+    Py_ssize_t nbufs
+    Py_ssize_t cap
+    Py_ssize_t nout
+    Py_ssize_t size
+
+
+cdef struct conn_t:
+    long cref            # atomic: the AIOConn, poll dispatches and timer entries
+    uint64_t id
+    int fd
+    char closed
+    char readable
+    char writable
+    char eof
+    char hup             # the poller reported a hang-up: read on until EOF
+    char acquiring       # a thread is getting a share buffer with the lock dropped
+    opq_t rq             # pending receives
+    opq_t sq             # pending sends
+    int64_t timer_at     # earliest deadline with an entry in the timer heap, 0 if none
+    pool_t *pool         # BufferPool fast path, or NULL
+    PyObject *share_buff # owned; released with the record (so a worker may use it
+                         # while it holds a cref, whatever the AIOConn does)
+    PyObject *pyobj      # borrowed: the AIOConn, NULL once it is closed
+    stash_t *stash       # owned: buffer taken from a Python share_buff, not yet used
+    PyObject *stash_exc  # owned: exception raised by share_buff.acquire()
+    pthread_mutex_t lock
+
+
+cdef struct tentry_t:
+    int64_t at
+    conn_t *conn
+
+
+cdef struct svc_t:
+    pthread_mutex_t lock
+    pthread_cond_t cq_cond
+    pthread_cond_t w_cond
+    op_t *cq_head
+    op_t *cq_tail
+    long cq_len
+    svc_state closed
+    int polling
+    int poller_is_worker
+    int kicked
+    int nwaiting
+    int64_t last_collector
+    long live_ops        # atomic
+    poller_t poller
+    pthread_mutex_t reg_lock
+    conn_t **slots
+    uint32_t *gens
+    uint32_t *free_slots
+    uint32_t nfree_slots
+    uint32_t nslots
+    long nconns
+    pthread_mutex_t tlock
+    tentry_t *heap
+    Py_ssize_t heap_len
+    Py_ssize_t heap_cap
+    int64_t poll_until   # deadline the current poller sleeps to (0: not sleeping)
+
