@@ -147,6 +147,8 @@ cdef class AIOConn:
         cdef int64_t ns = to_ns(_common.check_conn_timeout(seconds))
         cdef int64_t at
         cdef op_t *op
+        if ns < 0:
+            ns = 0          # beyond any deadline: no limit
         with nogil:
             pthread_mutex_lock(&c.lock)
             at = goaio_now_ns() + ns if ns else 0

@@ -28,11 +28,11 @@ cdef void cq_push(svc_t *s, oplist_t *l, bint from_poller=False) noexcept nogil:
     l.n = 0
 
 
-cdef op_t *cq_pop_locked(svc_t *s, long maxn) noexcept nogil:
+cdef op_t *cq_pop_locked(svc_t *s, Py_ssize_t maxn) noexcept nogil:
     """Detach up to maxn ops from the queue (s.lock held); a NULL-terminated chain."""
     cdef op_t *head = s.cq_head
     cdef op_t *last = head
-    cdef long k = 1
+    cdef Py_ssize_t k = 1
     while k < maxn and last.next != NULL:
         last = last.next
         k += 1

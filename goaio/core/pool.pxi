@@ -50,7 +50,7 @@ cdef class BufferPool:
         pass
 
     def __cinit__(self, buffer_size=65536, *args, **kwargs):
-        _common._check_int("buffer_size", buffer_size, 1)
+        _common._check_int("buffer_size", buffer_size, 1, _sys.maxsize)
         self.buffer_size = buffer_size
         self._all = []
         self._index = {}

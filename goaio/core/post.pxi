@@ -83,6 +83,14 @@ cdef int fill_buffers(op_t *op, object buff, bint writable) except -1:
 
 
 cdef inline int64_t to_ns(double seconds) noexcept nogil:
-    """Seconds to ns, rounded."""
-    return <int64_t>(seconds * 1e9 + 0.5)
+    """A checked timeout (>= 0 seconds) in ns: 0 for 0; at least 1 for any
+    positive value (too small to measure fires at once, never means "off");
+    -1 for a value beyond any deadline (>= NO_LIMIT_NS, math.inf included),
+    which means no limit."""
+    if seconds <= 0:
+        return 0
+    if not (seconds < NO_LIMIT_NS / 1e9):
+        return -1
+    cdef int64_t ns = <int64_t>(seconds * 1e9 + 0.5)
+    return ns if ns > 0 else 1
 

@@ -114,8 +114,9 @@ cdef class AIOService:
             # share buffer is ever taken on a guess.
             c.readable = 0
             c.writable = 1
-            c.rq.max = option.recvq_size
-            c.sq.max = option.sendq_size
+            # any size >= 1 is accepted; a queue never holds 2**31 ops anyway
+            c.rq.max = min(option.recvq_size, QUEUE_MAX)
+            c.sq.max = min(option.sendq_size, QUEUE_MAX)
             share = option.share_buff
             if share is not None:
                 Py_INCREF(share)
@@ -142,13 +143,14 @@ cdef class AIOService:
             raise ServiceClosed(MSG_SERVICE_CLOSED)
         return conn
 
-    cdef object _collect(self, long maxn, timeout):
+    cdef object _collect(self, Py_ssize_t maxn, timeout):
         cdef svc_t *s = self.s
         cdef int64_t until
         cdef op_t *head = NULL
         cdef op_t *op
         cdef int closed = 0
         cdef double t = -1.0
+        cdef int64_t ns, slice_until
         if timeout is not None:
             t = _common.check_timeout(timeout)
         if s.closed:
@@ -161,11 +163,26 @@ cdef class AIOService:
             s.last_collector = goaio_now_ns()
         pthread_mutex_unlock(&s.lock)
         if head == NULL:
-            until = -1 if t < 0 else (0 if t == 0 else goaio_now_ns() + to_ns(t))
-            with nogil:
-                closed = cq_take(s, maxn, until, &head)
-            if closed:
-                raise ServiceClosed(MSG_SERVICE_CLOSED)
+            ns = to_ns(t) if t >= 0 else -1
+            until = -1 if ns < 0 else (0 if ns == 0 else goaio_now_ns() + ns)
+            # Wait in slices of at most MAX_WAIT_NS (a poll interrupted by a
+            # signal ends its slice early), running Python's signal handlers
+            # between them with the GIL and no C lock: Ctrl-C or a handler's
+            # exception leaves the call; nothing was taken, nothing is lost.
+            while True:
+                if until == 0:
+                    slice_until = 0
+                else:
+                    slice_until = goaio_now_ns() + MAX_WAIT_NS
+                    if until > 0 and until < slice_until:
+                        slice_until = until
+                with nogil:
+                    closed = cq_take(s, maxn, slice_until, &head)
+                if closed == 1:
+                    raise ServiceClosed(MSG_SERVICE_CLOSED)
+                if head != NULL or until == 0 or (until > 0 and goaio_now_ns() >= until):
+                    break
+                PyErr_CheckSignals()
         if maxn == 1 and head != NULL and head.next == NULL:
             return make_result_gil(s, head)
         out = []
@@ -184,7 +201,7 @@ cdef class AIOService:
 
     def get_complete_statuses(self, max_results=64, timeout=None):
         """Up to max_results results (at least one unless `timeout` expired: [])."""
-        cdef long m = _common.check_max_results(max_results)
+        cdef Py_ssize_t m = _common.check_max_results(max_results)
         r = self._collect(m, timeout)
         if type(r) is not list:
             return [r]

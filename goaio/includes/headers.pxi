@@ -7,6 +7,7 @@ from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyObject_Chec
                              PyBUF_WRITABLE, PyBUF_C_CONTIGUOUS)
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.mem cimport PyMem_RawMalloc, PyMem_RawFree, PyMem_RawRealloc
+from cpython.exc cimport PyErr_CheckSignals
 
 from goaio.includes.posix cimport *
 
