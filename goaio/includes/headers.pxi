@@ -15,3 +15,4 @@ cdef extern from "includes/compat.h" nogil:
     uint64_t GOAIO_WAKE_ID
     char *goaio_bytearray_data(PyObject *o)
     bint goaio_would_block(int e)
+from goaio.includes.net cimport *
