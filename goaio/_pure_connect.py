@@ -112,6 +112,8 @@ def connect(svc, context, address, timeout, local_address, option, options):
     op = Connect(svc, context, opt, local)
     svc._add_connect(op)   # ServiceClosed if closed meanwhile
     with op.lock:
+        if op.done:   # the service closed meanwhile and dropped it
+            raise ServiceClosed(M.SERVICE_CLOSED)
         if timeout is not None:
             op.deadline = monotonic() + timeout
             op.timer = svc._call_at(op.deadline, op._on_timeout)

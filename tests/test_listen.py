@@ -155,6 +155,15 @@ def test_listen_refuses_a_socket_that_is_not_listening(backend, svc, peers):
     assert s.fileno() != -1  # left to the user
 
 
+def test_listen_twice_on_one_socket_is_value_error(backend, svc, peers):
+    lst = peers.listening("tcp")
+    ln = peers.keep(svc.listen(lst))
+    with pytest.raises(ValueError):
+        svc.listen(lst)
+    assert not ln.closed and lst.fileno() == ln.fd
+    ln.close()
+
+
 def test_listen_address_in_use_raises_at_the_call(backend, svc, peers):
     ln = peers.keep(svc.listen(("127.0.0.1", 0)))
     with pytest.raises(OSError) as ei:
