@@ -49,6 +49,13 @@ def _roundtrip(svc, conn, server):
     assert got["r"].err is None and bytes(buf) == b"pong"
 
 
+def test_new_error_classes():
+    assert issubclass(goaio.ConnectTimeout, goaio.Error)
+    assert issubclass(goaio.ConnectTimeout, TimeoutError)
+    assert issubclass(goaio.Cancelled, goaio.Error)
+    assert not issubclass(goaio.Cancelled, TimeoutError)
+
+
 # ---------------------------------------------------------------- success
 
 def test_connect_to_a_listener(backend, svc, peers, family):
