@@ -23,7 +23,7 @@ from lifecycle_support import (  # noqa: F401 - fixtures
 from support import LINUX, WAIT, assert_no_result, collect, collect_one, family_available, recv_exactly
 
 #: a call that must not block returns within this (generous for a loaded machine)
-QUICK = 0.1
+QUICK = 0.25
 
 
 def _target(family, lst):
