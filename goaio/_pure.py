@@ -1369,6 +1369,8 @@ class AIOService(ServiceLifecycle):
                 c._sendq.clear()
                 bound_fds.discard(c._fd)
         self._fdmap.clear()
+        for ln in self._listeners:
+            bound_fds.discard(ln._fd)
         self._listeners.clear()
         self._connects.clear()
         self._resolver_obj = None

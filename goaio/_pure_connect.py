@@ -100,6 +100,16 @@ def _numeric(host, port, rest):
     return [(socket.AF_INET6, (host, port, flow, scope))]
 
 
+def _same_family(local, fam):
+    """Can a socket of family ``fam`` bind ``local``? (A local name: assume so.)"""
+    if local[0] == "unix":
+        return fam == _AF_UNIX
+    if fam == _AF_UNIX:
+        return False
+    num = _numeric(*local[1:])
+    return num is None or num[0][0] == fam
+
+
 def connect(svc, context, address, timeout, local_address, option, options):
     """``AIOService.connect`` of the pure backend."""
     if svc._closed:
@@ -112,6 +122,8 @@ def connect(svc, context, address, timeout, local_address, option, options):
     op = Connect(svc, context, opt, local)
     svc._add_connect(op)   # ServiceClosed if closed meanwhile
     with op.lock:
+        if op.done:   # the service closed meanwhile and dropped it
+            raise ServiceClosed(M.SERVICE_CLOSED)
         if timeout is not None:
             op.deadline = monotonic() + timeout
             op.timer = svc._call_at(op.deadline, op._on_timeout)
@@ -121,6 +133,8 @@ def connect(svc, context, address, timeout, local_address, option, options):
         else:
             _, host, port, rest = target
             addrs = _numeric(host, port, rest)
+            if local is not None and local[0] == "inet" and _numeric(*local[1:]) is None:
+                addrs = None   # bind() would resolve the local name: not in the caller
             if addrs is not None:
                 op.addrs = collections.deque(addrs)
                 op._try_next()
@@ -162,7 +176,7 @@ class Connect:
         local = self.local
         while addrs:
             fam, sa = addrs.popleft()
-            if local is not None and (local[0] == "unix") != (fam == _AF_UNIX):
+            if local is not None and not _same_family(local, fam):
                 self._record(OSError(errno.EAFNOSUPPORT, "local_address is of another family"))
                 continue
             try:

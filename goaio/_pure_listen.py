@@ -28,7 +28,7 @@ import weakref
 from time import monotonic
 
 from . import _messages as M
-from ._common import AIOResult, _check_int, make_option
+from ._common import AIOResult, _check_int, bound_fds, make_option
 from ._errors import Busy, ConnClosed, ServiceClosed, UnsupportedConn, oserror
 
 __all__ = ["Listener", "listen"]
@@ -140,11 +140,21 @@ def listen(svc, address, backlog, reuse_port, option, options):
         if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
             raise ValueError("reuse_port is not supported here")
         sock, created = listening_socket(address, backlog, reuse_port)
+    fd = sock.fileno()
+    try:
+        # one owner per socket: the registry of bound sockets holds listeners too
+        bound_fds.add(fd)
+    except ValueError:
+        if sock is not address:
+            _unlink_if_same(created)
+            sock.close()
+        raise ValueError("the socket is already listening in a service") from None
     try:
         sock.setblocking(False)
         ln = Listener(svc, sock, opt, created)
         svc._add_listener(ln)
     except BaseException:
+        bound_fds.discard(fd)
         if sock is not address:
             _unlink_if_same(created)
             sock.close()
@@ -342,6 +352,7 @@ class Listener:
                 self._timer = None
             svc._remove_listener(self)
             svc._poller.unregister(self._fd, self._ref)
+            bound_fds.discard(self._fd)
             try:
                 self._sock.close()
             except OSError:

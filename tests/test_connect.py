@@ -20,10 +20,10 @@ from lifecycle_support import (  # noqa: F401 - fixtures
     require,
     timed,
 )
-from support import LINUX, WAIT, assert_no_result, collect, collect_one, recv_exactly
+from support import LINUX, WAIT, assert_no_result, collect, collect_one, family_available, recv_exactly
 
 #: a call that must not block returns within this (generous for a loaded machine)
-QUICK = 0.1
+QUICK = 0.25
 
 
 def _target(family, lst):
@@ -47,6 +47,13 @@ def _roundtrip(svc, conn, server):
     got = {r.context: r for r in collect(svc, 2)}
     assert got["s"].err is None
     assert got["r"].err is None and bytes(buf) == b"pong"
+
+
+def test_new_error_classes():
+    assert issubclass(goaio.ConnectTimeout, goaio.Error)
+    assert issubclass(goaio.ConnectTimeout, TimeoutError)
+    assert issubclass(goaio.Cancelled, goaio.Error)
+    assert not issubclass(goaio.Cancelled, TimeoutError)
 
 
 # ---------------------------------------------------------------- success
@@ -260,6 +267,26 @@ def test_connect_local_address_port_zero(backend, svc, peers):
     assert res.err is None, res.err
     assert peers.keep(res.conn).sockname[0] == "127.0.0.2"
     assert _accept(peers, lst).getpeername()[0] == "127.0.0.2"
+
+
+@pytest.mark.skipif(not family_available("tcp6"), reason="no IPv6 loopback")
+def test_connect_with_local_address_goes_past_addresses_of_another_family(backend, svc, peers, monkeypatch):
+    lst4 = peers.listening("tcp")
+    port6 = closed_port("tcp6")
+    FakeResolver(monkeypatch, {"both.goaio.test": [(socket.AF_INET6, port6 + (0, 0)),
+                                                   (socket.AF_INET, _target("tcp", lst4))]})
+    svc.connect("l", ("both.goaio.test", 1), local_address=("127.0.0.1", 0))
+    res = collect_one(svc)
+    assert res.err is None, res.err
+    assert peers.keep(res.conn).sockname[0] == "127.0.0.1"
+
+
+def test_connect_local_address_by_name(backend, svc, peers):
+    lst = peers.listening("tcp")
+    svc.connect("l", _target("tcp", lst), local_address=("localhost", 0))
+    res = collect_one(svc)
+    assert res.err is None, res.err
+    assert peers.keep(res.conn).sockname[0] == "127.0.0.1"
 
 
 def test_connect_keywords_are_the_connection_options(backend, svc, peers):

@@ -65,6 +65,30 @@ def test_listen_port_zero_then_address(backend, svc, peers, family):
         s.close()
 
 
+def test_listen_on_localhost_by_name(backend, svc, peers):
+    ln = peers.keep(svc.listen(("localhost", 0)))
+    assert ln.address[0] in ("127.0.0.1", "::1")
+    ln.accept("a")
+    client = peers.client("tcp" if ln.address[0] == "127.0.0.1" else "tcp6", ln.address)
+    res = collect_one(svc)
+    assert res.err is None
+    _roundtrip(svc, peers.keep(res.conn), client)
+
+
+def test_a_listener_with_accepts_pending_stays_alive_unreferenced(backend, svc, peers):
+    import gc
+
+    ln = svc.listen(("127.0.0.1", 0))
+    addr = ln.address
+    ln.accept("a")
+    del ln
+    gc.collect()
+    client = peers.client("tcp", addr)
+    res = collect_one(svc)
+    assert res.err is None and res.context == "a"
+    _roundtrip(svc, peers.keep(res.conn), client)
+
+
 def test_accept_completes_with_a_bound_connection(backend, svc, peers, family):
     ln = peers.keep(svc.listen(peers.address(family)))
     ln.accept("ctx")
@@ -153,6 +177,15 @@ def test_listen_refuses_a_socket_that_is_not_listening(backend, svc, peers):
     with pytest.raises(goaio.UnsupportedConn):
         svc.listen(s)
     assert s.fileno() != -1  # left to the user
+
+
+def test_listen_twice_on_one_socket_is_value_error(backend, svc, peers):
+    lst = peers.listening("tcp")
+    ln = peers.keep(svc.listen(lst))
+    with pytest.raises(ValueError):
+        svc.listen(lst)
+    assert not ln.closed and lst.fileno() == ln.fd
+    ln.close()
 
 
 def test_listen_address_in_use_raises_at_the_call(backend, svc, peers):
