@@ -216,12 +216,30 @@ class _BoundRegistry:
     def __init__(self):
         self._lock = threading.Lock()
         self._map = bytearray()
+        self._stale_hooks = []
+
+    def add_stale_hook(self, hook):
+        """A backend's ``hook(fd) -> bool``: close its connection registered
+        under fd if that connection's socket no longer owns the number (the
+        user closed the socket behind goaio's back and a new socket got it);
+        True when it did (fd is then free here)."""
+        self._stale_hooks.append(hook)
 
     def add(self, fd):
         with self._lock:
             m = self._map
             if fd >= len(m):
                 m.extend(bytes(max(fd + 1 - len(m), len(m))))
+            if not m[fd]:
+                m[fd] = 1
+                return
+        # Taken: by a live connection, or by one whose socket was closed behind
+        # its back (then this socket got the number). The hooks close such a
+        # stale connection (outside the lock: closing discards its fd).
+        for hook in list(self._stale_hooks):
+            if hook(fd):
+                break
+        with self._lock:
             if m[fd]:
                 raise ValueError("the socket is already bound to a service")
             m[fd] = 1

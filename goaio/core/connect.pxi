@@ -32,8 +32,7 @@ cdef struct crec_t:
     int next             # index of the next one
     int family           # of the attempt in progress
     int first_err        # errno of the first failed attempt
-    goaio_sa_t local
-    socklen_t local_len  # 0: no local_address
+    addrs_t local        # owned; local_address (one per family, for a name), n 0: none
 
 
 cdef inline void addrs_free(addrs_t *a) noexcept nogil:
@@ -70,6 +69,18 @@ cdef int addrs_fill_gil(addrs_t *a, list addrs) except -1:
     return 0
 
 
+cdef int local_index(crec_t *cr, int fam) noexcept nogil:
+    """Which local address an attempt of family fam binds: its index, -1 for
+    none (no local_address), -2 when local_address has no such family."""
+    cdef int j
+    if cr.local.n == 0:
+        return -1
+    for j in range(cr.local.n):
+        if cr.local.len[j] != 0 and goaio_family(&cr.local.sa[j]) == fam:
+            return j
+    return -2
+
+
 cdef inline void record_err(crec_t *cr, int e) noexcept nogil:
     if cr.first_err == 0:
         cr.first_err = e
@@ -85,6 +96,9 @@ cdef void connect_done_locked(svc_t *s, crec_t *cr, int fd, int err, oplist_t *d
         op.newfd = fd
     finish_op_locked(c, op, err, done)
     addrs_free(&cr.addrs)
+    addrs_free(&cr.local)
+    if timer_remove_locked(s, c):   # its deadline leaves with it
+        goaio_atomic_dec(&c.cref)   # (the record's own reference is held till it retires)
     c.fd = -1
     c.closed = 1
     c.retire = 1
@@ -103,7 +117,7 @@ cdef void try_next_locked(svc_t *s, crec_t *cr, oplist_t *done) noexcept nogil:
     """Start the next attempt; finish with the first error when none is left
     (c.lock held)."""
     cdef conn_t *c = &cr.c
-    cdef int i, fd, e, fam
+    cdef int i, j, fd, e, fam
     while cr.next < cr.addrs.n:
         i = cr.next
         cr.next += 1
@@ -111,15 +125,16 @@ cdef void try_next_locked(svc_t *s, crec_t *cr, oplist_t *done) noexcept nogil:
             record_err(cr, ENAMETOOLONG)
             continue
         fam = goaio_family(&cr.addrs.sa[i])
-        if cr.local_len and goaio_family(&cr.local) != fam:
-            record_err(cr, EAFNOSUPPORT)
+        j = local_index(cr, fam)
+        if j == -2:
+            record_err(cr, EAFNOSUPPORT)     # only destinations of its family are tried
             continue
         fd = goaio_socket(fam)
         if fd < 0:
             record_err(cr, errno)
             continue
         e = poller_prepare_fd(fd)
-        if e == 0 and cr.local_len and goaio_bind(fd, &cr.local, cr.local_len) < 0:
+        if e == 0 and j >= 0 and goaio_bind(fd, &cr.local.sa[j], cr.local.len[j]) < 0:
             e = errno
         if e == 0:
             cr.family = fam
@@ -179,6 +194,9 @@ cdef void connect_abandon_gil(svc_t *s, conn_t *c):
             op = opq_pop_locked(&c.rq)
         drop_attempt_locked(s, <crec_t *>c)
         addrs_free(&(<crec_t *>c).addrs)
+        addrs_free(&(<crec_t *>c).local)
+        if timer_remove_locked(s, c):
+            goaio_atomic_dec(&c.cref)
         c.closed = 1
         c.retire = 1
     retire = take_retire_locked(c)
@@ -208,11 +226,21 @@ cdef svc_connect(AIOService svc, context, address, timeout, local_address, optio
         ns = to_ns(_common.check_timeout(timeout))     # -1: no limit
     opt = _make_option(option, options)
     name = None
+    local_name = None
+    locals_ = None
+    if local is not None:
+        if local[0] == "unix":
+            locals_ = [(goaio_af_unix(), local[1])]
+        else:
+            locals_ = _pure_connect._numeric(local[1], local[2], local[3])
+            if locals_ is None:
+                local_name = (local[1], local[2])     # resolved off the caller's thread too
     if target[0] == "unix":
         addrs = [(goaio_af_unix(), target[1])]
     else:
         addrs = _pure_connect._numeric(target[1], target[2], target[3])
-        if addrs is None:
+        if addrs is None or local_name is not None:
+            addrs = None
             name = (target[1], target[2])
     cr = <crec_t *>PyMem_RawMalloc(sizeof(crec_t))
     if cr == NULL:
@@ -221,18 +249,16 @@ cdef svc_connect(AIOService svc, context, address, timeout, local_address, optio
     pthread_mutex_init(&cr.c.lock, NULL)
     cr.c.cref = 1
     cr.c.kind = CK_CONNECT
+    cr.c.heap_idx = -1
     cr.c.fd = -1
     cr.c.rq.max = 1
     try:
-        if local is not None:
-            cr.local_len = local_sockaddr_gil(&cr.local, local)
+        if locals_ is not None:
+            addrs_fill_gil(&cr.local, locals_)
         if addrs is not None:
             addrs_fill_gil(&cr.addrs, addrs)
-        with nogil:
-            err = reg_add(s, &cr.c)
-        if err:
-            raise _oserror(err)
     except BaseException:
+        addrs_free(&cr.local)
         addrs_free(&cr.addrs)
         conn_decref_nogil(&cr.c)
         raise
@@ -246,6 +272,24 @@ cdef svc_connect(AIOService svc, context, address, timeout, local_address, optio
     if ns >= 0:
         op.deadline = goaio_now_ns() + ns
         cr.c.rq.timeout = 1         # (read by stats: the op has a deadline)
+    # registered, and the first attempt made, only while the service is open
+    # (as bind): close() waits for us, then drops the connect
+    if not poller_use_begin(s, True):
+        addrs_free(&cr.local)
+        addrs_free(&cr.addrs)
+        conn_decref_nogil(&cr.c)
+        op_release_gil(op, False)
+        raise ServiceClosed(MSG_SERVICE_CLOSED)
+    with nogil:
+        err = reg_add(s, &cr.c)
+        if err:
+            poller_use_end(s)
+    if err:
+        addrs_free(&cr.local)
+        addrs_free(&cr.addrs)
+        conn_decref_nogil(&cr.c)
+        op_release_gil(op, False)
+        raise _oserror(err)
     if name is not None:
         goaio_atomic_inc(&cr.c.cref)    # the resolver's reference
     goaio_atomic_inc(&s.live_ops)
@@ -260,35 +304,16 @@ cdef svc_connect(AIOService svc, context, address, timeout, local_address, optio
             cq_push(s, &done)
         retire = take_retire_locked(&cr.c)
         pthread_mutex_unlock(&cr.c.lock)
+        poller_use_end(s)
         if retire:
             record_retire(s, &cr.c)
     if name is not None:
         try:
-            svc_resolver(svc).submit(<size_t>cr, name[0], name[1])
+            svc_resolver(svc).submit(<size_t>cr, name[0], name[1], local_name)
         except BaseException:
             connect_abandon_gil(s, &cr.c)
             conn_decref_nogil(&cr.c)
             raise
-    elif s.closed:
-        connect_abandon_gil(s, &cr.c)       # closed meanwhile: nobody else will
-
-
-cdef socklen_t local_sockaddr_gil(goaio_sa_t *sa, local) except? 0:
-    """The sockaddr of a parsed local_address (a numeric host, or a name resolved
-    here: a local name is the machine's own)."""
-    cdef socklen_t n
-    if local[0] == "unix":
-        n = sa_fill_gil(sa, goaio_af_unix(), local[1])
-    else:
-        found = _pure_connect._numeric(local[1], local[2], local[3])
-        if found is None:
-            infos = _socket.getaddrinfo(local[1], local[2], 0, _socket.SOCK_STREAM, 0,
-                                        _socket.AI_PASSIVE)
-            found = [(infos[0][0], infos[0][4])]
-        n = sa_fill_gil(sa, found[0][0], found[0][1])
-    if n == 0:
-        raise OSError(EADDRNOTAVAIL, "local_address is not usable")
-    return n
 
 
 cdef close_lifecycle(AIOService svc):

@@ -5,7 +5,6 @@ cdef void cq_push(svc_t *s, oplist_t *l, bint from_poller=False) noexcept nogil:
     in the poll, unless we are that poller, or one waiting on cq_cond).
     Takes s.lock (a caller may hold c.lock, and should: see poll_once); no GIL
     needed. Leaves l empty."""
-    cdef bint wake = False
     cdef int64_t br = 0, bs = 0
     if l.head == NULL:
         return
@@ -25,10 +24,9 @@ cdef void cq_push(svc_t *s, oplist_t *l, bint from_poller=False) noexcept nogil:
         pthread_cond_signal(&s.cq_cond)
     elif s.polling and not from_poller and not s.poller_is_worker and not s.kicked:
         s.kicked = 1
-        wake = True
-    pthread_mutex_unlock(&s.lock)
-    if wake:
+        # under s.lock: close() closes the poller under it, never meanwhile
         poller_wake(&s.poller)
+    pthread_mutex_unlock(&s.lock)
     l.head = l.tail = NULL
     l.n = 0
 

@@ -17,6 +17,7 @@
 #   poll       poll round, worker loop, leader/follower collection
 #   post       pinning buffers into a new op
 #   conn       AIOConn
+#   lifecycle  teardown helpers: poller users, safe wake-ups, discarding results
 #   service    AIOService
 #   listener   Listener, accept; events and timers of non-connection records
 #   connect    svc.connect: the connect record and its attempts
@@ -43,6 +44,7 @@ include "io.pxi"
 include "poll.pxi"
 include "post.pxi"
 include "conn.pxi"
+include "lifecycle.pxi"
 include "service.pxi"
 include "listener.pxi"
 include "connect.pxi"

@@ -178,6 +178,7 @@ cdef listener_from_socket(AIOService svc, sock, option, created):
     pthread_mutex_init(&lr.c.lock, NULL)
     lr.c.cref = 1
     lr.c.kind = CK_LISTENER
+    lr.c.heap_idx = -1
     lr.c.fd = sock.fileno()
     lr.c.readable = 1               # the first accept tries at once
     lr.c.rq.max = MAX_PENDING_ACCEPTS
@@ -188,16 +189,18 @@ cdef listener_from_socket(AIOService svc, sock, option, created):
     ln._spec = (svc, option)
     ln._created = created
     ln._address = sock.getsockname()
+    # registered and added to the poller only while the service is open (as bind)
+    if not poller_use_begin(svc.s, True):
+        lr.c.closed = 1
+        raise ServiceClosed(MSG_SERVICE_CLOSED)
     with nogil:
         err = reg_add(svc.s, &lr.c)
+        if err == 0:
+            err = poller_add(&svc.s.poller, lr.c.fd, lr.c.id)
+            if err:
+                reg_remove(svc.s, &lr.c)
+        poller_use_end(svc.s)
     if err:
-        lr.c.closed = 1
-        raise _oserror(err)
-    with nogil:
-        err = poller_add(&svc.s.poller, lr.c.fd, lr.c.id)
-    if err:
-        with nogil:
-            reg_remove(svc.s, &lr.c)
         lr.c.closed = 1
         raise _oserror(err)
     svc._listeners.add(ln)
@@ -222,10 +225,20 @@ cdef svc_listen(AIOService svc, address, backlog, reuse_port, option, options):
         if reuse_port and not hasattr(_socket, "SO_REUSEPORT"):
             raise ValueError("reuse_port is not supported here")
         sock, created = _pure_listen.listening_socket(address, backlog, reuse_port)
+    fd = sock.fileno()
+    try:
+        # one owner per socket: the registry of bound sockets holds listeners too
+        _bound_fds.add(fd)
+    except ValueError:
+        if sock is not address:
+            _pure_listen._unlink_if_same(created)
+            sock.close()
+        raise ValueError("the socket is already listening in a service") from None
     try:
         sock.setblocking(False)
         return listener_from_socket(svc, sock, opt, created)
     except BaseException:
+        _bound_fds.discard(fd)
         if sock is not address:
             _pure_listen._unlink_if_same(created)
             sock.close()
@@ -335,11 +348,16 @@ cdef class Listener:
                 Py_INCREF(reason)
                 op = op.next
         cq_push(s, &done)
+        if timer_remove_locked(s, c):       # a back-off's entry leaves with it
+            goaio_atomic_dec(&c.cref)       # (the Listener still holds one)
         pthread_mutex_unlock(&c.lock)
         with nogil:
             reg_remove(s, c)
-            poller_del(&s.poller, c.fd)
+            if poller_use_begin(s, False):  # (never a closed poller)
+                poller_del(&s.poller, c.fd)
+                poller_use_end(s)
         self._svc._listeners.discard(self)
+        _bound_fds.discard(c.fd)
         if self._sock is not None:
             try:
                 self._sock.close()

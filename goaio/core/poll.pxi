@@ -78,6 +78,7 @@ cdef void worker_loop(svc_t *s) noexcept nogil:
             cond_wait_until(&s.w_cond, &s.lock, s.last_collector + WORKER_GRACE_NS)
             continue
         s.polling = 1
+        s.poller_tid = PyThread_get_thread_ident()
         s.poller_is_worker = 1
         s.kicked = 0
         pthread_mutex_unlock(&s.lock)
@@ -114,6 +115,7 @@ cdef int cq_take(svc_t *s, Py_ssize_t maxn, int64_t until, op_t **out) noexcept 
             break
         if not s.polling:
             s.polling = 1
+            s.poller_tid = PyThread_get_thread_ident()
             s.poller_is_worker = 0
             s.kicked = 0
             pthread_mutex_unlock(&s.lock)

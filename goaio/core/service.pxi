@@ -44,6 +44,8 @@ cdef class AIOService:
     def _worker_main(self):
         with nogil:
             worker_loop(self.s)
+        if self.s.closed == SVC_CLOSED:
+            discard_queued_gil(self.s)    # queued by a round that outlived close()
 
     def __dealloc__(self):
         cdef svc_t *s = self.s
@@ -54,6 +56,7 @@ cdef class AIOService:
             # never closed: threads hold a reference, so this is only reached
             # after close() or when __cinit__ failed
             poller_close(&s.poller)
+        discard_queued_gil(s)       # (queued after close() by a callback's caller)
         pthread_mutex_destroy(&s.lock)
         pthread_mutex_destroy(&s.reg_lock)
         pthread_mutex_destroy(&s.tlock)
@@ -107,6 +110,7 @@ cdef class AIOService:
             memset(c, 0, sizeof(conn_t))
             pthread_mutex_init(&c.lock, NULL)
             c.cref = 1
+            c.heap_idx = -1
             conn.c = c
             conn._svc = self
             conn._sock = sock
@@ -127,15 +131,20 @@ cdef class AIOService:
                 if type(share) is BufferPool:
                     c.pool = (<BufferPool>share).p
             c.pyobj = <PyObject *>conn
+            # Registered and added to the poller only while the service is
+            # open, and close() waits for us: it then closes this connection,
+            # and no bind ever touches a closed poller.
+            if not poller_use_begin(self.s, True):
+                c.closed = 1
+                raise ServiceClosed(MSG_SERVICE_CLOSED)
             with nogil:
                 err = reg_add(self.s, c)
+                if err == 0:
+                    err = poller_add(&self.s.poller, c.fd, c.id)
+                    if err:
+                        reg_remove(self.s, c)
+                poller_use_end(self.s)
             if err:
-                raise _oserror(err)
-            with nogil:
-                err = poller_add(&self.s.poller, c.fd, c.id)
-            if err:
-                with nogil:
-                    reg_remove(self.s, c)
                 c.closed = 1
                 raise _oserror(err)
         except BaseException:
@@ -182,6 +191,8 @@ cdef class AIOService:
                 with nogil:
                     closed = cq_take(s, maxn, slice_until, &head)
                 if closed == 1:
+                    if s.closed == SVC_CLOSED:
+                        discard_queued_gil(s)     # queued by a round that outlived close()
                     raise ServiceClosed(MSG_SERVICE_CLOSED)
                 if head != NULL or until == 0 or (until > 0 and goaio_now_ns() >= until):
                     break
@@ -241,12 +252,20 @@ cdef class AIOService:
     def close(self):
         """Close every connection, discard uncollected results, stop the threads."""
         cdef svc_t *s = self.s
-        cdef op_t *head
-        cdef op_t *op
         cdef conn_t *c
         cdef tentry_t *heap
         cdef Py_ssize_t n, k
         cdef uint32_t i
+        cdef bint own_round
+        # From a callback of a poll round (share_buff.acquire() on the polling
+        # thread) while another thread is closing: that close waits for our
+        # round to end, so this call cannot wait for it; it returns at once.
+        with nogil:
+            pthread_mutex_lock(&s.lock)
+            own_round = s.closed != SVC_OPEN and in_own_poll_round(s)
+            pthread_mutex_unlock(&s.lock)
+        if own_round:
+            return
         with self._close_lock:
             if s.closed:
                 return
@@ -255,19 +274,16 @@ cdef class AIOService:
                 s.closed = SVC_CLOSING
                 pthread_cond_broadcast(&s.cq_cond)
                 pthread_cond_broadcast(&s.w_cond)
-                pthread_mutex_unlock(&s.lock)
                 poller_wake(&s.poller)
+                pthread_mutex_unlock(&s.lock)
             for t in self._threads:
                 if t is not _threading.current_thread():
                     t.join()
-            # a collector may still be inside a poll round: wait for it to leave
+            # a collector may still be inside a poll round, a bind registering:
+            # wait for them (not for a round this thread is in: see above)
             with nogil:
                 pthread_mutex_lock(&s.lock)
-                while s.polling:
-                    pthread_mutex_unlock(&s.lock)
-                    poller_wake(&s.poller)
-                    usleep(1000)
-                    pthread_mutex_lock(&s.lock)
+                wait_quiet_locked(s)
                 pthread_mutex_unlock(&s.lock)
             close_lifecycle(self)       # listeners, resolver, connects (core/connect.pxi)
             conns = []
@@ -281,16 +297,7 @@ cdef class AIOService:
                 (<AIOConn>conn)._close(ServiceClosed(MSG_SERVICE_CLOSED))
             conns = None
             # discard what nobody collected (share buffers go back to their pools)
-            with nogil:
-                pthread_mutex_lock(&s.lock)
-                head = s.cq_head
-                s.cq_head = s.cq_tail = NULL
-                s.cq_len = 0
-                pthread_mutex_unlock(&s.lock)
-            while head != NULL:
-                op = head
-                head = op.next
-                op_release_gil(op, True)
+            discard_queued_gil(s)
             with nogil:
                 pthread_mutex_lock(&s.tlock)
                 heap = s.heap
@@ -299,9 +306,16 @@ cdef class AIOService:
                 s.heap_len = s.heap_cap = 0
                 pthread_mutex_unlock(&s.tlock)
                 for k in range(n):
+                    heap[k].conn.heap_idx = -1
                     conn_decref_nogil(heap[k].conn)
                 PyMem_RawFree(heap)
+                # the last users of the poller (connections closing) leave
+                # first; then it goes, under s.lock (see svc_wake)
+                pthread_mutex_lock(&s.lock)
+                s.poller_gone = 1
+                wait_quiet_locked(s)
                 poller_close(&s.poller)
+                pthread_mutex_unlock(&s.lock)
             s.closed = SVC_CLOSED
             self._threads = []
             _live_services.discard(_weakref.ref(self))
