@@ -76,7 +76,7 @@ cdef class AIOConn:
         cdef bint sending = op.kind == OP_SEND or op.kind == OP_SHUTDOWN
         cdef opq_t *q = &c.sq if sending else &c.rq
         cdef oplist_t done
-        cdef int rc = 0, kind
+        cdef int rc = 0
         oplist_init(&done)
         op.conn = c
         op.context = <PyObject *>context
@@ -110,7 +110,6 @@ cdef class AIOConn:
         if s.closed == SVC_CLOSED:
             discard_queued_gil(s)       # a callback closed the service meanwhile
         if rc:
-            kind = op.kind           # (read before the op is freed)
             op_release_gil(op, False)
             if rc == 1:
                 raise ConnClosed(MSG_CONN_CLOSED)
