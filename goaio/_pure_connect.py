@@ -28,6 +28,7 @@ from ._errors import ConnectTimeout, ServiceClosed, oserror
 __all__ = ["Connect", "Resolver", "Timer", "connect"]
 
 _AF_UNIX = getattr(socket, "AF_UNIX", None)
+_INF = float("inf")
 _INET = (socket.AF_INET, socket.AF_INET6)
 #: connect_ex results that mean "in progress" (EAGAIN only for TCP: a Unix
 #: connect says EAGAIN when the listener's queue is full, an error)
@@ -124,7 +125,7 @@ def connect(svc, context, address, timeout, local_address, option, options):
     with op.lock:
         if op.done:   # the service closed meanwhile and dropped it
             raise ServiceClosed(M.SERVICE_CLOSED)
-        if timeout is not None:
+        if timeout is not None and timeout != _INF:   # math.inf: no limit
             op.deadline = monotonic() + timeout
             op.timer = svc._call_at(op.deadline, op._on_timeout)
         if target[0] == "unix":

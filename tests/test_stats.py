@@ -1,5 +1,6 @@
 """svc.stats() and pool.stats() (SPEC "Introspection")."""
 
+import math
 import socket
 import threading
 import time
@@ -140,6 +141,15 @@ def test_stats_connect_timer_and_pending_connect(backend, svc, blackhole):
     assert type(res.err) is goaio.ConnectTimeout
     st = svc.stats()
     assert st["pending_connect"] == 0 and st["timers"] == 0 and st["connections"] == 0
+
+
+@pytest.mark.skipif(not LINUX, reason="the never-answering connect target needs Linux")
+def test_connect_with_infinite_timeout_arms_no_timer(backend, svc, blackhole):
+    target = blackhole("tcp")
+    svc.connect("c", target.address, timeout=math.inf)
+    st = svc.stats()
+    assert st["pending_connect"] == 1 and st["timers"] == 0
+    assert svc.get_complete_status(timeout=0.3) is None
 
 
 def test_stats_counters_after_a_known_exchange(backend, svc, connect):
