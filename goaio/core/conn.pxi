@@ -31,7 +31,7 @@ cdef class AIOConn:
                 _warnings.warn(f"unclosed goaio connection fd={fd}", ResourceWarning, source=self)
 
     def __repr__(self):
-        return f"<goaio.AIOConn fd={self.fd}{' closed' if self.closed else ''}>"
+        return f"<goaio.AIOConn {'closed' if self.c.closed else f'fd={self.c.fd}'} ({BACKEND_NAME})>"
 
     @property
     def fd(self):

@@ -279,8 +279,8 @@ cdef class Listener:
 
     def __repr__(self):
         if self.c.closed:
-            return "<goaio.Listener closed>"
-        return f"<goaio.Listener {self._address!r} fd={self.c.fd}>"
+            return f"<goaio.Listener closed ({BACKEND_NAME})>"
+        return f"<goaio.Listener {self._address!r} fd={self.c.fd} ({BACKEND_NAME})>"
 
     def __enter__(self):
         return self

@@ -82,12 +82,13 @@ cdef class BufferPool:
             self.p = NULL
 
     cdef int _grow(self) except -1:
-        """Add buffers (GIL held): a quarter more, at least 4."""
+        """Add one buffer (GIL held): the pool makes buffers on demand, one at a
+        time, as the pure backend's does; its arrays grow geometrically."""
         # Python work (which may release the GIL) is done before the C lock is
         # taken: a thread holding a C lock must never wait for the GIL.
         cdef pool_t *p = self.p
         cdef Py_ssize_t first = len(self._all)
-        cdef Py_ssize_t add = max(4, first // 4), i, newcap = first + add
+        cdef Py_ssize_t add = 1, i, newcap = first + add, arrcap
         cdef PyObject **nb
         cdef char *no
         cdef int *nf
@@ -105,22 +106,23 @@ cdef class BufferPool:
                 self._all.append(b)
             pthread_mutex_lock(&p.lock)
             if newcap > p.cap:
-                nb = <PyObject **>PyMem_RawRealloc(p.bufs, newcap * sizeof(PyObject *))
+                arrcap = max(16, 2 * p.cap)
+                nb = <PyObject **>PyMem_RawRealloc(p.bufs, arrcap * sizeof(PyObject *))
                 if nb != NULL:
                     p.bufs = nb
-                no = <char *>PyMem_RawRealloc(p.out, newcap)
+                no = <char *>PyMem_RawRealloc(p.out, arrcap)
                 if no != NULL:
                     p.out = no
-                nf = <int *>PyMem_RawRealloc(p.free, newcap * sizeof(int))
+                nf = <int *>PyMem_RawRealloc(p.free, arrcap * sizeof(int))
                 if nf != NULL:
                     p.free = nf
-                nv = <Py_buffer *>PyMem_RawRealloc(p.views, newcap * sizeof(Py_buffer))
+                nv = <Py_buffer *>PyMem_RawRealloc(p.views, arrcap * sizeof(Py_buffer))
                 if nv != NULL:
                     p.views = nv
                 if nb == NULL or no == NULL or nf == NULL or nv == NULL:
                     pthread_mutex_unlock(&p.lock)
                     raise MemoryError()
-                p.cap = newcap
+                p.cap = arrcap
             for i in range(first, newcap):
                 p.bufs[i] = <PyObject *>self._all[i]
                 p.views[i] = pins[i - first]

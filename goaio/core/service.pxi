@@ -69,7 +69,8 @@ cdef class AIOService:
         PyMem_RawFree(s)
 
     def __repr__(self):
-        return f"<goaio.AIOService workers={self._workers}{' closed' if self.s.closed else ''}>"
+        return (f"<goaio.AIOService ({BACKEND_NAME}) {'closed' if self.s.closed else 'open'}"
+                f" conns={self.s.nconns}>")
 
     def __enter__(self):
         return self
