@@ -8,6 +8,7 @@ cdef class AIOConn:
     cdef AIOService _svc
     cdef object _sock
     cdef public object user_data
+    cdef dict _shared_errs       # key -> the exception a failed send shares with a shutdown
     cdef object __weakref__
 
     def __init__(self):

@@ -6,9 +6,34 @@
 # shutdown) raises BrokenPipeError at the call. When it reaches the head of the
 # queue (process_send_locked) it runs shutdown(SHUT_WR), c.shut becomes 2. A send
 # that fails while it is pending leaves its errno in c.shut_err: the shutdown
-# then completes with that error and shuts nothing down (c.shut back to 0); a
+# then completes with that error and shuts nothing down (c.shut back to 0),
+# the very exception object of the send's result (OPF_SHAREDERR: whichever
+# result is made first makes it, in AIOConn._shared_errs, the other takes it); a
 # send timeout, a cancel or a close takes it out of the queue with the sends
 # (c.shut back to 0 as well).
+
+
+cdef inline void share_send_error_locked(conn_t *c, op_t *op, int e) noexcept nogil:
+    """A send failed with errno e while a shutdown is pending (c.lock held):
+    the shutdown will complete with the very exception of the send's result
+    (the last such send's, as in the pure backend)."""
+    c.shut_err = e
+    c.shut_key += 1
+    op.flags |= OPF_SHAREDERR
+    op.pool_idx = c.shut_key
+
+
+cdef object shared_err_gil(op_t *op):
+    """The exception a failed send and its shutdown share (GIL held): made by
+    whichever of the two results comes first, taken by the other."""
+    cdef AIOConn conn = <AIOConn><object>op.pyconn
+    exc = _oserror(op.err)
+    if conn._shared_errs is None:
+        conn._shared_errs = {}
+    got = conn._shared_errs.setdefault(op.pool_idx, exc)    # (atomic under the GIL)
+    if got is not exc:
+        del conn._shared_errs[op.pool_idx]                  # the second of the two
+    return got
 
 
 cdef void run_shutdown_locked(conn_t *c, oplist_t *done) noexcept nogil:
@@ -16,7 +41,10 @@ cdef void run_shutdown_locked(conn_t *c, oplist_t *done) noexcept nogil:
     cdef op_t *op = opq_pop_locked(&c.sq)
     cdef int e = c.shut_err
     c.shut_err = 0
-    if e == 0 and goaio_shutdown_wr(c.fd) < 0:
+    if e != 0:
+        op.flags |= OPF_SHAREDERR       # the failed send's very exception
+        op.pool_idx = c.shut_key
+    elif goaio_shutdown_wr(c.fd) < 0:
         e = errno
     c.shut = 0 if e != 0 else 2
     finish_op_locked(c, op, e, done)

@@ -122,6 +122,6 @@ cdef void process_send_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogi
             c.writable = 0
             return
         if c.shut == 1:
-            c.shut_err = e      # the pending shutdown fails with it
+            share_send_error_locked(c, op, e)   # the pending shutdown fails with it
         finish_op_locked(c, opq_pop_locked(&c.sq), e, done)
 

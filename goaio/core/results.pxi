@@ -27,6 +27,8 @@ cdef object make_err_gil(op_t *op):
     cdef int e = op.err
     if e == 0:
         return None
+    if op.flags & OPF_SHAREDERR:
+        return shared_err_gil(op)       # core/halfclose.pxi
     if e == ERR_EOF:
         return EOFError(MSG_PEER_CLOSED)
     if e == ERR_RTIMEOUT:

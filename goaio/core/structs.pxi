@@ -12,6 +12,8 @@ cdef enum:
     OPF_NEEDBUF = 1      # recv(ctx, None) with a share_buff: buffer taken when data is ready
     OPF_NONEBUF = 2      # posted with None: a failed result carries buff=None
     OPF_POOLBUF = 4      # buffobj is a BufferPool buffer (borrowed, index in pool_idx)
+    OPF_SHAREDERR = 8    # a failed send and the shutdown behind it: one exception
+                         # object for both (key in pool_idx; core/halfclose.pxi)
 
     ERR_EOF = -1
     ERR_RTIMEOUT = -2
@@ -115,6 +117,7 @@ cdef struct conn_t:
     char shut            # 0 open, 1 a shutdown is pending, 2 shut down for writing
     char retire          # a finished connect record: the next unlocker unregisters it
     int shut_err         # errno of a send that failed while a shutdown was pending
+    int shut_key         # and the key of the exception both results share
     opq_t rq             # pending receives
     opq_t sq             # pending sends
     int64_t timer_at     # the deadline of its entry in the timer heap, 0 if none
