@@ -20,6 +20,14 @@ import collections as _collections
 from goaio import _pure_connect      # address parsing shared with the pure backend
 
 
+# connect errors the socket module words its own way (made in
+# make_new_conn_result_gil, as the pure backend's)
+cdef enum:
+    CERR_LOCAL_FAMILY = -101     # OSError(EAFNOSUPPORT, "local_address is of another family")
+    CERR_NO_ADDRESS = -102       # OSError(EADDRNOTAVAIL, "no address to connect to")
+    CERR_UNIX_TOO_LONG = -103    # OSError("AF_UNIX path too long")
+
+
 cdef struct addrs_t:
     goaio_sa_t *sa
     socklen_t *len       # 0: unusable (a Unix path too long)
@@ -81,6 +89,17 @@ cdef int local_index(crec_t *cr, int fam) noexcept nogil:
     return -2
 
 
+cdef object connect_err_gil(int e):
+    """The exception of a CERR_* code, or None for any other (GIL held)."""
+    if e == CERR_LOCAL_FAMILY:
+        return OSError(EAFNOSUPPORT, "local_address is of another family")
+    if e == CERR_NO_ADDRESS:
+        return OSError(EADDRNOTAVAIL, "no address to connect to")
+    if e == CERR_UNIX_TOO_LONG:
+        return OSError("AF_UNIX path too long")
+    return None
+
+
 cdef inline void record_err(crec_t *cr, int e) noexcept nogil:
     if cr.first_err == 0:
         cr.first_err = e
@@ -122,12 +141,12 @@ cdef void try_next_locked(svc_t *s, crec_t *cr, oplist_t *done) noexcept nogil:
         i = cr.next
         cr.next += 1
         if cr.addrs.len[i] == 0:
-            record_err(cr, ENAMETOOLONG)
+            record_err(cr, CERR_UNIX_TOO_LONG)
             continue
         fam = goaio_family(&cr.addrs.sa[i])
         j = local_index(cr, fam)
         if j == -2:
-            record_err(cr, EAFNOSUPPORT)     # only destinations of its family are tried
+            record_err(cr, CERR_LOCAL_FAMILY)    # only destinations of its family are tried
             continue
         fd = goaio_socket(fam)
         if fd < 0:
@@ -149,7 +168,7 @@ cdef void try_next_locked(svc_t *s, crec_t *cr, oplist_t *done) noexcept nogil:
                     return
         close(fd)
         record_err(cr, e)
-    connect_done_locked(s, cr, -1, cr.first_err if cr.first_err else EADDRNOTAVAIL, done)
+    connect_done_locked(s, cr, -1, cr.first_err if cr.first_err else CERR_NO_ADDRESS, done)
 
 
 cdef void connect_event_locked(svc_t *s, crec_t *cr, oplist_t *done) noexcept nogil:

@@ -144,7 +144,9 @@ cdef AIOResult make_new_conn_result_gil(svc_t *s, op_t *op):
     r.bytes_transferred = 0
     r.conn = None
     if op.err != 0 or op.newfd < 0:
-        r.err = make_err_gil(op)
+        r.err = connect_err_gil(op.err)
+        if r.err is None:
+            r.err = make_err_gil(op)
         op_release_gil(op, False)
         return r
     svc, option = <tuple>op.buffobj
