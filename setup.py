@@ -135,4 +135,21 @@ def _build_errors():
 
 _BUILD_ERRORS = _build_errors()
 
+
+def _check_setuptools():
+    """pyproject.toml's SPDX `license` string needs setuptools >= 77; an older
+    one fails with a schema dump that does not say so."""
+    import setuptools
+
+    try:
+        major = int(setuptools.__version__.split(".")[0])
+    except ValueError:
+        return
+    if major < 77:
+        raise SystemExit(f"goaio needs setuptools >= 77 to build (this Python has {setuptools.__version__}): "
+                         f"{sys.executable} -m pip install 'setuptools>=77'  (pip install . fetches it itself)")
+
+
+_check_setuptools()
+
 setup(ext_modules=extensions(), options=build_options(), cmdclass={"build_ext": OptionalBuildExt})

@@ -6,8 +6,12 @@ The compiled backends provide their own ``AIOResult`` and ``BufferPool``
 pool buffer without the GIL); everything else here is used as is.
 """
 
+import math
 import socket
+import sys
 import threading
+
+from . import _messages
 
 __all__ = ["AIOConnOption", "AIOResult", "BufferPool", "DEFAULT_RECV_BUFF_SIZE"]
 
@@ -18,11 +22,13 @@ DEFAULT_RECV_BUFF_SIZE = 4096
 DEFAULT_QUEUE_SIZE = 32
 
 
-def _check_int(name, value, minimum):
+def _check_int(name, value, minimum, maximum=None):
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise OverflowError(_messages.TOO_LARGE.format(name, maximum, value))
     return value
 
 
@@ -98,7 +104,7 @@ class BufferPool:
     """
 
     def __init__(self, buffer_size=65536):
-        self.buffer_size = _check_int("buffer_size", buffer_size, 1)
+        self.buffer_size = _check_int("buffer_size", buffer_size, 1, sys.maxsize)
         self._lock = threading.Lock()
         self._free = []
         self._out = set()  # ids of the buffers handed out and not yet released
@@ -152,7 +158,10 @@ def check_timeout(value, name="timeout"):
         raise TypeError(f"{name} must be a number or None, not {type(value).__name__}")
     if value != value or value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond any float: beyond any deadline too
+        return math.inf
 
 
 def check_conn_timeout(value):
@@ -167,7 +176,7 @@ def check_workers(workers):
 
 
 def check_max_results(max_results):
-    return _check_int("max_results", max_results, 1)
+    return _check_int("max_results", max_results, 1, sys.maxsize)
 
 
 def check_socket(sock):
@@ -207,12 +216,30 @@ class _BoundRegistry:
     def __init__(self):
         self._lock = threading.Lock()
         self._map = bytearray()
+        self._stale_hooks = []
+
+    def add_stale_hook(self, hook):
+        """A backend's ``hook(fd) -> bool``: close its connection registered
+        under fd if that connection's socket no longer owns the number (the
+        user closed the socket behind goaio's back and a new socket got it);
+        True when it did (fd is then free here)."""
+        self._stale_hooks.append(hook)
 
     def add(self, fd):
         with self._lock:
             m = self._map
             if fd >= len(m):
                 m.extend(bytes(max(fd + 1 - len(m), len(m))))
+            if not m[fd]:
+                m[fd] = 1
+                return
+        # Taken: by a live connection, or by one whose socket was closed behind
+        # its back (then this socket got the number). The hooks close such a
+        # stale connection (outside the lock: closing discards its fd).
+        for hook in list(self._stale_hooks):
+            if hook(fd):
+                break
+        with self._lock:
             if m[fd]:
                 raise ValueError("the socket is already bound to a service")
             m[fd] = 1

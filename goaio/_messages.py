@@ -32,6 +32,7 @@ SHARE_UNUSABLE = "share_buff.acquire() returned an unusable buffer: {}"  # TypeE
 POOL_FOREIGN = "buffer was not handed out by this pool, or was already released"  # ValueError
 POOL_RESIZED = "a pool buffer must not be resized"                  # ValueError
 NOT_MADE_BY_BIND = "AIOConn objects are made by AIOService.bind()"  # TypeError
+TOO_LARGE = "{} must be <= {}, got {}"  # OverflowError: max_results, buffer_size past sys.maxsize
 
 # --- tunables -------------------------------------------------------------------
 #: A worker thread takes the poll over only after the queue has had no

@@ -89,8 +89,9 @@ if [[ "$WHAT" == "all" || "$WHAT" == "asan" ]]; then
 import os, re, sys
 
 def pyx_line(where):
-    """goaio/_epoll.c:1234 -> the Cython source line it came from."""
-    m = re.match(r"(goaio/\w+\.c):(\d+)", where)
+    """goaio/_epoll.c:1234 (or the emulation build's build/kqueue-emulation/
+    cython/.../_kqueue.c:1234) -> the Cython source line it came from."""
+    m = re.match(r"(\S+?\.c):(\d+)", where)
     if not m:
         return ""
     try:

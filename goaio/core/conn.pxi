@@ -31,7 +31,7 @@ cdef class AIOConn:
                 _warnings.warn(f"unclosed goaio connection fd={fd}", ResourceWarning, source=self)
 
     def __repr__(self):
-        return f"<goaio.AIOConn fd={self.fd}{' closed' if self.closed else ''}>"
+        return f"<goaio.AIOConn {'closed' if self.c.closed else f'fd={self.c.fd}'} ({BACKEND_NAME})>"
 
     @property
     def fd(self):
@@ -53,7 +53,20 @@ cdef class AIOConn:
             raise ServiceClosed(MSG_SERVICE_CLOSED)
         if self.c.closed:
             raise ConnClosed(MSG_CONN_CLOSED)
+        if self._sock.fileno() != self.c.fd:
+            # The user closed the socket behind our back: the number may
+            # belong to another file now, which must never see our IO.
+            self._close(_oserror(EBADF))
+            raise ConnClosed(MSG_CONN_CLOSED)
         return 0
+
+    cdef bint _evict_if_stale(self, int fd):
+        """Close this connection (pending ops: OSError(EBADF)) if its socket
+        no longer owns fd; True when it did (GIL held, no C lock)."""
+        if self.c.closed or self.c.fd != fd or self._sock.fileno() == fd:
+            return False
+        self._close(_oserror(EBADF))
+        return True
 
     cdef object _post(self, op_t *op, object context):
         """Queue op and run it at once when the socket is ready (GIL held, no
@@ -88,6 +101,8 @@ cdef class AIOConn:
                         process_recv_locked(s, c, &done)
             cq_push(s, &done)
             pthread_mutex_unlock(&c.lock)
+        if s.closed == SVC_CLOSED:
+            discard_queued_gil(s)       # a callback closed the service meanwhile
         if rc:
             kind = op.kind           # (read before the op is freed)
             op_release_gil(op, False)
@@ -147,6 +162,8 @@ cdef class AIOConn:
         cdef int64_t ns = to_ns(_common.check_conn_timeout(seconds))
         cdef int64_t at
         cdef op_t *op
+        if ns < 0:
+            ns = 0          # beyond any deadline: no limit
         with nogil:
             pthread_mutex_lock(&c.lock)
             at = goaio_now_ns() + ns if ns else 0
@@ -182,6 +199,7 @@ cdef class AIOConn:
         cdef int fd
         cdef stash_t *st
         cdef PyObject *exc
+        cdef bint had_timer
         if c.closed:
             return
         oplist_init(&done)
@@ -201,6 +219,7 @@ cdef class AIOConn:
                 Py_INCREF(reason)
                 op = op.next
         cq_push(s, &done)
+        had_timer = timer_remove_locked(s, c)    # its timers leave with it
         fd = c.fd
         st = c.stash
         c.stash = NULL
@@ -208,6 +227,8 @@ cdef class AIOConn:
         c.stash_exc = NULL
         c.pyobj = NULL
         pthread_mutex_unlock(&c.lock)
+        if had_timer:
+            conn_decref_nogil(c)        # the entry's (the AIOConn still holds one)
         with nogil:
             reg_remove(s, c)
         # Close the fd only if the socket object still owned it: had the user
@@ -220,7 +241,9 @@ cdef class AIOConn:
             mine = False
         if mine:
             with nogil:
-                poller_del(&s.poller, fd)
+                if poller_use_begin(s, False):   # (never a closed poller)
+                    poller_del(&s.poller, fd)
+                    poller_use_end(s)
         _bound_fds.discard(fd)
         if mine:
             close(fd)

@@ -5,7 +5,6 @@ cdef void cq_push(svc_t *s, oplist_t *l, bint from_poller=False) noexcept nogil:
     in the poll, unless we are that poller, or one waiting on cq_cond).
     Takes s.lock (a caller may hold c.lock, and should: see poll_once); no GIL
     needed. Leaves l empty."""
-    cdef bint wake = False
     if l.head == NULL:
         return
     pthread_mutex_lock(&s.lock)
@@ -20,19 +19,18 @@ cdef void cq_push(svc_t *s, oplist_t *l, bint from_poller=False) noexcept nogil:
         pthread_cond_signal(&s.cq_cond)
     elif s.polling and not from_poller and not s.poller_is_worker and not s.kicked:
         s.kicked = 1
-        wake = True
-    pthread_mutex_unlock(&s.lock)
-    if wake:
+        # under s.lock: close() closes the poller under it, never meanwhile
         poller_wake(&s.poller)
+    pthread_mutex_unlock(&s.lock)
     l.head = l.tail = NULL
     l.n = 0
 
 
-cdef op_t *cq_pop_locked(svc_t *s, long maxn) noexcept nogil:
+cdef op_t *cq_pop_locked(svc_t *s, Py_ssize_t maxn) noexcept nogil:
     """Detach up to maxn ops from the queue (s.lock held); a NULL-terminated chain."""
     cdef op_t *head = s.cq_head
     cdef op_t *last = head
-    cdef long k = 1
+    cdef Py_ssize_t k = 1
     while k < maxn and last.next != NULL:
         last = last.next
         k += 1

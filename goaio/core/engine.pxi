@@ -17,6 +17,7 @@
 #   poll       poll round, worker loop, leader/follower collection
 #   post       pinning buffers into a new op
 #   conn       AIOConn
+#   lifecycle  teardown helpers: poller users, safe wake-ups, discarding results
 #   service    AIOService
 #   fork       fork and exit handling of live services
 #
@@ -38,5 +39,6 @@ include "io.pxi"
 include "poll.pxi"
 include "post.pxi"
 include "conn.pxi"
+include "lifecycle.pxi"
 include "service.pxi"
 include "fork.pxi"

@@ -7,6 +7,7 @@ import threading as _threading
 import warnings as _warnings
 import weakref as _weakref
 import atexit as _atexit
+import sys as _sys
 
 from goaio._errors import (ConnClosed, ServiceClosed, Busy, RecvTimeout, SendTimeout,
                            EmptyBuffer, oserror as _oserror)

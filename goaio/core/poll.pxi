@@ -2,14 +2,15 @@
 # collecting threads (cq_take), a worker thread when nobody collects.
 
 
-cdef void poll_once(svc_t *s, int64_t until) noexcept nogil:
+cdef int poll_once(svc_t *s, int64_t until) noexcept nogil:
     """One poll round: wait for events until `until` (ns, -1: no limit, 0: don't
-    wait) or the next timer, run the connections that became ready and the
-    expired timers, and queue their completions in one go. No lock held, no
-    GIL; the caller has set s.polling (only one thread polls at a time)."""
+    wait) or the next timer, but never longer than MAX_WAIT_NS; run the
+    connections that became ready and the expired timers, and queue their
+    completions in one go. Returns 1 when a signal interrupted the wait.
+    No lock held, no GIL; the caller has set s.polling (one poller at a time)."""
     cdef pevent_t evs[POLL_BATCH_MAX]
     cdef int n, i, ms
-    cdef int64_t now, t
+    cdef int64_t now, t, wait_ns
     cdef conn_t *c
     cdef oplist_t done
     oplist_init(&done)
@@ -19,14 +20,16 @@ cdef void poll_once(svc_t *s, int64_t until) noexcept nogil:
         until = t
     s.poll_until = until if until > 0 else (0 if until == 0 else 0x7FFFFFFFFFFFFFFF)
     pthread_mutex_unlock(&s.tlock)
-    if until < 0:
-        ms = -1
-    elif until == 0:
+    if until == 0:
         ms = 0
     else:
+        # every wait is at most MAX_WAIT_NS (no OS call sees a value it cannot
+        # represent; the caller loops); rounded up: a timer never fires early
         now = goaio_now_ns()
-        # round up: a timer must never fire early
-        ms = <int>((until - now + 999999) // 1000000) if until > now else 0
+        wait_ns = MAX_WAIT_NS
+        if until > 0 and until - now < wait_ns:
+            wait_ns = until - now if until > now else 0
+        ms = <int>((wait_ns + 999999) // 1000000)
     n = poller_wait(&s.poller, evs, POLL_BATCH_N, ms)
     pthread_mutex_lock(&s.tlock)
     s.poll_until = 0
@@ -52,6 +55,7 @@ cdef void poll_once(svc_t *s, int64_t until) noexcept nogil:
         pthread_mutex_unlock(&c.lock)
         conn_decref_nogil(c)
     expire_timers(s, &done)
+    return n == -EINTR
 
 
 cdef void worker_loop(svc_t *s) noexcept nogil:
@@ -69,6 +73,7 @@ cdef void worker_loop(svc_t *s) noexcept nogil:
             cond_wait_until(&s.w_cond, &s.lock, s.last_collector + WORKER_GRACE_NS)
             continue
         s.polling = 1
+        s.poller_tid = PyThread_get_thread_ident()
         s.poller_is_worker = 1
         s.kicked = 0
         pthread_mutex_unlock(&s.lock)
@@ -81,12 +86,14 @@ cdef void worker_loop(svc_t *s) noexcept nogil:
     pthread_mutex_unlock(&s.lock)
 
 
-cdef int cq_take(svc_t *s, long maxn, int64_t until, op_t **out) noexcept nogil:
+cdef int cq_take(svc_t *s, Py_ssize_t maxn, int64_t until, op_t **out) noexcept nogil:
     """Collect up to maxn results, polling ourselves while the queue is empty
-    and nobody else polls (leader/follower). until: -1 forever, else a
-    monotonic deadline in ns. Returns 1 if the service is closed.
+    and nobody else polls (leader/follower). until: -1 forever, 0: don't
+    wait, else a monotonic deadline in ns. Returns 1 if the service is closed,
+    2 when a signal interrupted our poll (nothing taken), else 0.
     No GIL, no lock held on entry (takes s.lock, drops it to poll)."""
     cdef int64_t now
+    cdef int intr
     pthread_mutex_lock(&s.lock)
     s.last_collector = goaio_now_ns()
     while True:
@@ -103,16 +110,21 @@ cdef int cq_take(svc_t *s, long maxn, int64_t until, op_t **out) noexcept nogil:
             break
         if not s.polling:
             s.polling = 1
+            s.poller_tid = PyThread_get_thread_ident()
             s.poller_is_worker = 0
             s.kicked = 0
             pthread_mutex_unlock(&s.lock)
-            poll_once(s, until)
+            intr = poll_once(s, until)
             pthread_mutex_lock(&s.lock)
             s.polling = 0
             s.last_collector = goaio_now_ns()
             if s.nwaiting > 0:
                 pthread_cond_signal(&s.cq_cond)
-            if until == 0 and s.cq_head == NULL:
+            if s.cq_head == NULL and (until == 0 or intr):
+                if intr and not s.closed:
+                    s.last_collector = goaio_now_ns()
+                    pthread_mutex_unlock(&s.lock)
+                    return 2
                 break
             continue
         if until == 0:

@@ -1,5 +1,11 @@
 # core/pool.pxi -- BufferPool: its C side (pool_t, taken without the GIL by the
 # IO path) and the Python type.
+#
+# The pool holds a buffer export (p.views[i]) on every buffer that is not with
+# the user -- free, or attached to a receive -- so no one can resize it while
+# the IO path may write into it (a resize raises BufferError). The export is
+# dropped when the buffer goes to the user (acquire(), a successful receive)
+# and taken again by release().
 
 cdef int pool_pop(pool_t *p, PyObject **obj, char **data) noexcept nogil:
     """Take a free buffer; -1 when the pool must grow. Takes p.lock (a caller
@@ -14,9 +20,7 @@ cdef int pool_pop(pool_t *p, PyObject **obj, char **data) noexcept nogil:
     p.out[idx] = 1
     p.nout += 1
     obj[0] = p.bufs[idx]
-    # The buffer is ours alone while it is out of the free stack; read its
-    # address now (a user may have resized it to the same length meanwhile).
-    data[0] = goaio_bytearray_data(p.bufs[idx])
+    data[0] = <char *>p.views[idx].buf     # pinned: its address and length hold
     pthread_mutex_unlock(&p.lock)
     return idx
 
@@ -50,7 +54,7 @@ cdef class BufferPool:
         pass
 
     def __cinit__(self, buffer_size=65536, *args, **kwargs):
-        _common._check_int("buffer_size", buffer_size, 1)
+        _common._check_int("buffer_size", buffer_size, 1, _sys.maxsize)
         self.buffer_size = buffer_size
         self._all = []
         self._index = {}
@@ -62,8 +66,15 @@ cdef class BufferPool:
         self.p.size = buffer_size
 
     def __dealloc__(self):
+        cdef Py_ssize_t i
         if self.p != NULL:
+            # buffers attached to a receive keep their pool (through the
+            # connection) alive: every buffer not with the user is free here
+            for i in range(self.p.nbufs):
+                if not self.p.out[i]:
+                    PyBuffer_Release(&self.p.views[i])
             pthread_mutex_destroy(&self.p.lock)
+            PyMem_RawFree(self.p.views)
             PyMem_RawFree(self.p.bufs)
             PyMem_RawFree(self.p.out)
             PyMem_RawFree(self.p.free)
@@ -71,50 +82,76 @@ cdef class BufferPool:
             self.p = NULL
 
     cdef int _grow(self) except -1:
-        """Add buffers (GIL held): a quarter more, at least 4."""
+        """Add one buffer (GIL held): the pool makes buffers on demand, one at a
+        time, as the pure backend's does; its arrays grow geometrically."""
         # Python work (which may release the GIL) is done before the C lock is
         # taken: a thread holding a C lock must never wait for the GIL.
         cdef pool_t *p = self.p
         cdef Py_ssize_t first = len(self._all)
-        cdef Py_ssize_t add = max(4, first // 4), i, newcap = first + add
+        cdef Py_ssize_t add = 1, i, newcap = first + add, arrcap
         cdef PyObject **nb
         cdef char *no
         cdef int *nf
-        for i in range(add):
-            b = bytearray(self.buffer_size)
-            self._index[id(b)] = first + i
-            self._all.append(b)
-        pthread_mutex_lock(&p.lock)
-        if newcap > p.cap:
-            nb = <PyObject **>PyMem_RawRealloc(p.bufs, newcap * sizeof(PyObject *))
-            if nb != NULL:
-                p.bufs = nb
-            no = <char *>PyMem_RawRealloc(p.out, newcap)
-            if no != NULL:
-                p.out = no
-            nf = <int *>PyMem_RawRealloc(p.free, newcap * sizeof(int))
-            if nf != NULL:
-                p.free = nf
-            if nb == NULL or no == NULL or nf == NULL:
-                pthread_mutex_unlock(&p.lock)
-                del self._all[first:]
-                raise MemoryError()
-            p.cap = newcap
-        for i in range(first, newcap):
-            p.bufs[i] = <PyObject *>self._all[i]
-            p.out[i] = 0
-            p.free[p.nfree] = <int>i
-            p.nfree += 1
-        p.nbufs = newcap
-        pthread_mutex_unlock(&p.lock)
+        cdef Py_buffer *nv
+        cdef Py_buffer *pins = <Py_buffer *>PyMem_RawMalloc(add * sizeof(Py_buffer))
+        cdef Py_ssize_t pinned = 0
+        if pins == NULL:
+            raise MemoryError()
+        try:
+            for i in range(add):
+                b = bytearray(self.buffer_size)
+                PyObject_GetBuffer(b, &pins[i], PyBUF_WRITABLE)
+                pinned += 1
+                self._index[id(b)] = first + i
+                self._all.append(b)
+            pthread_mutex_lock(&p.lock)
+            if newcap > p.cap:
+                arrcap = max(16, 2 * p.cap)
+                nb = <PyObject **>PyMem_RawRealloc(p.bufs, arrcap * sizeof(PyObject *))
+                if nb != NULL:
+                    p.bufs = nb
+                no = <char *>PyMem_RawRealloc(p.out, arrcap)
+                if no != NULL:
+                    p.out = no
+                nf = <int *>PyMem_RawRealloc(p.free, arrcap * sizeof(int))
+                if nf != NULL:
+                    p.free = nf
+                nv = <Py_buffer *>PyMem_RawRealloc(p.views, arrcap * sizeof(Py_buffer))
+                if nv != NULL:
+                    p.views = nv
+                if nb == NULL or no == NULL or nf == NULL or nv == NULL:
+                    pthread_mutex_unlock(&p.lock)
+                    raise MemoryError()
+                p.cap = arrcap
+            for i in range(first, newcap):
+                p.bufs[i] = <PyObject *>self._all[i]
+                p.views[i] = pins[i - first]
+                p.out[i] = 0
+                p.free[p.nfree] = <int>i
+                p.nfree += 1
+            p.nbufs = newcap
+            pinned = 0          # the pool's now
+            pthread_mutex_unlock(&p.lock)
+        except BaseException:
+            for i in range(pinned):
+                PyBuffer_Release(&pins[i])
+            for b in self._all[first:]:
+                self._index.pop(id(b), None)
+            del self._all[first:]
+            raise
+        finally:
+            PyMem_RawFree(pins)
         return 0
 
     def acquire(self):
         """Take a buffer from the pool."""
         cdef PyObject *obj
         cdef char *data
-        while pool_pop(self.p, &obj, &data) < 0:
+        cdef int idx = pool_pop(self.p, &obj, &data)
+        while idx < 0:
             self._grow()
+            idx = pool_pop(self.p, &obj, &data)
+        PyBuffer_Release(&self.p.views[idx])     # the user's now: resizable
         return <object>obj
 
     def release(self, buff):
@@ -128,6 +165,7 @@ cdef class BufferPool:
             raise ValueError(MSG_POOL_FOREIGN)
         if len(buff) != self.buffer_size:
             raise ValueError(MSG_POOL_RESIZED)
+        PyObject_GetBuffer(buff, &self.p.views[idx], PyBUF_WRITABLE)   # pinned while in the pool
         pool_push(self.p, idx)
 
     @property

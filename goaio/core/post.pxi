@@ -2,25 +2,28 @@
 # buffers (Py_buffer, held until the op is released). GIL held, no C lock.
 
 cdef int get_view(object b, Py_buffer *v, bint writable) except -1:
-    """Pin b (C-contiguous; writable for a receive) into v (GIL held)."""
+    """Pin b (C-contiguous; writable for a receive) into v (GIL held).
+
+    TypeError: not a buffer, or read-only for a receive; BufferError: not
+    C-contiguous; whatever the exporter raises otherwise, unchanged (a
+    released memoryview or a closed mmap: ValueError, as Python's own buffer
+    users report it). The export is asked for in any layout first and its
+    contiguity checked after, so an exporter's way of refusing a layout
+    (numpy: ValueError) never decides the class."""
     if not PyObject_CheckBuffer(b):
         raise TypeError(MSG_NOT_BUFFER.format(type(b).__name__))
-    # (numpy reports a non-contiguous array with ValueError: made BufferError)
-    if not writable:
+    if writable:
         try:
-            PyObject_GetBuffer(b, v, PyBUF_C_CONTIGUOUS)
-        except ValueError as e:
-            raise BufferError(str(e)) from None
-        return 0
-    try:
-        PyObject_GetBuffer(b, v, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS)
-    except (BufferError, ValueError):
-        try:
-            PyObject_GetBuffer(b, v, PyBUF_C_CONTIGUOUS)
-        except (BufferError, ValueError) as e:
-            raise BufferError(str(e)) from None
+            PyObject_GetBuffer(b, v, PyBUF_FULL)
+        except (BufferError, ValueError):       # (older numpy: ValueError for read-only)
+            PyObject_GetBuffer(b, v, PyBUF_FULL_RO)     # (raises on its own when unusable)
+            PyBuffer_Release(v)
+            raise TypeError(MSG_READ_ONLY.format(type(b).__name__)) from None
+    else:
+        PyObject_GetBuffer(b, v, PyBUF_FULL_RO)
+    if not PyBuffer_IsContiguous(v, b'C'):
         PyBuffer_Release(v)
-        raise TypeError(MSG_READ_ONLY.format(type(b).__name__)) from None
+        raise BufferError(MSG_NOT_CONTIGUOUS)
     return 0
 
 
@@ -83,6 +86,14 @@ cdef int fill_buffers(op_t *op, object buff, bint writable) except -1:
 
 
 cdef inline int64_t to_ns(double seconds) noexcept nogil:
-    """Seconds to ns, rounded."""
-    return <int64_t>(seconds * 1e9 + 0.5)
+    """A checked timeout (>= 0 seconds) in ns: 0 for 0; at least 1 for any
+    positive value (too small to measure fires at once, never means "off");
+    -1 for a value beyond any deadline (>= NO_LIMIT_NS, math.inf included),
+    which means no limit."""
+    if seconds <= 0:
+        return 0
+    if not (seconds < NO_LIMIT_NS / 1e9):
+        return -1
+    cdef int64_t ns = <int64_t>(seconds * 1e9 + 0.5)
+    return ns if ns > 0 else 1
 

@@ -53,7 +53,7 @@ cdef void op_release_gil(op_t *op, bint give_back):
         PyBuffer_Release(&op.views[i])
     if st != NULL:
         if give_back and st.share != NULL:
-            (<object>st.share).release(<object>st.obj)
+            release_share_gil(<object>st.share, <object>st.obj)
         Py_XDECREF(st.share)
         Py_XDECREF(st.obj)
         PyMem_RawFree(st)
@@ -84,7 +84,9 @@ cdef AIOResult make_result_gil(svc_t *s, op_t *op):
     r.bytes_transferred = op.done
     r.err = make_err_gil(op)
     if ok and (op.flags & OPF_POOLBUF):
-        op.flags &= ~OPF_POOLBUF     # the user owns it now (r.buff holds the reference)
+        # the user owns it now (r.buff holds the reference), resizable again
+        PyBuffer_Release(&op.conn.pool.views[op.pool_idx])
+        op.flags &= ~OPF_POOLBUF
         op.buffobj = NULL
     op_release_gil(op, not ok)
     return r

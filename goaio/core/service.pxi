@@ -41,6 +41,8 @@ cdef class AIOService:
     def _worker_main(self):
         with nogil:
             worker_loop(self.s)
+        if self.s.closed == SVC_CLOSED:
+            discard_queued_gil(self.s)    # queued by a round that outlived close()
 
     def __dealloc__(self):
         cdef svc_t *s = self.s
@@ -51,6 +53,7 @@ cdef class AIOService:
             # never closed: threads hold a reference, so this is only reached
             # after close() or when __cinit__ failed
             poller_close(&s.poller)
+        discard_queued_gil(s)       # (queued after close() by a callback's caller)
         pthread_mutex_destroy(&s.lock)
         pthread_mutex_destroy(&s.reg_lock)
         pthread_mutex_destroy(&s.tlock)
@@ -63,7 +66,8 @@ cdef class AIOService:
         PyMem_RawFree(s)
 
     def __repr__(self):
-        return f"<goaio.AIOService workers={self._workers}{' closed' if self.s.closed else ''}>"
+        return (f"<goaio.AIOService ({BACKEND_NAME}) {'closed' if self.s.closed else 'open'}"
+                f" conns={self.s.nconns}>")
 
     def __enter__(self):
         return self
@@ -104,6 +108,7 @@ cdef class AIOService:
             memset(c, 0, sizeof(conn_t))
             pthread_mutex_init(&c.lock, NULL)
             c.cref = 1
+            c.heap_idx = -1
             conn.c = c
             conn._svc = self
             conn._sock = sock
@@ -114,8 +119,9 @@ cdef class AIOService:
             # share buffer is ever taken on a guess.
             c.readable = 0
             c.writable = 1
-            c.rq.max = option.recvq_size
-            c.sq.max = option.sendq_size
+            # any size >= 1 is accepted; a queue never holds 2**31 ops anyway
+            c.rq.max = min(option.recvq_size, QUEUE_MAX)
+            c.sq.max = min(option.sendq_size, QUEUE_MAX)
             share = option.share_buff
             if share is not None:
                 Py_INCREF(share)
@@ -123,15 +129,20 @@ cdef class AIOService:
                 if type(share) is BufferPool:
                     c.pool = (<BufferPool>share).p
             c.pyobj = <PyObject *>conn
+            # Registered and added to the poller only while the service is
+            # open, and close() waits for us: it then closes this connection,
+            # and no bind ever touches a closed poller.
+            if not poller_use_begin(self.s, True):
+                c.closed = 1
+                raise ServiceClosed(MSG_SERVICE_CLOSED)
             with nogil:
                 err = reg_add(self.s, c)
+                if err == 0:
+                    err = poller_add(&self.s.poller, c.fd, c.id)
+                    if err:
+                        reg_remove(self.s, c)
+                poller_use_end(self.s)
             if err:
-                raise _oserror(err)
-            with nogil:
-                err = poller_add(&self.s.poller, c.fd, c.id)
-            if err:
-                with nogil:
-                    reg_remove(self.s, c)
                 c.closed = 1
                 raise _oserror(err)
         except BaseException:
@@ -142,13 +153,14 @@ cdef class AIOService:
             raise ServiceClosed(MSG_SERVICE_CLOSED)
         return conn
 
-    cdef object _collect(self, long maxn, timeout):
+    cdef object _collect(self, Py_ssize_t maxn, timeout):
         cdef svc_t *s = self.s
         cdef int64_t until
         cdef op_t *head = NULL
         cdef op_t *op
         cdef int closed = 0
         cdef double t = -1.0
+        cdef int64_t ns, slice_until
         if timeout is not None:
             t = _common.check_timeout(timeout)
         if s.closed:
@@ -161,11 +173,28 @@ cdef class AIOService:
             s.last_collector = goaio_now_ns()
         pthread_mutex_unlock(&s.lock)
         if head == NULL:
-            until = -1 if t < 0 else (0 if t == 0 else goaio_now_ns() + to_ns(t))
-            with nogil:
-                closed = cq_take(s, maxn, until, &head)
-            if closed:
-                raise ServiceClosed(MSG_SERVICE_CLOSED)
+            ns = to_ns(t) if t >= 0 else -1
+            until = -1 if ns < 0 else (0 if ns == 0 else goaio_now_ns() + ns)
+            # Wait in slices of at most MAX_WAIT_NS (a poll interrupted by a
+            # signal ends its slice early), running Python's signal handlers
+            # between them with the GIL and no C lock: Ctrl-C or a handler's
+            # exception leaves the call; nothing was taken, nothing is lost.
+            while True:
+                if until == 0:
+                    slice_until = 0
+                else:
+                    slice_until = goaio_now_ns() + MAX_WAIT_NS
+                    if until > 0 and until < slice_until:
+                        slice_until = until
+                with nogil:
+                    closed = cq_take(s, maxn, slice_until, &head)
+                if closed == 1:
+                    if s.closed == SVC_CLOSED:
+                        discard_queued_gil(s)     # queued by a round that outlived close()
+                    raise ServiceClosed(MSG_SERVICE_CLOSED)
+                if head != NULL or until == 0 or (until > 0 and goaio_now_ns() >= until):
+                    break
+                PyErr_CheckSignals()
         if maxn == 1 and head != NULL and head.next == NULL:
             return make_result_gil(s, head)
         out = []
@@ -184,7 +213,7 @@ cdef class AIOService:
 
     def get_complete_statuses(self, max_results=64, timeout=None):
         """Up to max_results results (at least one unless `timeout` expired: [])."""
-        cdef long m = _common.check_max_results(max_results)
+        cdef Py_ssize_t m = _common.check_max_results(max_results)
         r = self._collect(m, timeout)
         if type(r) is not list:
             return [r]
@@ -203,12 +232,20 @@ cdef class AIOService:
     def close(self):
         """Close every connection, discard uncollected results, stop the threads."""
         cdef svc_t *s = self.s
-        cdef op_t *head
-        cdef op_t *op
         cdef conn_t *c
         cdef tentry_t *heap
         cdef Py_ssize_t n, k
         cdef uint32_t i
+        cdef bint own_round
+        # From a callback of a poll round (share_buff.acquire() on the polling
+        # thread) while another thread is closing: that close waits for our
+        # round to end, so this call cannot wait for it; it returns at once.
+        with nogil:
+            pthread_mutex_lock(&s.lock)
+            own_round = s.closed != SVC_OPEN and in_own_poll_round(s)
+            pthread_mutex_unlock(&s.lock)
+        if own_round:
+            return
         with self._close_lock:
             if s.closed:
                 return
@@ -217,19 +254,16 @@ cdef class AIOService:
                 s.closed = SVC_CLOSING
                 pthread_cond_broadcast(&s.cq_cond)
                 pthread_cond_broadcast(&s.w_cond)
-                pthread_mutex_unlock(&s.lock)
                 poller_wake(&s.poller)
+                pthread_mutex_unlock(&s.lock)
             for t in self._threads:
                 if t is not _threading.current_thread():
                     t.join()
-            # a collector may still be inside a poll round: wait for it to leave
+            # a collector may still be inside a poll round, a bind registering:
+            # wait for them (not for a round this thread is in: see above)
             with nogil:
                 pthread_mutex_lock(&s.lock)
-                while s.polling:
-                    pthread_mutex_unlock(&s.lock)
-                    poller_wake(&s.poller)
-                    usleep(1000)
-                    pthread_mutex_lock(&s.lock)
+                wait_quiet_locked(s)
                 pthread_mutex_unlock(&s.lock)
             conns = []
             pthread_mutex_lock(&s.reg_lock)
@@ -242,16 +276,7 @@ cdef class AIOService:
                 (<AIOConn>conn)._close(ServiceClosed(MSG_SERVICE_CLOSED))
             conns = None
             # discard what nobody collected (share buffers go back to their pools)
-            with nogil:
-                pthread_mutex_lock(&s.lock)
-                head = s.cq_head
-                s.cq_head = s.cq_tail = NULL
-                s.cq_len = 0
-                pthread_mutex_unlock(&s.lock)
-            while head != NULL:
-                op = head
-                head = op.next
-                op_release_gil(op, True)
+            discard_queued_gil(s)
             with nogil:
                 pthread_mutex_lock(&s.tlock)
                 heap = s.heap
@@ -260,9 +285,16 @@ cdef class AIOService:
                 s.heap_len = s.heap_cap = 0
                 pthread_mutex_unlock(&s.tlock)
                 for k in range(n):
+                    heap[k].conn.heap_idx = -1
                     conn_decref_nogil(heap[k].conn)
                 PyMem_RawFree(heap)
+                # the last users of the poller (connections closing) leave
+                # first; then it goes, under s.lock (see svc_wake)
+                pthread_mutex_lock(&s.lock)
+                s.poller_gone = 1
+                wait_quiet_locked(s)
                 poller_close(&s.poller)
+                pthread_mutex_unlock(&s.lock)
             s.closed = SVC_CLOSED
             self._threads = []
             _live_services.discard(_weakref.ref(self))

@@ -14,12 +14,19 @@
 # The caller then re-examines the connection from the top.
 
 
+cdef void release_share_gil(object share, object buff) noexcept:
+    """share.release(buff) for the library (a failed receive's buffer, or at
+    close): an exception it raises goes to sys.unraisablehook and the caller
+    goes on (GIL held, no C lock)."""
+    share.release(buff)
+
+
 cdef void stash_free_gil(stash_t *st, bint give_back):
     """Release a stash (GIL held, no C lock held: it may run Python code)."""
     PyBuffer_Release(&st.view)
     if st.share != NULL:
         if give_back:
-            (<object>st.share).release(<object>st.obj)
+            release_share_gil(<object>st.share, <object>st.obj)
         Py_DECREF(<object>st.share)
     Py_DECREF(<object>st.obj)
     PyMem_RawFree(st)
@@ -41,13 +48,15 @@ cdef stash_t *take_stash_nogil(PyObject *sb, PyObject **exc_out) noexcept with g
             raise MemoryError()
         memset(st, 0, sizeof(stash_t))
         try:
-            PyObject_GetBuffer(obj, &st.view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS)
+            # checked as a posted receive buffer is: BufferError when not
+            # C-contiguous, the exporter's own error (ValueError: released)
+            get_view(obj, &st.view, True)
         except BaseException as e:
             PyMem_RawFree(st)
             st = NULL
             if share is not None:
-                share.release(obj)
-            if isinstance(e, (BufferError, ValueError)):
+                release_share_gil(share, obj)
+            if isinstance(e, TypeError):
                 raise TypeError(MSG_SHARE_UNUSABLE.format(e)) from None
             raise
         Py_INCREF(obj)

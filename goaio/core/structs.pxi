@@ -77,6 +77,8 @@ cdef struct opq_t:
 cdef struct pool_t:
     pthread_mutex_t lock
     PyObject **bufs      # every buffer made (borrowed from BufferPool._all)
+    Py_buffer *views     # the pool's export of each buffer not with the user: a
+                         # free or attached buffer cannot be resized meanwhile
     char *out            # 1 while handed out
     int *free            # stack of free indexes
     Py_ssize_t nfree
@@ -98,7 +100,8 @@ cdef struct conn_t:
     char acquiring       # a thread is getting a share buffer with the lock dropped
     opq_t rq             # pending receives
     opq_t sq             # pending sends
-    int64_t timer_at     # earliest deadline with an entry in the timer heap, 0 if none
+    int64_t timer_at     # the deadline of its entry in the timer heap, 0 if none
+    Py_ssize_t heap_idx  # where that entry is, -1 if none (guarded by s.tlock)
     pool_t *pool         # BufferPool fast path, or NULL
     PyObject *share_buff # owned; released with the record (so a worker may use it
                          # while it holds a cref, whatever the AIOConn does)
@@ -125,6 +128,9 @@ cdef struct svc_t:
     int poller_is_worker
     int kicked
     int nwaiting
+    unsigned long poller_tid  # the thread in the poll round (valid while polling)
+    int poller_users     # threads using the poller outside a poll round (bind, conn close)
+    int poller_gone      # set (under s.lock) just before the poller is closed
     int64_t last_collector
     long live_ops        # atomic
     poller_t poller

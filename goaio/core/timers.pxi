@@ -1,50 +1,85 @@
-# core/timers.pxi -- the deadline heap (svc_t.heap, guarded by s.tlock). An
-# entry holds a cref on its connection; a connection has at most one live
-# entry that matters (c.timer_at), stale ones are dropped when popped.
+# core/timers.pxi -- the deadline heap (svc_t.heap, guarded by s.tlock). A
+# connection has at most one entry (its index in c.heap_idx, -1 if none, also
+# guarded by s.tlock), at c.timer_at; the entry holds a cref on it. A closed
+# connection's entry leaves with it (timer_remove_locked), so neither the
+# record nor its share_buff waits for the deadline.
 
-cdef void heap_push_locked(svc_t *s, int64_t at, conn_t *c) noexcept nogil:
-    """Add an entry for c at `at` (s.tlock held)."""
-    cdef Py_ssize_t i, parent
+
+cdef inline void heap_set_locked(svc_t *s, Py_ssize_t i, tentry_t e) noexcept nogil:
+    s.heap[i] = e
+    e.conn.heap_idx = i
+
+
+cdef void heap_sift_up_locked(svc_t *s, Py_ssize_t i) noexcept nogil:
+    """Move entry i towards the root while earlier than its parent (s.tlock held)."""
+    cdef tentry_t e = s.heap[i]
+    cdef Py_ssize_t parent
+    while i > 0:
+        parent = (i - 1) >> 1
+        if s.heap[parent].at <= e.at:
+            break
+        heap_set_locked(s, i, s.heap[parent])
+        i = parent
+    heap_set_locked(s, i, e)
+
+
+cdef void heap_sift_down_locked(svc_t *s, Py_ssize_t i) noexcept nogil:
+    """Move entry i towards the leaves while later than a child (s.tlock held)."""
+    cdef tentry_t e = s.heap[i]
+    cdef Py_ssize_t child, n = s.heap_len
+    while True:
+        child = 2 * i + 1
+        if child >= n:
+            break
+        if child + 1 < n and s.heap[child + 1].at < s.heap[child].at:
+            child += 1
+        if s.heap[child].at >= e.at:
+            break
+        heap_set_locked(s, i, s.heap[child])
+        i = child
+    heap_set_locked(s, i, e)
+
+
+cdef int heap_push_locked(svc_t *s, int64_t at, conn_t *c) noexcept nogil:
+    """Add the entry of c (it has none) at `at`, taking a cref (s.tlock
+    held). 0, or ENOMEM."""
     cdef tentry_t *nh
+    cdef tentry_t e
     if s.heap_len == s.heap_cap:
         nh = <tentry_t *>PyMem_RawRealloc(s.heap, (s.heap_cap * 2 + 16) * sizeof(tentry_t))
         if nh == NULL:
-            return        # no memory: the op keeps its deadline and is checked at the next entry
+            return ENOMEM
         s.heap = nh
         s.heap_cap = s.heap_cap * 2 + 16
     goaio_atomic_inc(&c.cref)
-    i = s.heap_len
+    e.at = at
+    e.conn = c
     s.heap_len += 1
-    while i > 0:
-        parent = (i - 1) >> 1
-        if s.heap[parent].at <= at:
-            break
-        s.heap[i] = s.heap[parent]
-        i = parent
-    s.heap[i].at = at
-    s.heap[i].conn = c
+    s.heap[s.heap_len - 1] = e
+    heap_sift_up_locked(s, s.heap_len - 1)
+    return 0
+
+
+cdef void heap_remove_at_locked(svc_t *s, Py_ssize_t i) noexcept nogil:
+    """Take entry i out of the heap (s.tlock held); its cref is the caller's."""
+    cdef tentry_t last
+    s.heap[i].conn.heap_idx = -1
+    s.heap_len -= 1
+    if i == s.heap_len:
+        return
+    last = s.heap[s.heap_len]
+    heap_set_locked(s, i, last)
+    if i > 0 and s.heap[(i - 1) >> 1].at > last.at:
+        heap_sift_up_locked(s, i)
+    else:
+        heap_sift_down_locked(s, i)
 
 
 cdef tentry_t heap_pop_locked(svc_t *s) noexcept nogil:
-    """Remove the earliest entry (s.tlock held; the heap is not empty)."""
+    """Remove the earliest entry (s.tlock held; the heap is not empty); its
+    cref is the caller's."""
     cdef tentry_t top = s.heap[0]
-    cdef tentry_t last
-    cdef Py_ssize_t i = 0, child, n
-    s.heap_len -= 1
-    n = s.heap_len
-    if n > 0:
-        last = s.heap[n]
-        while True:
-            child = 2 * i + 1
-            if child >= n:
-                break
-            if child + 1 < n and s.heap[child + 1].at < s.heap[child].at:
-                child += 1
-            if s.heap[child].at >= last.at:
-                break
-            s.heap[i] = s.heap[child]
-            i = child
-        s.heap[i] = last
+    heap_remove_at_locked(s, 0)
     return top
 
 
@@ -53,15 +88,34 @@ cdef void schedule_timer_locked(svc_t *s, conn_t *c, int64_t at) noexcept nogil:
     cdef bint wake = False
     if at == 0 or (c.timer_at != 0 and c.timer_at <= at):
         return
-    c.timer_at = at
     pthread_mutex_lock(&s.tlock)
-    heap_push_locked(s, at, c)
-    if s.poll_until != 0 and at < s.poll_until:
+    if c.heap_idx >= 0:
+        s.heap[c.heap_idx].at = at          # earlier than before: towards the root
+        heap_sift_up_locked(s, c.heap_idx)
+        c.timer_at = at
+    elif heap_push_locked(s, at, c) == 0:
+        c.timer_at = at
+    # (no memory: no entry; the op keeps its deadline, checked when the
+    # connection next gets one)
+    if c.timer_at == at and s.poll_until != 0 and at < s.poll_until:
         s.poll_until = at
         wake = True
     pthread_mutex_unlock(&s.tlock)
     if wake:
-        poller_wake(&s.poller)
+        svc_wake(s)
+
+
+cdef bint timer_remove_locked(svc_t *s, conn_t *c) noexcept nogil:
+    """Take c's entry out of the heap (c.lock held, c closed; takes s.tlock).
+    True when there was one: the caller then drops its cref (after c.lock)."""
+    cdef bint had = False
+    pthread_mutex_lock(&s.tlock)
+    if c.heap_idx >= 0:
+        heap_remove_at_locked(s, c.heap_idx)
+        had = True
+    pthread_mutex_unlock(&s.tlock)
+    c.timer_at = 0
+    return had
 
 
 cdef void expire_conn_locked(svc_t *s, conn_t *c, int64_t now, oplist_t *done) noexcept nogil:

@@ -34,8 +34,4 @@ static inline long goaio_atomic_sub(long *p, long n) { return __atomic_sub_fetch
 #include <errno.h>
 #define goaio_would_block(e) ((e) == EAGAIN || (e) == EWOULDBLOCK)
 
-/* The data of a bytearray, read without the GIL by the thread that has it to
- * itself (a pool buffer out of the free stack). */
-#define goaio_bytearray_data(o) PyByteArray_AS_STRING((PyObject *)(o))
-
 #endif
