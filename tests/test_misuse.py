@@ -382,7 +382,13 @@ def test_rebinding_a_number_freed_behind_our_back(backend, svc, pairs):
     fd = sock.fileno()
     sock.close()                      # behind goaio's back
     new, new_peer = _socket_on(fd)
-    conn2 = svc.bind(new)             # not "already bound"
+    try:
+        conn2 = svc.bind(new)         # not "already bound"
+    except BaseException:
+        conn.close()                  # (frees the number for the tests that follow)
+        new.close()
+        new_peer.close()
+        raise
     assert conn2.fd == fd
     # the stale connection is closed; its receive completed with EBADF
     res = collect_one(svc)
