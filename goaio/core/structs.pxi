@@ -146,4 +146,6 @@ cdef struct svc_t:
     Py_ssize_t heap_len
     Py_ssize_t heap_cap
     int64_t poll_until   # deadline the current poller sleeps to (0: not sleeping)
+    int notify_fd        # goaio.aio hook: written after a worker's poll round queued results (-1: none)
+    int external_collector  # goaio.aio hook: a loop polls when the poller fd is readable (workers defer)
 
