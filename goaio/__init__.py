@@ -35,6 +35,7 @@ AIOService = _backend.AIOService
 AIOConn = _backend.AIOConn
 AIOResult = _backend.AIOResult
 BufferPool = _backend.BufferPool
+Listener = _backend.Listener
 
 _default_lock = _threading.Lock()
 _default = None
@@ -70,6 +71,7 @@ __all__ = [
     "AIOResult",
     "AIOConnOption",
     "BufferPool",
+    "Listener",
     "DEFAULT_RECV_BUFF_SIZE",
     "BACKEND",
     "BACKEND_FALLBACK_REASON",

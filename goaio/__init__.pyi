@@ -229,6 +229,7 @@ _Address: TypeAlias = tuple[str, int] | tuple[str, int, int, int] | str | bytes
 # what getsockname()/getpeername() return (typeshed types it Any too)
 _RetAddress: TypeAlias = Any
 
+@final
 class Listener:
     """What svc.listen() returns: post accept(context) on it."""
 

@@ -8,7 +8,7 @@ import importlib
 import sys
 
 #: The names each backend module provides; ``goaio`` re-exports exactly these.
-BACKEND_API = ("AIOService", "AIOConn", "AIOResult", "BufferPool")
+BACKEND_API = ("AIOService", "AIOConn", "AIOResult", "BufferPool", "Listener")
 
 #: The values GOAIO_BACKEND accepts.
 VALID = ("auto", "compiled", "epoll", "kqueue", "pure")
