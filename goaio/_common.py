@@ -126,6 +126,14 @@ class BufferPool:
             self._out.discard(id(buff))
             self._free.append(buff)
 
+    def stats(self):
+        """``{"buffers", "free", "out", "buffer_size"}``: the pool's buffers
+        (free + out), those waiting in it, those handed out, their size."""
+        with self._lock:
+            free = len(self._free)
+            out = len(self._out)
+        return {"buffers": free + out, "free": free, "out": out, "buffer_size": self.buffer_size}
+
     @property
     def outstanding(self):
         """How many buffers are handed out and not yet released."""

@@ -58,6 +58,9 @@ from ._common import (
     check_workers,
     make_option,
 )
+from ._pure_ops import SHUTDOWN as _SHUTDOWN, ConnLifecycle, ServiceLifecycle, run_shutdown
+from ._pure_connect import Timer as _Timer
+from ._pure_listen import Listener
 from ._errors import (
     Busy,
     ConnClosed,
@@ -69,7 +72,7 @@ from ._errors import (
 )
 from ._purepoll import ERR, HUP, READ, WAKE, WRITE, make_poller
 
-__all__ = ["AIOService", "AIOConn", "AIOResult", "BufferPool"]
+__all__ = ["AIOService", "AIOConn", "AIOResult", "BufferPool", "Listener"]
 
 #: events that make a read worth trying / a write worth trying
 _IN_EV = READ | HUP | ERR
@@ -313,7 +316,7 @@ class _Op:
 
 # --- connections ---------------------------------------------------------------
 
-class AIOConn:
+class AIOConn(ConnLifecycle):
     """A socket bound to an :class:`AIOService`; post ``recv``/``send`` on it."""
 
     __slots__ = (
@@ -349,6 +352,7 @@ class AIOConn:
         self._recv_into = sock.recv_into
         self._send = sock.send
         self._q_append = svc._q.append
+        self._init_lifecycle()
         self._ref = weakref.ref(self)   # the poller's token
         self._level = not svc._poller.edge
         self._interest = 0              # level-triggered poller: what it watches for us
@@ -440,6 +444,8 @@ class AIOConn:
             raise ServiceClosed(M.SERVICE_CLOSED)
         if self._closed:
             raise ConnClosed(M.CONN_CLOSED)
+        if self._shut:
+            raise BrokenPipeError(M.SEND_AFTER_SHUTDOWN)
         if type(buff) is list:
             mv, total = _views(buff, False)
             iov = _iov(mv)
@@ -470,12 +476,15 @@ class AIOConn:
                     pass
                 except OSError as exc:
                     mv.release()
+                    self._nops += 1
                     self._q_append(_new_result(self, context, buff, 0,
                                                oserror(exc.errno) if exc.errno else exc))
                     done = -1
                 else:
                     if done == total:
                         mv.release()
+                        self._nops += 1
+                        self._bsent += done
                         self._q_append(_new_result(self, context, buff, done, None))
                         done = -1
                     else:
@@ -537,6 +546,11 @@ class AIOConn:
         else:
             _release_views(op)
         op.conn = None
+        self._nops += 1
+        if op.kind == _SEND:
+            self._bsent += n
+        elif op.kind != _SHUTDOWN:
+            self._brecv += n
         self._q_append(_new_result(self, op.ctx, op.buff, n, err))
 
     def _run_recvs(self):
@@ -597,6 +611,8 @@ class AIOConn:
                 rq.pop(0)
                 op.buff = b
                 op.conn = None
+                self._nops += 1
+                self._brecv += n
                 res = _new_result(self, op.ctx, b, n, None)
                 if pooled is not None:
                     self._svc._pooled[id(res)] = res
@@ -633,6 +649,8 @@ class AIOConn:
                     op.mv = None
                     mv.release()
                     op.conn = None
+                    self._nops += 1
+                    self._brecv += done
                     self._q_append(_new_result(self, op.ctx, op.buff, done, None))
                 else:
                     self._finish(op, done, None)
@@ -665,7 +683,10 @@ class AIOConn:
             total = op.total
             if not total:
                 sq.pop(0)
-                self._finish(op, 0, EmptyBuffer(M.EMPTY_SEND))
+                if op.kind == _SHUTDOWN:
+                    run_shutdown(self, op)
+                else:
+                    self._finish(op, 0, EmptyBuffer(M.EMPTY_SEND))
                 count += 1
                 continue
             if not self._writable:
@@ -686,7 +707,10 @@ class AIOConn:
                 continue
             except OSError as exc:
                 sq.pop(0)
-                self._finish(op, done, oserror(exc.errno) if exc.errno else exc)
+                err = oserror(exc.errno) if exc.errno else exc
+                if self._shut == 1:   # the pending shutdown fails with it
+                    self._shut_err = err
+                self._finish(op, done, err)
                 count += 1
                 continue
             done += n
@@ -696,6 +720,8 @@ class AIOConn:
                     op.mv = None
                     mv.release()
                     op.conn = None
+                    self._nops += 1
+                    self._bsent += total
                     self._q_append(_new_result(self, op.ctx, op.buff, total, None))
                 else:
                     self._finish(op, total, None)
@@ -720,7 +746,7 @@ class AIOConn:
 
     def _timeout(self, op):
         """A deadline passed (called with the connection's lock held)."""
-        if op.kind == _SEND:
+        if op.kind >= _SEND:   # a send or a shutdown
             sq = self._sendq
             try:
                 i = sq.index(op)
@@ -731,6 +757,8 @@ class AIOConn:
             count = 0
             while len(sq) > i:
                 o = sq.pop(i)
+                if o.kind == _SHUTDOWN:
+                    self._shut = 0
                 self._finish(o, o.done, SendTimeout(M.SEND_TIMEOUT))
                 count += 1
             return count
@@ -793,6 +821,7 @@ class AIOConn:
             if self._active:
                 self._active = False
                 svc._active.discard(self)
+            self._fold()
             self._release_fd()
         if n and (svc._cwaiters or svc._pcoll):
             svc._wake_for_results()
@@ -831,6 +860,7 @@ class AIOConn:
             return
         try:
             self._closed = True
+            self._fold()
             self._release_fd()
         finally:
             # like socket: under an 'error' filter this surfaces as an
@@ -845,7 +875,7 @@ _live_lock = threading.Lock()
 _live = weakref.WeakSet()
 
 
-class AIOService:
+class AIOService(ServiceLifecycle):
     """Bound connections, their pending operations and the completion queue."""
 
     def __init__(self, workers=1):
@@ -873,6 +903,7 @@ class AIOService:
         self._polls_w = 0
         self._poller = make_poller()   # GOAIO_PURE_POLLER, else the best one here
         self._write_wake = self._poller.wake
+        self._init_lifecycle()
         with _live_lock:
             _live.add(self)
         self._threads = []
@@ -1116,6 +1147,9 @@ class AIOService:
             c = token()
             if c is None:
                 continue
+            if c.__class__ is not AIOConn:   # a listener or a connect in progress
+                c._on_event(ev)
+                continue
             lock = c._lock
             lock.acquire()
             try:
@@ -1182,6 +1216,9 @@ class AIOService:
                 if op.conn is not None and op.deadline == d:
                     due.append(op)
         for op in due:
+            if op.__class__ is _Timer:
+                op.run()
+                continue
             c = op.conn
             if c is None:
                 continue
@@ -1290,6 +1327,7 @@ class AIOService:
                     c.close()
                 except Exception:
                     pass
+        self._close_lifecycle()
         for t in self._threads:
             if t.ident != me:
                 t.join(5.0)
@@ -1331,6 +1369,11 @@ class AIOService:
                 c._sendq.clear()
                 bound_fds.discard(c._fd)
         self._fdmap.clear()
+        for ln in self._listeners:
+            bound_fds.discard(ln._fd)
+        self._listeners.clear()
+        self._connects.clear()
+        self._resolver_obj = None
         self._q.clear()
         self._pooled.clear()
         self._active.clear()

@@ -8,6 +8,7 @@ cdef class AIOConn:
     cdef AIOService _svc
     cdef object _sock
     cdef public object user_data
+    cdef dict _shared_errs       # key -> the exception a failed send shares with a shutdown
     cdef object __weakref__
 
     def __init__(self):
@@ -73,9 +74,10 @@ cdef class AIOConn:
         C lock; takes c.lock without the GIL)."""
         cdef conn_t *c = self.c
         cdef svc_t *s = self._svc.s
-        cdef opq_t *q = &c.sq if op.kind == OP_SEND else &c.rq
+        cdef bint sending = op.kind == OP_SEND or op.kind == OP_SHUTDOWN
+        cdef opq_t *q = &c.sq if sending else &c.rq
         cdef oplist_t done
-        cdef int rc = 0, kind
+        cdef int rc = 0
         oplist_init(&done)
         op.conn = c
         op.context = <PyObject *>context
@@ -86,16 +88,21 @@ cdef class AIOConn:
             pthread_mutex_lock(&c.lock)
             if c.closed:
                 rc = 1
+            elif sending and c.shut:
+                rc = 3          # a shutdown is pending or done (core/halfclose.pxi)
             elif q.len >= q.max:
                 rc = 2
             else:
+                if op.kind == OP_SHUTDOWN:
+                    c.shut = 1
+                    c.shut_err = 0
                 if q.timeout:
                     op.deadline = goaio_now_ns() + q.timeout
                     schedule_timer_locked(s, c, op.deadline)
                 opq_push_locked(q, op)
                 goaio_atomic_inc(&s.live_ops)
                 if q.head == op:
-                    if op.kind == OP_SEND:
+                    if sending:
                         process_send_locked(s, c, &done)
                     elif c.readable or c.eof:
                         process_recv_locked(s, c, &done)
@@ -104,11 +111,12 @@ cdef class AIOConn:
         if s.closed == SVC_CLOSED:
             discard_queued_gil(s)       # a callback closed the service meanwhile
         if rc:
-            kind = op.kind           # (read before the op is freed)
             op_release_gil(op, False)
             if rc == 1:
                 raise ConnClosed(MSG_CONN_CLOSED)
-            raise Busy(MSG_SENDQ_FULL if kind == OP_SEND else MSG_RECVQ_FULL)
+            if rc == 3:
+                raise BrokenPipeError(MSG_SEND_AFTER_SHUTDOWN)
+            raise Busy(MSG_SENDQ_FULL if sending else MSG_RECVQ_FULL)
 
     def recv(self, context, buff=None):
         """Read some bytes into buff (or a share buffer when buff is None)."""
@@ -183,6 +191,27 @@ cdef class AIOConn:
     def set_send_timeout(self, seconds):
         """Sends must complete within `seconds` (None or 0: no limit)."""
         self._set_timeout(seconds, &self.c.sq)
+
+    # issue 10: half-close, cancellation, addresses (core/halfclose.pxi)
+    def shutdown(self, context):
+        """Half-close: shut the socket down for writing once every send posted
+        before has completed (the peer reads EOF), then complete."""
+        conn_shutdown(self, context)
+
+    def cancel(self, context, reason=None):
+        """Complete now every pending operation posted with this very `context`
+        (`is`) with `reason` or Cancelled(); returns how many."""
+        return conn_cancel(self, context, reason)
+
+    @property
+    def peername(self):
+        """getpeername() of the socket; None once closed (or unknown to the OS)."""
+        return conn_address(self, True)
+
+    @property
+    def sockname(self):
+        """getsockname() of the socket; None once closed."""
+        return conn_address(self, False)
 
     def close(self, reason=None):
         """Close the connection and its socket; pending operations complete

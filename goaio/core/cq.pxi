@@ -5,9 +5,14 @@ cdef void cq_push(svc_t *s, oplist_t *l, bint from_poller=False) noexcept nogil:
     in the poll, unless we are that poller, or one waiting on cq_cond).
     Takes s.lock (a caller may hold c.lock, and should: see poll_once); no GIL
     needed. Leaves l empty."""
+    cdef int64_t br = 0, bs = 0
     if l.head == NULL:
         return
+    count_bytes(l, &br, &bs)                 # core/stats.pxi
     pthread_mutex_lock(&s.lock)
+    s.ops_completed += l.n
+    s.bytes_received += br
+    s.bytes_sent += bs
     if s.cq_tail == NULL:
         s.cq_head = l.head
     else:

@@ -19,6 +19,11 @@
 #   conn       AIOConn
 #   lifecycle  teardown helpers: poller users, safe wake-ups, discarding results
 #   service    AIOService
+#   listener   Listener, accept; events and timers of non-connection records
+#   connect    svc.connect: the connect record and its attempts
+#   resolver   the resolver thread
+#   halfclose  conn.shutdown, conn.cancel, peername/sockname
+#   stats      svc.stats(), pool.stats()
 #   fork       fork and exit handling of live services
 #
 # The states of services, connections and ops, the threads, the locks and
@@ -41,4 +46,9 @@ include "post.pxi"
 include "conn.pxi"
 include "lifecycle.pxi"
 include "service.pxi"
+include "listener.pxi"
+include "connect.pxi"
+include "resolver.pxi"
+include "halfclose.pxi"
+include "stats.pxi"
 include "fork.pxi"

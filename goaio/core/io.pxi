@@ -86,6 +86,9 @@ cdef void process_send_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogi
     cdef msghdr msg
     while c.sq.head != NULL and not c.closed:
         op = c.sq.head
+        if op.kind == OP_SHUTDOWN:
+            run_shutdown_locked(c, done)    # core/halfclose.pxi
+            continue
         if op.total == 0:
             finish_op_locked(c, opq_pop_locked(&c.sq), ERR_EMPTY, done)
             continue
@@ -118,5 +121,7 @@ cdef void process_send_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogi
         if goaio_would_block(e):
             c.writable = 0
             return
+        if c.shut == 1:
+            share_send_error_locked(c, op, e)   # the pending shutdown fails with it
         finish_op_locked(c, opq_pop_locked(&c.sq), e, done)
 

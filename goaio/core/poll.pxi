@@ -33,10 +33,15 @@ cdef int poll_once(svc_t *s, int64_t until) noexcept nogil:
     n = poller_wait(&s.poller, evs, POLL_BATCH_N, ms)
     pthread_mutex_lock(&s.tlock)
     s.poll_until = 0
+    s.polls += 1
     pthread_mutex_unlock(&s.tlock)
     for i in range(n):
         c = reg_lookup(s, evs[i].id)
         if c == NULL:
+            continue
+        if c.kind != CK_STREAM:     # a listener or a connect (core/listener.pxi)
+            record_event(s, c, evs[i].flags, &done)
+            conn_decref_nogil(c)
             continue
         pthread_mutex_lock(&c.lock)
         if evs[i].flags & PF_READ:

@@ -168,6 +168,11 @@ cdef class BufferPool:
         PyObject_GetBuffer(buff, &self.p.views[idx], PyBUF_WRITABLE)   # pinned while in the pool
         pool_push(self.p, idx)
 
+    def stats(self):
+        """{"buffers", "free", "out", "buffer_size"}: the pool's buffers (free +
+        out), those waiting in it, those handed out, their size."""
+        return pool_stats(self)
+
     @property
     def outstanding(self):
         """How many buffers are handed out and not yet released."""

@@ -36,7 +36,8 @@ cdef int reg_add(svc_t *s, conn_t *c) noexcept nogil:
     # The id is (generation << 32 | slot): a stale event for a closed connection
     # whose slot (or fd number) was reused carries the old generation and is dropped.
     c.id = (<uint64_t>s.gens[idx] << 32) | idx
-    s.nconns += 1
+    if c.kind == CK_STREAM:
+        s.nconns += 1           # (connections only: not listeners and connects)
     pthread_mutex_unlock(&s.reg_lock)
     return 0
 
@@ -52,7 +53,8 @@ cdef void reg_remove(svc_t *s, conn_t *c) noexcept nogil:
             s.gens[idx] = 1
         s.free_slots[s.nfree_slots] = idx
         s.nfree_slots += 1
-        s.nconns -= 1
+        if c.kind == CK_STREAM:
+            s.nconns -= 1
     pthread_mutex_unlock(&s.reg_lock)
 
 

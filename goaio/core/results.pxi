@@ -27,6 +27,8 @@ cdef object make_err_gil(op_t *op):
     cdef int e = op.err
     if e == 0:
         return None
+    if op.flags & OPF_SHAREDERR:
+        return shared_err_gil(op)       # core/halfclose.pxi
     if e == ERR_EOF:
         return EOFError(MSG_PEER_CLOSED)
     if e == ERR_RTIMEOUT:
@@ -39,6 +41,12 @@ cdef object make_err_gil(op_t *op):
         return <object>op.errobj
     if e == ERR_CLOSED:
         return ConnClosed(MSG_CONN_CLOSED)
+    if e == ERR_LCLOSED:
+        return ConnClosed(MSG_LISTENER_CLOSED)
+    if e == ERR_CTIMEOUT:
+        return ConnectTimeout(MSG_CONNECT_TIMEOUT)
+    if e == ERR_CANCELLED:
+        return Cancelled(MSG_CANCELLED)
     return _oserror(e)
 
 
@@ -49,6 +57,8 @@ cdef void op_release_gil(op_t *op, bint give_back):
     give_back: a share buffer attached to the op goes back to its pool."""
     cdef int i
     cdef stash_t *st = op.stash
+    if op.kind >= OP_ACCEPT and op.newfd >= 0:
+        close(op.newfd)             # an accepted/connected socket nobody took
     for i in range(op.nviews):
         PyBuffer_Release(&op.views[i])
     if st != NULL:
@@ -73,8 +83,11 @@ cdef void op_release_gil(op_t *op, bint give_back):
 
 cdef AIOResult make_result_gil(svc_t *s, op_t *op):
     """Hand an op over as an AIOResult; frees the op (GIL held, no C lock)."""
-    cdef AIOResult r = AIOResult.__new__(AIOResult)
+    cdef AIOResult r
     cdef bint ok = op.err == 0
+    if op.kind >= OP_ACCEPT:
+        return make_new_conn_result_gil(s, op)      # core/listener.pxi
+    r = AIOResult.__new__(AIOResult)
     r.conn = <object>op.pyconn
     r.context = <object>op.context
     if ok or not (op.flags & OPF_NONEBUF):

@@ -10,12 +10,15 @@ cdef class AIOService:
     cdef list _threads
     cdef object _close_lock
     cdef int _workers
+    cdef set _listeners          # open Listeners (core/listener.pxi)
+    cdef object _resolver        # the resolver thread, once started (core/resolver.pxi)
     cdef object __weakref__
 
     def __cinit__(self, workers=1):
         cdef int err
         self._workers = _common.check_workers(workers)
         self._threads = []
+        self._listeners = set()
         self._close_lock = _threading.Lock()
         self.s = <svc_t *>PyMem_RawMalloc(sizeof(svc_t))
         if self.s == NULL:
@@ -219,6 +222,24 @@ cdef class AIOService:
             return [r]
         return r
 
+    # issue 10: listening, connecting, introspection (core/listener.pxi,
+    # core/connect.pxi, core/stats.pxi)
+    def listen(self, address, backlog=1024, *, reuse_port=False, option=None, **options):
+        """Listen on `address` ((host, port) or a Unix path), or take an already
+        listening socket.socket; returns a Listener."""
+        return svc_listen(self, address, backlog, reuse_port, option, options)
+
+    def connect(self, context, address, *, timeout=None, local_address=None, option=None,
+                **options):
+        """Connect to `address` without blocking; completes with res.conn the
+        connected, bound connection (or res.conn None and err)."""
+        svc_connect(self, context, address, timeout, local_address, option, options)
+
+    def stats(self):
+        """Counts of connections, pending operations, threads and totals (the
+        same keys on every backend)."""
+        return svc_stats(self)
+
     def _stats(self):
         """Debug counters: live operations, registered connections, threads."""
         return {
@@ -265,6 +286,7 @@ cdef class AIOService:
                 pthread_mutex_lock(&s.lock)
                 wait_quiet_locked(s)
                 pthread_mutex_unlock(&s.lock)
+            close_lifecycle(self)       # listeners, resolver, connects (core/connect.pxi)
             conns = []
             pthread_mutex_lock(&s.reg_lock)
             for i in range(s.nslots):

@@ -5,10 +5,15 @@ cdef enum:
     OP_RECV = 1
     OP_RECV_FULL = 2
     OP_SEND = 3
+    OP_SHUTDOWN = 4      # half-close, an entry of the send queue (core/halfclose.pxi)
+    OP_ACCEPT = 8        # ops of listener and connect records (core/listener.pxi,
+    OP_CONNECT = 9       #   core/connect.pxi): op.newfd is the new socket
 
     OPF_NEEDBUF = 1      # recv(ctx, None) with a share_buff: buffer taken when data is ready
     OPF_NONEBUF = 2      # posted with None: a failed result carries buff=None
     OPF_POOLBUF = 4      # buffobj is a BufferPool buffer (borrowed, index in pool_idx)
+    OPF_SHAREDERR = 8    # a failed send and the shutdown behind it: one exception
+                         # object for both (key in pool_idx; core/halfclose.pxi)
 
     ERR_EOF = -1
     ERR_RTIMEOUT = -2
@@ -16,6 +21,15 @@ cdef enum:
     ERR_EMPTY = -4
     ERR_OBJ = -5         # errobj holds the exception (close reason, acquire() error)
     ERR_CLOSED = -6      # closed without a reason: a fresh ConnClosed
+    ERR_LCLOSED = -7     # listener closed without a reason: a fresh ConnClosed(LISTENER_CLOSED)
+    ERR_CTIMEOUT = -8    # ConnectTimeout
+    ERR_CANCELLED = -9   # conn.cancel() without a reason: a fresh Cancelled
+
+    # conn_t.kind: what a registered record is (the poller and the timer heap
+    # see them all as conn_t; a listener/connect record starts with a conn_t)
+    CK_STREAM = 0        # a bound connection (AIOConn)
+    CK_LISTENER = 1      # lrec_t (core/listener.pxi)
+    CK_CONNECT = 2       # crec_t (core/connect.pxi)
 
 
 
@@ -42,6 +56,7 @@ cdef struct op_t:
     int nviews
     int iovcnt
     int pool_idx
+    int newfd            # OP_ACCEPT/OP_CONNECT: the new socket, -1 once handed over
     PyObject *pyconn     # owned: keeps the AIOConn alive while the op is pending
     PyObject *context    # owned
     PyObject *buffobj    # owned (borrowed for OPF_POOLBUF)
@@ -98,6 +113,11 @@ cdef struct conn_t:
     char eof
     char hup             # the poller reported a hang-up: read on until EOF
     char acquiring       # a thread is getting a share buffer with the lock dropped
+    char kind            # CK_STREAM, CK_LISTENER, CK_CONNECT
+    char shut            # 0 open, 1 a shutdown is pending, 2 shut down for writing
+    char retire          # a finished connect record: the next unlocker unregisters it
+    int shut_err         # errno of a send that failed while a shutdown was pending
+    int shut_key         # and the key of the exception both results share
     opq_t rq             # pending receives
     opq_t sq             # pending sends
     int64_t timer_at     # the deadline of its entry in the timer heap, 0 if none
@@ -146,4 +166,11 @@ cdef struct svc_t:
     Py_ssize_t heap_len
     Py_ssize_t heap_cap
     int64_t poll_until   # deadline the current poller sleeps to (0: not sleeping)
+    # svc.stats() counters (core/stats.pxi): under s.lock (cq_push), the GIL
+    # (accepted) or s.tlock (polls)
+    int64_t ops_completed
+    int64_t bytes_received
+    int64_t bytes_sent
+    int64_t accepted
+    int64_t polls
 

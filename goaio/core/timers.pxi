@@ -127,6 +127,8 @@ cdef void expire_conn_locked(svc_t *s, conn_t *c, int64_t now, oplist_t *done) n
         # Every send queued behind a timed-out one fails too, so the stream
         # holds exactly the bytes reported and the user can resend in order.
         opq_fail_locked(c, &c.sq, ERR_STIMEOUT, done)
+        if c.shut == 1:
+            c.shut = 0      # a pending shutdown went with them: nothing was shut down
     if c.rq.head != NULL and c.rq.head.deadline != 0:
         nxt = c.rq.head.deadline
     if c.sq.head != NULL and c.sq.head.deadline != 0 and (nxt == 0 or c.sq.head.deadline < nxt):
@@ -149,6 +151,10 @@ cdef void expire_timers(svc_t *s, oplist_t *done) noexcept nogil:
         e = heap_pop_locked(s)
         pthread_mutex_unlock(&s.tlock)
         c = e.conn
+        if c.kind != CK_STREAM:     # a listener's back-off, a connect's timeout
+            record_expire(s, c, e.at, now, done)
+            conn_decref_nogil(c)
+            continue
         pthread_mutex_lock(&c.lock)
         if not c.closed and c.timer_at == e.at:
             c.timer_at = 0

@@ -18,3 +18,4 @@ from goaio.includes.posix cimport *
 cdef extern from "includes/compat.h" nogil:
     uint64_t GOAIO_WAKE_ID
     bint goaio_would_block(int e)
+from goaio.includes.net cimport *
