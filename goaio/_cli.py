@@ -251,6 +251,18 @@ def build_parser():
     bench.add_argument("--idle", type=int, default=0, metavar="N",
                        help="also measure each server's RSS per idle connection with N connections "
                        "(on a fresh server process; ulimit -n must allow N)")
+    bench.add_argument("--accept-storm", type=_positive_int, default=None, metavar="N",
+                       help="instead of the echo load: a C client opens N connections, --conns at a "
+                       "time (closed loop), each doing one round trip of --storm-size bytes, against "
+                       "each server (default goaio-epoll,goaio-pure,uvloop,asyncio,c-epoll); "
+                       "prints connections/s and the server's CPU time per connection")
+    bench.add_argument("--connect-storm", type=_positive_int, default=None, metavar="N",
+                       help="instead of the echo load: N connections, --conns at a time, each one "
+                       "round trip, made by goaio svc.connect (each backend) and by asyncio/uvloop "
+                       "create_connection against one C epoll echo server; prints connections/s "
+                       "and the client's CPU time per connection")
+    bench.add_argument("--storm-size", type=_non_negative_int, default=16, metavar="B",
+                       help="bytes of the one round trip of each storm connection (0: none; default 16)")
     bench.add_argument("--plot", metavar="FILE.png", help="draw a bar chart (needs matplotlib)")
     bench.add_argument("--json", metavar="FILE.json", help="write the raw figures")
     bench.set_defaults(func=_cmd_bench)

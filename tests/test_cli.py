@@ -318,3 +318,24 @@ def test_example_client_refused(backend):
         done = _run_example_client(backend.name, port, "nobody")
     assert done.returncode == 1
     assert "cannot connect" in done.stderr and "ConnectionRefusedError" in done.stderr, done.stderr
+
+
+def test_bench_accept_and_connect_storms():
+    """``bench --accept-storm/--connect-storm``, tiny: every connection of
+    every storm succeeds (the C storm client checks every echoed byte) and
+    both tables are printed."""
+    from goaio._bench import native
+
+    if native.build("storm") is None or native.build("echo_epoll") is None:
+        pytest.skip(f"no C helpers: {native.why_not('storm') or native.why_not('echo_epoll')}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "goaio", "bench", "--accept-storm", "300", "--connect-storm", "300",
+         "--conns", "10", "--servers", "goaio-pure,goaio-epoll,asyncio"],
+        env=subprocess_env(), cwd=CHILD_CWD, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert "accept storm: 300 connections, 10 at a time" in proc.stdout
+    assert "connect storm: 300 connections" in proc.stdout
+    for label in ("goaio pure ", "asyncio Protocol", "goaio pure svc.connect", "asyncio create_connection"):
+        assert label in proc.stdout, proc.stdout
+    assert "FAILED" not in proc.stdout + proc.stderr
