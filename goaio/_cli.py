@@ -13,6 +13,7 @@ connection); 2 for a usage error.
 
 import argparse
 import signal
+import socket
 import sys
 
 _RECV = "recv"  # the context of a receive; a send's context is its buffer
@@ -81,11 +82,10 @@ ACCEPT = _Accept()
 PENDING_ACCEPTS = 64
 
 
-class _Stop(KeyboardInterrupt):
-    """SIGTERM while the collector waits: stops the server as Ctrl-C does."""
+_WAKE = "wake"  # the context of the receive on the signal wake-up socket
 
 
-def _serve(svc, ln, pool, args, stopping, waiting, goaio):
+def _serve(svc, ln, pool, args, stopping, goaio):
     """The one loop of the server: collect completions and answer each.
 
     - an accept: post the new connection's first receive, post the next accept;
@@ -99,17 +99,16 @@ def _serve(svc, ln, pool, args, stopping, waiting, goaio):
         ln.accept(ACCEPT)
     size = args.buffer_size
     while not stopping:
-        waiting.append(True)  # a signal now raises out of the wait
         try:
-            batch = svc.get_complete_statuses(256)
+            batch = svc.get_complete_statuses(256)  # no timeout: a signal wakes it
         except goaio.ServiceClosed:
             return
-        finally:
-            waiting.clear()
         for res in batch:
             conn = res.conn
             ctx = res.context
             try:
+                if ctx is _WAKE:
+                    continue  # a signal handler asked to stop: ``stopping`` is set
                 if ctx is ACCEPT:
                     if res.err is not None:
                         if isinstance(res.err, (goaio.ConnClosed, goaio.ServiceClosed)):
@@ -163,32 +162,34 @@ def cmd_echo(args):
         return 1
     host, port = ln.address[:2]
 
-    # SIGINT and SIGTERM stop the server. While the loop waits for
-    # completions the handler raises (KeyboardInterrupt, as Ctrl-C does by
-    # default): goaio lets it out of get_complete_statuses within 100 ms, on
-    # every backend. Anywhere else (in the middle of a send, say) it only
-    # raises the flag, which the loop reads after the batch in hand.
+    # SIGINT and SIGTERM stop the server. The loop waits for completions
+    # with no timeout; goaio runs Python signal handlers while it waits (within
+    # 100 ms, on every backend). The handler raises no exception (one raised
+    # inside the service's own code could leave it half-way through its
+    # bookkeeping): it sets the flag and writes a byte to a socket pair whose
+    # other end has a receive posted, so the wait returns and the loop ends.
     stopping = []
-    waiting = []
+    wake_r, wake_w = socket.socketpair()
+    wake_w.setblocking(False)
+    svc.bind(wake_r).recv(_WAKE, bytearray(16))
 
     def on_signal(signum, _frame):
         stopping.append(signum)
-        if waiting:
-            waiting.clear()
-            raise _Stop() if signum != signal.SIGINT else KeyboardInterrupt()
+        try:
+            wake_w.send(b"\0")
+        except OSError:  # full (already woken) or closed: the flag is enough
+            pass
 
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     mode = ", share buffers" if pool is not None else ""
     print(f"goaio echo server (backend {goaio.BACKEND}{mode}) listening on {host}:{port}", flush=True)
     try:
-        _serve(svc, ln, pool, args, stopping, waiting, goaio)
-    except KeyboardInterrupt:
-        if not stopping:
-            raise  # not ours (a KeyboardInterrupt raised some other way)
+        _serve(svc, ln, pool, args, stopping, goaio)
     finally:
-        svc.close()  # closes the listener, every connection, gives buffers back
         for sig, handler in old.items():
             signal.signal(sig, handler)
+        svc.close()  # closes the listener, every connection, gives buffers back
+        wake_w.close()
     if not args.quiet:
         name = signal.Signals(stopping[0]).name if stopping else "service closed"
         print(f"goaio echo server stopped ({name})", file=sys.stderr, flush=True)

@@ -125,7 +125,8 @@ def main(args, progress, server_cpus, client_cpus):
         rows = []
         for name in names:
             spec = srvmod.BY_NAME[name]
-            row = {"name": name, "label": spec.label, "runs": []}
+            label = "C epoll echo server (reference)" if name == "c-epoll" else spec.label
+            row = {"name": name, "label": label, "runs": []}
             ok, why = srvmod.availability(name)
             if not ok:
                 row["skipped"] = why
