@@ -120,9 +120,9 @@ class BufferPool:
         """Give back a buffer that ``acquire()`` handed out."""
         with self._lock:
             if id(buff) not in self._out or type(buff) is not bytearray:
-                raise ValueError("buffer was not handed out by this pool, or was already released")
+                raise ValueError(_messages.POOL_FOREIGN)
             if len(buff) != self.buffer_size:
-                raise ValueError("a pool buffer must not be resized")
+                raise ValueError(_messages.POOL_RESIZED)
             self._out.discard(id(buff))
             self._free.append(buff)
 

@@ -35,6 +35,7 @@ Layout of the machinery:
 
 import atexit
 import collections
+import time
 import heapq
 import itertools
 import os
@@ -43,6 +44,7 @@ import sys
 import threading
 import warnings
 import weakref
+from _thread import allocate_lock as _allocate_lock
 from time import monotonic
 
 from . import _messages as M
@@ -103,6 +105,19 @@ _RECV_FULL = 1
 _SEND = 2
 
 _new_result = AIOResult
+
+#: Per thread: how deep it is inside a share_buff callback (acquire/release).
+#: Such a thread may hold a connection's lock, so a svc.close() it calls must
+#: not wait for the close to finish.
+_tls = threading.local()
+
+
+def _in_callback():
+    return getattr(_tls, "depth", 0) > 0
+
+
+def _main_ident():
+    return threading.main_thread().ident
 
 
 # --- buffers -----------------------------------------------------------------
@@ -406,9 +421,9 @@ class AIOConn(ConnLifecycle):
         return self._post_recv(_Op(self, context, buff, *_recv_views(buff), _RECV_FULL))
 
     def _post_recv(self, op):
-        lock = self._lock
-        lock.acquire()
-        try:
+        # 'with', not acquire()/try: a signal handler raising right after an
+        # acquire() call would leave the lock held for good
+        with self._lock:
             if self._closed:
                 _release_views(op)
                 raise ConnClosed(M.CONN_CLOSED)
@@ -417,21 +432,28 @@ class AIOConn(ConnLifecycle):
                 _release_views(op)
                 raise Busy(M.RECVQ_FULL)
             rq.append(op)
+            if not self._active:
+                self._active = True
+                self._svc._active.add(self)
             n = 0
-            if self._eof:
-                n = self._fail_recvs_eof()
-            elif self._readable and len(rq) == 1:
-                n = self._run_recvs()
+            try:
+                if self._eof:
+                    n = self._fail_recvs_eof()
+                elif self._readable and len(rq) == 1:
+                    n = self._run_recvs()
+            except BaseException:
+                # a signal handler raised here: the poller re-checks readiness,
+                # so the op queued is not left waiting for an event consumed
+                self._svc._request_recheck()
+                raise
             if rq:
-                if not self._active:
-                    self._active = True
-                    self._svc._active.add(self)
                 if self._rto and op.conn is not None:
                     self._svc._arm(op, monotonic() + self._rto)
+            elif self._active and not self._sendq:
+                self._active = False
+                self._svc._active.discard(self)
             if self._level:
                 self._want()
-        finally:
-            lock.release()
         if n:
             svc = self._svc
             if svc._cwaiters or svc._pcoll:
@@ -453,75 +475,79 @@ class AIOConn(ConnLifecycle):
             mv = _view(buff, False)
             total = mv.nbytes
             iov = None
-        lock = self._lock
-        lock.acquire()
-        try:
-            if self._closed:
-                if iov is None:
-                    mv.release()
-                else:
-                    for m in mv:
-                        m.release()
-                raise ConnClosed(M.CONN_CLOSED)
-            sq = self._sendq
-            done = 0
-            if not sq and self._writable and iov is None and total:
-                # fast path: an idle writable socket usually takes it all at
-                # once, and then no _Op is needed
-                try:
-                    done = self._send(mv, _MSG_NOSIGNAL)
-                except BlockingIOError:
-                    self._writable = False
-                except InterruptedError:
-                    pass
-                except OSError as exc:
-                    mv.release()
-                    self._nops += 1
-                    self._q_append(_new_result(self, context, buff, 0,
-                                               oserror(exc.errno) if exc.errno else exc))
-                    done = -1
-                else:
-                    if done == total:
-                        mv.release()
-                        self._nops += 1
-                        self._bsent += done
-                        self._q_append(_new_result(self, context, buff, done, None))
-                        done = -1
-                    else:
-                        self._writable = False
-                if done < 0:
-                    if svc._cwaiters or svc._pcoll:
-                        lock.release()
-                        lock = None
-                        svc._wake_for_results()
-                    return
-            elif len(sq) >= self._sq_max:
-                if iov is None:
-                    mv.release()
-                else:
-                    for m in mv:
-                        m.release()
-                raise Busy(M.SENDQ_FULL)
-            op = _Op(self, context, buff, mv, iov, total, _SEND)
-            op.done = done
-            sq.append(op)
-            n = 0
-            if len(sq) == 1 and (self._writable or not total):
-                n = self._run_sends()
-            if sq:
-                if not self._active:
-                    self._active = True
-                    svc._active.add(self)
-                if self._sto and op.conn is not None:
-                    svc._arm(op, monotonic() + self._sto)
-            if self._level:
-                self._want()
-        finally:
-            if lock is not None:
-                lock.release()
+        with self._lock:
+            n = self._send_locked(context, buff, mv, iov, total)
         if n:
             if svc._cwaiters or svc._pcoll:
                 svc._wake_for_results()
+
+    def _send_locked(self, context, buff, mv, iov, total):
+        """send() with the connection's lock held; returns how many results it made."""
+        svc = self._svc
+        if self._closed:
+            if iov is None:
+                mv.release()
+            else:
+                for m in mv:
+                    m.release()
+            raise ConnClosed(M.CONN_CLOSED)
+        sq = self._sendq
+        done = 0
+        if not sq and self._writable and iov is None and total:
+            # fast path: an idle writable socket usually takes it all at
+            # once, and then no _Op is needed
+            try:
+                done = self._send(mv, _MSG_NOSIGNAL)
+            except BlockingIOError:
+                self._writable = False
+            except InterruptedError:
+                pass
+            except OSError as exc:
+                mv.release()
+                self._nops += 1
+                self._q_append(_new_result(self, context, buff, 0,
+                                           oserror(exc.errno) if exc.errno else exc))
+                done = -1
+            else:
+                if done == total:
+                    mv.release()
+                    self._nops += 1
+                    self._bsent += done
+                    self._q_append(_new_result(self, context, buff, done, None))
+                    done = -1
+                else:
+                    self._writable = False
+            if done < 0:
+                return 1
+        elif len(sq) >= self._sq_max:
+            if iov is None:
+                mv.release()
+            else:
+                for m in mv:
+                    m.release()
+            raise Busy(M.SENDQ_FULL)
+        op = _Op(self, context, buff, mv, iov, total, _SEND)
+        op.done = done
+        sq.append(op)
+        if not self._active:
+            self._active = True
+            svc._active.add(self)
+        n = 0
+        try:
+            if len(sq) == 1 and (self._writable or not total):
+                n = self._run_sends()
+        except BaseException:
+            svc._request_recheck()  # as in _post_recv
+            raise
+        if sq:
+            if self._sto and op.conn is not None:
+                svc._arm(op, monotonic() + self._sto)
+        elif self._active and not self._recvq:
+            self._active = False
+            svc._active.discard(self)
+        if self._level:
+            self._want()
+        return n
 
     # -- IO (the connection's lock is held) --
 
@@ -567,7 +593,11 @@ class AIOConn(ConnLifecycle):
                 b = None
                 try:
                     if share is not None:
-                        b = share.acquire()
+                        _tls.depth = getattr(_tls, "depth", 0) + 1
+                        try:
+                            b = share.acquire()
+                        finally:
+                            _tls.depth -= 1
                         pooled = b
                     if b is None:
                         b = bytearray(DEFAULT_RECV_BUFF_SIZE)
@@ -600,8 +630,7 @@ class AIOConn(ConnLifecycle):
                         self._give_back(pooled)
                     rq.pop(0)
                     self._finish(op, 0, oserror(exc.errno) if exc.errno else exc)
-                    count += 1
-                    continue
+                    return count + 1 + self._fail_recvs_error(exc)
                 ln = mv.nbytes
                 mv.release()
                 if not n:
@@ -638,8 +667,7 @@ class AIOConn(ConnLifecycle):
             except OSError as exc:
                 rq.pop(0)
                 self._finish(op, done, oserror(exc.errno) if exc.errno else exc)
-                count += 1
-                continue
+                return count + 1 + self._fail_recvs_error(exc)
             if not n:
                 return count + self._fail_recvs_eof()
             done += n
@@ -672,6 +700,18 @@ class AIOConn(ConnLifecycle):
         rq.clear()
         for op in ops:
             self._finish(op, op.done, EOFError(M.PEER_CLOSED))
+        return len(ops)
+
+    def _fail_recvs_error(self, exc):
+        """A read failed (the peer reset the connection, say): every receive
+        pending now completes with that error, each with its own instance,
+        as all of them get EOFError at EOF. The error is not sticky: a
+        receive posted later gets what the socket then reports."""
+        rq = self._recvq
+        ops = rq[:]
+        rq.clear()
+        for op in ops:
+            self._finish(op, op.done, oserror(exc.errno) if exc.errno else exc)
         return len(ops)
 
     def _run_sends(self):
@@ -739,10 +779,13 @@ class AIOConn(ConnLifecycle):
         """Return a share buffer the user never saw. A release() that raises
         loses nothing: its error goes to sys.unraisablehook."""
         release = self._share.release
+        _tls.depth = getattr(_tls, "depth", 0) + 1
         try:
             release(buff)
         except BaseException as exc:
             _unraisable(exc, release)
+        finally:
+            _tls.depth -= 1
 
     def _timeout(self, op):
         """A deadline passed (called with the connection's lock held)."""
@@ -783,6 +826,8 @@ class AIOConn(ConnLifecycle):
         self._set_timeout(s, False)
 
     def _set_timeout(self, s, recv):
+        if s == _INF:  # no limit: no timer
+            s = 0.0
         svc = self._svc
         with self._lock:
             if recv:
@@ -897,11 +942,18 @@ class AIOService(ServiceLifecycle):
         self._wake_at = _INF       # when the current poller wakes up at the latest
         self._wake_pending = False
         self._cwaiters = 0
+        self._mwaiters = []        # the main thread's wait locks (see _collect)
         self._wwaiting = 0
         self._last_cpoll = 0.0
         self._polls_c = 0          # poll rounds done by collectors / by workers
         self._polls_w = 0
+        self._closer = None        # the thread that runs close()
+        self._close_done = threading.Event()
+        self._recheck = False      # an exception may have cut a round short: re-check readiness
         self._poller = make_poller()   # GOAIO_PURE_POLLER, else the best one here
+        self._notify_fd = -1           # goaio.aio hook (_set_notify_fd)
+        self._external = False         # goaio.aio hook (_set_external_collector)
+        self._grace = _GRACE           # goaio.aio hook (_set_worker_grace)
         self._write_wake = self._poller.wake
         self._init_lifecycle()
         with _live_lock:
@@ -1030,9 +1082,20 @@ class AIOService(ServiceLifecycle):
         lock = self._lock
         deadline = None if timeout is None else monotonic() + timeout
         polled = False
+        # The main thread never takes the poller role: Python runs signal
+        # handlers there, between any two bytecodes, and one that raises in
+        # the middle of the IO would lose a read's result or an event. It
+        # waits (in slices, so that handlers run) while a worker polls, on a
+        # lock of its own rather than a Condition (whose wait(), interrupted
+        # at the wrong bytecode, returns without the lock). Every lock here
+        # is taken with 'with', which no handler can cut short.
+        # An event loop that collects for itself (goaio.aio, which runs no
+        # raising handler inside its IO calls) is the exception: its thread
+        # does the IO, main thread or not.
+        main = threading.get_ident() == _main_ident() and not self._external
         while True:
-            lock.acquire()
-            try:
+            waiter = None
+            with lock:
                 if self._closed:
                     raise ServiceClosed(M.SERVICE_CLOSED)
                 if q:
@@ -1040,8 +1103,12 @@ class AIOService(ServiceLifecycle):
                 now = monotonic()
                 if polled and deadline is not None and now >= deadline:
                     return []
-                self._last_cpoll = now
-                if not self._polling:
+                if main:
+                    if not self._polling:
+                        self._wcond.notify()  # a worker in its grace wait: poll now
+                else:
+                    self._last_cpoll = now
+                if not self._polling and not main:
                     # take the poller role; 'polling' is set before the queue
                     # is looked at again, so a result pushed meanwhile by a
                     # poster either is seen here or wakes us
@@ -1053,7 +1120,7 @@ class AIOService(ServiceLifecycle):
                     t = self._poll_timeout(now, deadline)
                     self._poller_ident = threading.get_ident()
                 else:
-                    if not self._pcoll and not self._wake_pending:
+                    if not self._pcoll and not self._wake_pending and not main:
                         # a worker polls: wake it, so that we take over
                         self._wake_pending = True
                         self._write_wake()
@@ -1068,21 +1135,44 @@ class AIOService(ServiceLifecycle):
                         if left < rem:
                             rem = left
                     self._cwaiters += 1
-                    try:
-                        if not q and not self._closed:
+                    if main:
+                        waiter = _allocate_lock()
+                        waiter.acquire()
+                        self._mwaiters.append(waiter)
+                    else:
+                        try:
                             self._ccond.wait(rem)
-                    finally:
+                        finally:
+                            self._cwaiters -= 1
+                        polled = True
+                        continue
+            if waiter is not None:
+                try:
+                    waiter.acquire(True, rem)  # released by _notify
+                finally:
+                    with lock:
                         self._cwaiters -= 1
-                    polled = True
-                    continue
-            finally:
-                lock.release()
+                        if waiter in self._mwaiters:
+                            self._mwaiters.remove(waiter)
+                polled = True
+                continue
             # we are the poller
             try:
                 self._poll(t)
             finally:
                 self._release_poller(True)
             polled = True
+
+    def _notify(self, k=1):
+        """Wake up to ``k`` waiting collectors (service lock held); the main
+        thread's waits are always woken."""
+        mw = self._mwaiters
+        while mw:
+            mw.pop().release()
+        if k is None:
+            self._ccond.notify_all()
+        else:
+            self._ccond.notify(k)
 
     def _poll_timeout(self, now, deadline):
         """How long a poller may wait (service lock held): until the earliest
@@ -1104,6 +1194,10 @@ class AIOService(ServiceLifecycle):
 
     def _poll(self, t):
         """One round of the poller: wait for events, do the IO, fire timers."""
+        if self._recheck:
+            self._recheck = False
+            self._recheck_all()
+            t = 0
         try:
             events = self._poller.wait(t)
         except InterruptedError:
@@ -1129,10 +1223,10 @@ class AIOService(ServiceLifecycle):
             else:
                 self._polls_w += 1
             if self._closed:
-                self._ccond.notify_all()
+                self._notify(None)
             elif self._cwaiters:
                 k = len(self._q) + 1
-                self._ccond.notify(k if k < self._cwaiters else self._cwaiters)
+                self._notify(k if k < self._cwaiters else self._cwaiters)
             if self._wwaiting:
                 self._wcond.notify()
 
@@ -1174,6 +1268,33 @@ class AIOService(ServiceLifecycle):
                     c._want()
             finally:
                 lock.release()
+
+    def _recheck_all(self):
+        """An exception (a signal handler's, in a posting call) may have cut
+        short the IO of an operation just queued, after an edge-triggered
+        event was consumed: try every connection with operations pending as
+        if it were ready. A wrong guess costs one EAGAIN."""
+        for c in list(self._active):
+            with c._lock:
+                if c._closed:
+                    continue
+                c._readable = c._writable = True
+                if c._recvq:
+                    c._run_recvs()
+                if c._sendq:
+                    c._run_sends()
+                if c._active and not c._recvq and not c._sendq:
+                    c._active = False
+                    self._active.discard(c)
+                if c._level:
+                    c._want()
+        with self._lock:
+            if self._cwaiters:
+                self._notify(None)
+
+    def _request_recheck(self):
+        self._recheck = True
+        self._write_wake()
 
     # -- timers --
 
@@ -1239,7 +1360,7 @@ class AIOService(ServiceLifecycle):
         collector that sleeps in epoll."""
         with self._lock:
             if self._cwaiters:
-                self._ccond.notify()
+                self._notify()
             elif self._pcoll and not self._wake_pending and self._poller_ident != threading.get_ident():
                 self._wake_pending = True
                 self._write_wake()
@@ -1256,9 +1377,14 @@ class AIOService(ServiceLifecycle):
                         return
                     if not self._polling:
                         idle = monotonic() - self._last_cpoll
-                        if idle >= _GRACE:
-                            break
-                        wcond.wait(_GRACE - idle)
+                        grace = self._grace
+                        if idle >= grace:
+                            if not (self._external and not self._timers):
+                                break
+                            # goaio.aio hook: a loop collects (no timers armed)
+                            wcond.wait(4 * _GRACE)
+                            continue
+                        wcond.wait(grace - idle)
                     else:
                         self._wwaiting += 1
                         try:
@@ -1271,11 +1397,53 @@ class AIOService(ServiceLifecycle):
                 t = self._poll_timeout(monotonic(), None)
             try:
                 self._poll(t)
-            except Exception:
+            except BaseException as exc:  # noqa: BLE001 - the worker must go on
                 if self._closed:
                     return
+                _unraisable(exc, self._worker)
             finally:
                 self._release_poller(False)
+            if self._notify_fd >= 0 and self._q:
+                self._notify_worker_results()
+
+    # -- goaio.aio hooks: an event loop watches these descriptors --
+
+    def _poll_fd(self):
+        """The poller's descriptor, readable while IO events wait (a thread
+        then collecting with timeout=0 does that IO itself); -1 if the poller
+        has none (poll, select) or the service is closed."""
+        fileno = getattr(self._poller, "fileno", None)
+        if self._closed or fileno is None:
+            return -1
+        return fileno()
+
+    def _set_external_collector(self, on):
+        """An event loop watches _poll_fd() and collects with timeout=0
+        whenever it is readable; while on, the workers leave the poll to it
+        (unless timers are armed), so IO stays on the loop thread."""
+        with self._lock:
+            self._external = bool(on)
+            self._wcond.notify_all()
+
+    def _set_worker_grace(self, seconds):
+        """How long the workers leave the poll to collectors (default
+        WORKER_GRACE). An event loop on a poller without a descriptor
+        (poll, select) sets 0: the workers do the IO, the loop takes the
+        results when the notify fd says so (a hop, but no grace delay)."""
+        with self._lock:
+            self._grace = float(seconds)
+            self._wcond.notify_all()
+
+    def _set_notify_fd(self, fd):
+        """After a worker's poll round that left results queued, write 8
+        bytes (an eventfd's 1) to ``fd`` (-1: stop). The caller owns ``fd``."""
+        self._notify_fd = int(fd)
+
+    def _notify_worker_results(self):
+        try:
+            os.write(self._notify_fd, b"\x01\0\0\0\0\0\0\0")
+        except OSError:
+            pass   # full pipe (already readable) or closed: nothing to add
 
     # -- share buffers of undelivered results --
 
@@ -1307,45 +1475,74 @@ class AIOService(ServiceLifecycle):
 
     def close(self):
         """Close every connection, discard undelivered results, stop the threads.
-        Idempotent."""
+
+        Idempotent; a second call made while the first runs returns when the
+        service is closed. Called from inside a share_buff callback (which
+        may hold a connection's lock) it starts the close and returns."""
         me = threading.get_ident()
         with self._lock:
-            if self._closed:
+            first = not self._closed
+            if first:
+                self._closed = True
+                self._closer = me
+        if not first:
+            if self._close_done.is_set() or self._closer == me or _in_callback():
                 return
-            self._closed = True
-            self._ccond.notify_all()
-            self._wcond.notify_all()
-            self._write_wake()
-            # wait for the poller to leave epoll before closing anything
-            while self._polling and self._poller_ident != me:
-                self._write_wake()
-                self._ccond.wait(0.1)
-        for r in list(self._fdmap.values()):
-            c = r()
-            if c is not None:
-                try:
-                    c.close()
-                except Exception:
-                    pass
-        self._close_lifecycle()
-        for t in self._threads:
-            if t.ident != me:
-                t.join(5.0)
-        self._threads = [t for t in self._threads if t.is_alive()]
-        with self._lock:
-            q = self._q
-            pooled = self._pooled
-            while q:
-                r = q.popleft()
-                if pooled.pop(id(r), None) is not None:
-                    r.conn._give_back(r.buff)
-                    r.buff = None
-            pooled.clear()
-            self._timers.clear()
-            self._active.clear()
-        self._close_poller()
-        with _live_lock:
-            _live.discard(self)
+            while not self._close_done.is_set():  # no Event.wait: see _close_rest
+                time.sleep(0.002)
+            return
+        if _in_callback():
+            threading.Thread(target=self._close_rest, name="goaio-pure-close", daemon=True).start()
+        else:
+            self._close_rest()
+
+    def _close_rest(self):
+        me = threading.get_ident()
+        try:
+            with self._lock:
+                self._notify(None)
+                self._wcond.notify_all()
+            # wait for the poller to leave the poll before closing anything
+            # (polling the flag: no Condition wait, which a signal handler
+            # could leave without its lock on the main thread)
+            while True:
+                with self._lock:
+                    if not (self._polling and self._poller_ident != me):
+                        break
+                    self._write_wake()
+                time.sleep(0.002)
+            for r in list(self._fdmap.values()):
+                c = r()
+                if c is not None:
+                    try:
+                        c.close()
+                    except Exception:
+                        pass
+            self._close_lifecycle()
+            for t in self._threads:
+                if t.ident != me:
+                    t.join(5.0)
+            self._threads = [t for t in self._threads if t.is_alive()]
+            give = []
+            with self._lock:
+                q = self._q
+                pooled = self._pooled
+                while q:
+                    r = q.popleft()
+                    if pooled.pop(id(r), None) is not None:
+                        give.append((r.conn, r.buff))
+                        r.buff = None
+                pooled.clear()
+                self._timers.clear()
+                self._active.clear()
+            # outside the lock: a release() may call back into the service
+            for conn, buff in give:
+                conn._give_back(buff)
+            self._close_poller()
+            with _live_lock:
+                _live.discard(self)
+        finally:
+            self._close_done.set()
 
     def _close_poller(self):
         """Close the poller and its wake fd (the last step of a close)."""
@@ -1357,7 +1554,10 @@ class AIOService(ServiceLifecycle):
         self._lock = threading.Lock()
         self._ccond = threading.Condition(self._lock)
         self._wcond = threading.Condition(self._lock)
+        self._mwaiters = []
         self._closed = True
+        self._close_done = threading.Event()
+        self._close_done.set()
         self._polling = False
         self._threads = []
         for r in list(self._fdmap.values()):

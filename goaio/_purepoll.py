@@ -185,6 +185,10 @@ class EpollPoller:
                       READ | WRITE: e.EPOLLIN | e.EPOLLRDHUP | e.EPOLLOUT}
         self._et = e.EPOLLET
 
+    def fileno(self):
+        """goaio.aio hook: the epoll descriptor (readable while events wait)."""
+        return self._ep.fileno()
+
     def register(self, fd, token, flags):
         self._tokens[fd] = token
         try:
@@ -265,6 +269,10 @@ class KqueuePoller:
             self._kq.close()
             raise
         self.wake = self._waker.wake
+
+    def fileno(self):
+        """goaio.aio hook: the kqueue descriptor (readable while events wait)."""
+        return self._kq.fileno()
 
     def _changes(self, fd, flags, how):
         out = []

@@ -77,6 +77,9 @@ cdef void worker_loop(svc_t *s) noexcept nogil:
         if now - s.last_collector < WORKER_GRACE_NS:
             cond_wait_until(&s.w_cond, &s.lock, s.last_collector + WORKER_GRACE_NS)
             continue
+        if worker_defers_locked(s):
+            cond_wait_until(&s.w_cond, &s.lock, now + 4 * WORKER_GRACE_NS)
+            continue
         s.polling = 1
         s.poller_tid = PyThread_get_thread_ident()
         s.poller_is_worker = 1
@@ -86,9 +89,27 @@ cdef void worker_loop(svc_t *s) noexcept nogil:
         pthread_mutex_lock(&s.lock)
         s.polling = 0
         s.poller_is_worker = 0
+        worker_notify_locked(s)
         if s.nwaiting > 0:
             pthread_cond_signal(&s.cq_cond)
     pthread_mutex_unlock(&s.lock)
+
+
+cdef bint worker_defers_locked(svc_t *s) noexcept nogil:
+    """goaio.aio hook (s.lock held): an event loop watches the poller's
+    descriptor and collects when it is readable (s.external_collector), so a
+    worker leaves the poll to it, unless timers are armed (the loop does not
+    know their deadlines: a worker serves them, re-checking every 4 graces).
+    heap_len is read without s.tlock: a stale value only delays that check."""
+    return s.external_collector != 0 and s.heap_len == 0
+
+
+cdef void worker_notify_locked(svc_t *s) noexcept nogil:
+    """goaio.aio hook (s.lock held): a worker's poll round left results queued:
+    make s.notify_fd readable, so an event loop that watches it comes to collect."""
+    cdef uint64_t one = 1
+    if s.notify_fd >= 0 and s.cq_head != NULL:
+        write(s.notify_fd, &one, 8)
 
 
 cdef int cq_take(svc_t *s, Py_ssize_t maxn, int64_t until, op_t **out) noexcept nogil:

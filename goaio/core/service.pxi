@@ -24,6 +24,7 @@ cdef class AIOService:
         if self.s == NULL:
             raise MemoryError()
         memset(self.s, 0, sizeof(svc_t))
+        self.s.notify_fd = -1
         pthread_mutex_init(&self.s.lock, NULL)
         pthread_mutex_init(&self.s.reg_lock, NULL)
         pthread_mutex_init(&self.s.tlock, NULL)
@@ -239,6 +240,27 @@ cdef class AIOService:
         """Counts of connections, pending operations, threads and totals (the
         same keys on every backend)."""
         return svc_stats(self)
+    def _poll_fd(self):
+        """goaio.aio hook: the poller's descriptor, readable while IO events
+        wait (a thread then collecting with timeout=0 does that IO itself)."""
+        return poller_fd(&self.s.poller) if not self.s.closed else -1
+
+    def _set_external_collector(self, bint on):
+        """goaio.aio hook: an event loop watches _poll_fd() and collects with
+        timeout=0 whenever it is readable; while on, worker threads leave the
+        poll to it (unless timers are armed), so IO stays on the loop thread."""
+        pthread_mutex_lock(&self.s.lock)
+        self.s.external_collector = on
+        pthread_cond_broadcast(&self.s.w_cond)
+        pthread_mutex_unlock(&self.s.lock)
+
+    def _set_notify_fd(self, int fd):
+        """goaio.aio hook: after a worker's poll round that left results
+        queued, write 8 bytes (an eventfd's 1) to `fd` (-1: stop). The caller
+        owns `fd` and closes it after closing the service."""
+        pthread_mutex_lock(&self.s.lock)
+        self.s.notify_fd = fd
+        pthread_mutex_unlock(&self.s.lock)
 
     def _stats(self):
         """Debug counters: live operations, registered connections, threads."""

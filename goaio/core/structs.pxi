@@ -173,4 +173,6 @@ cdef struct svc_t:
     int64_t bytes_sent
     int64_t accepted
     int64_t polls
+    int notify_fd        # goaio.aio hook: written after a worker's poll round queued results (-1: none)
+    int external_collector  # goaio.aio hook: a loop polls when the poller fd is readable (workers defer)
 

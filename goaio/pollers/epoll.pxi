@@ -60,6 +60,9 @@ cdef int poller_del(poller_t *p, int fd) noexcept nogil:
 cdef int poller_prepare_fd(int fd) noexcept nogil:
     return 0    # every send passes MSG_NOSIGNAL: no SIGPIPE to switch off
 
+cdef int poller_fd(poller_t *p) noexcept nogil:
+    return p.epfd    # goaio.aio hook: readable while events wait
+
 cdef void poller_wake(poller_t *p) noexcept nogil:
     cdef uint64_t one = 1
     write(p.wakefd, &one, 8)

@@ -130,6 +130,9 @@ cdef int poller_del(poller_t *p, int fd) noexcept nogil:
     return kq_apply(p.kq, ch, 2)
 
 
+cdef int poller_fd(poller_t *p) noexcept nogil:
+    return p.kq      # goaio.aio hook: readable while events wait
+
 cdef void poller_wake(poller_t *p) noexcept nogil:
     cdef kevent_t ch
     cdef char one = 1

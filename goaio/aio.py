@@ -1,0 +1,751 @@
+"""goaio.aio: an asyncio event loop whose stream networking runs on goaio.
+
+::
+
+    import goaio.aio
+    goaio.aio.run(main())                                  # as asyncio.run(main())
+    asyncio.set_event_loop_policy(goaio.aio.EventLoopPolicy())
+
+:class:`Loop` is asyncio's own selector event loop (callbacks, timers, tasks,
+``add_reader``, signals, subprocesses, executors, datagrams, debug mode are
+asyncio's code) whose TCP and Unix stream transports are goaio connections:
+every connection that ``create_connection``, ``create_server``,
+``create_unix_*``, ``connect_accepted_socket``, the streams API or ``ssl=``
+makes is bound to ``loop.service``, and its reads and writes are goaio
+operations whose completions the loop thread collects itself. See docs/aio.md.
+"""
+
+import asyncio
+import collections
+import os
+import socket
+import sys
+import warnings
+
+from asyncio import constants, futures, protocols, sslproto, transports, trsock
+from asyncio.log import logger
+
+import goaio as _goaio
+from ._errors import ConnClosed, ServiceClosed
+
+__all__ = ["Loop", "EventLoopPolicy", "new_event_loop", "run", "GoaioTransport"]
+
+#: Size of the pool buffers a plain Protocol's receives use (share-buffer
+#: mode: an idle connection holds none).
+RECV_BUFFER_SIZE = 64 * 1024
+#: Sends posted at once on one connection; more writes wait in the transport
+#: and go out as one gather send when one completes.
+MAX_INFLIGHT_SENDS = 16
+#: Results taken from the service per collection.
+BATCH = 256
+
+_ATTACH_TAKES_TRANSPORT = sys.version_info >= (3, 13)
+_SHUT_WR = socket.SHUT_WR
+
+
+def _set_nodelay(sock):
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM \
+            and sock.proto == socket.IPPROTO_TCP:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+class GoaioTransport(transports._FlowControlMixin, transports.Transport):
+    """A stream transport over a goaio connection (``asyncio.Transport``).
+
+    One receive is posted at a time: into a pool buffer (then copied once into
+    the ``bytes`` given to ``data_received``) for a ``Protocol``, straight into
+    ``get_buffer()``'s buffer for a ``BufferedProtocol``. Writes are goaio sends
+    of the caller's bytes (copied first only when mutable).
+    """
+
+    _start_tls_compatible = True
+    # native: asyncio's loop.sock_sendfile (os.sendfile) on the socket once
+    # every goaio send has completed (write() meanwhile raises)
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+    _sock = None
+    _conn = None
+    #: write() with nothing queued sends at once (a non-blocking send(2) on
+    #: the loop thread); only what the kernel does not take becomes a goaio
+    #: send. False: every write is a goaio send (see docs/aio.md, "Delivery").
+    try_send_first = True
+
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        super().__init__(extra, loop)
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        if "peername" not in self._extra:
+            try:
+                self._extra["peername"] = sock.getpeername()
+            except OSError:
+                self._extra["peername"] = None
+        _set_nodelay(sock)
+        self._sock_fd = sock.fileno()
+        self._buffered = False
+        self._protocol_connected = False
+        self.set_protocol(protocol)
+        self._server = server
+        self._conn_lost = 0
+        self._closing = False
+        self._paused = False
+        self._eof = False            # write_eof() called
+        self._shut = False           # ... and done
+        self._read_eof = False       # the peer's EOF delivered
+        self._reading = False        # a receive is posted
+        self._reading_proto = None   # ... into this protocol's buffer (None: a pool buffer)
+        self._held = None            # a completed receive kept while paused
+        self._sending = 0            # sends posted, not completed
+        self._buffer_size = 0        # bytes posted or waiting, not yet written
+        self._backlog = []           # writes waiting for a free send slot
+        self._empty_waiter = None
+        self._read_cb = self._on_read      # the contexts of its operations
+        self._write_cb = self._on_write
+        self._recv_iter = -1               # loop iteration of the last receive posted
+        self._conn = loop._svc.bind(sock, recvq_size=2, sendq_size=MAX_INFLIGHT_SENDS + 1,
+                                    share_buff=loop._pool)
+        self._sock = sock
+        if server is not None:
+            if _ATTACH_TAKES_TRANSPORT:
+                server._attach(self)
+            else:
+                server._attach()
+        loop._transports[self._sock_fd] = self
+        loop.call_soon(self._protocol.connection_made, self)
+        # reading starts once connection_made() has run
+        loop.call_soon(self._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    def __repr__(self):
+        info = [self.__class__.__name__]
+        if self._sock is None:
+            info.append("closed")
+        elif self._closing:
+            info.append("closing")
+        info.append(f"fd={self._sock_fd}")
+        if self._sock is not None:
+            info.append("read=" + ("paused" if self._paused else "polling"))
+            info.append(f"write=<bufsize={self._buffer_size}>")
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn=warnings.warn):
+        if self._sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            conn = self._conn
+            self._sock = None
+            if conn is not None:
+                conn.close()
+
+    # -- protocol --
+
+    def set_protocol(self, protocol):
+        self._buffered = isinstance(protocol, protocols.BufferedProtocol)
+        self._protocol = protocol
+        self._protocol_connected = True
+
+    def get_protocol(self):
+        return self._protocol
+
+    # -- reading --
+
+    def is_closing(self):
+        return self._closing
+
+    def is_reading(self):
+        return not self._closing and not self._paused
+
+    def pause_reading(self):
+        if not self.is_reading():
+            return
+        self._paused = True
+        if self._loop.get_debug():
+            logger.debug("%r pauses reading", self)
+
+    def resume_reading(self):
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        if self._loop.get_debug():
+            logger.debug("%r resumes reading", self)
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._loop.call_soon(self._deliver, *held)
+        else:
+            self._start_reading()
+
+    def _start_reading(self):
+        """Post the next receive (one at a time)."""
+        if self._reading or self._paused or self._closing or self._read_eof or self._conn_lost:
+            return
+        conn = self._conn
+        if conn is None:
+            return
+        if self._buffered:
+            proto = self._protocol
+            try:
+                buf = proto.get_buffer(-1)
+                if not len(buf):
+                    raise RuntimeError("get_buffer() returned an empty buffer")
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+                return
+        else:
+            proto = None
+            buf = None
+        try:
+            conn.recv(self._read_cb, buf)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal read error on socket transport")
+            return
+        self._reading = True
+        self._reading_proto = proto
+        loop = self._loop
+        loop._goaio_dirty = True
+        self._recv_iter = loop._goaio_iter
+
+    def _on_read(self, res):
+        """A receive completed (called by the loop with its result)."""
+        giver = self._reading_proto
+        self._reading = False
+        self._reading_proto = None
+        self._deliver(res, giver)
+
+    def _deliver(self, res, giver):
+        """giver: the protocol whose buffer the receive used, None for a pool buffer."""
+        if self._conn_lost or self._closing:
+            if giver is None and res.err is None and res.buff is not None:
+                self._loop._pool.release(res.buff)
+            return
+        if self._paused:
+            self._held = (res, giver)
+            return
+        err = res.err
+        if err is not None:
+            if isinstance(err, EOFError):
+                self._on_eof()
+            elif not isinstance(err, (ConnClosed, ServiceClosed)):
+                self._fatal_error(err, "Fatal read error on socket transport")
+            return
+        n = res.bytes_transferred
+        buff = res.buff
+        if giver is None:
+            # our pool buffer: one copy into the bytes the protocol keeps
+            try:
+                data = bytes(memoryview(buff)[:n])
+            finally:
+                self._loop._pool.release(buff)
+            if not self._feed(data):
+                return
+        elif giver is self._protocol:
+            # read straight into the protocol's own buffer
+            try:
+                giver.buffer_updated(n)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+                return
+        else:
+            # the protocol changed while the receive was pending (start_tls):
+            # the bytes belong to the new one
+            if not self._feed(bytes(memoryview(buff)[:n])):
+                return
+        self._start_reading()
+
+    def _feed(self, data):
+        """Give ``data`` to the current protocol; False after a fatal error."""
+        proto = self._protocol
+        if not self._buffered:
+            try:
+                proto.data_received(data)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+                return False
+            return True
+        view = memoryview(data)
+        while view:
+            try:
+                buf = proto.get_buffer(len(view))
+                k = min(len(buf), len(view))
+                if not k:
+                    raise RuntimeError("get_buffer() returned an empty buffer")
+                memoryview(buf)[:k] = view[:k]
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+                return False
+            try:
+                proto.buffer_updated(k)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+                return False
+            view = view[k:]
+            if self._conn_lost:
+                return False
+        return True
+
+    def _on_eof(self):
+        self._read_eof = True
+        if self._loop.get_debug():
+            logger.debug("%r received EOF", self)
+        try:
+            keep_open = self._protocol.eof_received()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+            return
+        if not keep_open:
+            self.close()
+
+    # -- writing --
+
+    def write(self, data):
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
+        if self._eof:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if self._empty_waiter is not None:
+            raise RuntimeError("unable to write; sendfile is in progress")
+        if not data:
+            return
+        if self._conn_lost:
+            if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                logger.warning("socket.send() raised exception.")
+            self._conn_lost += 1
+            return
+        if not self._sending and not self._backlog and self.try_send_first:
+            # nothing queued: write at once, as asyncio does (an error is then
+            # seen by this very call, and the common case needs no result)
+            try:
+                n = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal write error on socket transport")
+                return
+            if n == len(data):
+                return
+            data = bytes(memoryview(data)[n:])
+        elif type(data) is not bytes:
+            # the caller may change a mutable buffer once write() returns
+            data = bytes(data)
+        self._buffer_size += len(data)
+        if self._sending >= MAX_INFLIGHT_SENDS or self._backlog:
+            self._backlog.append(data)
+        else:
+            self._post_send(data)
+        self._maybe_pause_protocol()
+
+    def writelines(self, list_of_data):
+        if self._eof:
+            raise RuntimeError("Cannot call writelines() after write_eof()")
+        if self._empty_waiter is not None:
+            raise RuntimeError("unable to writelines; sendfile is in progress")
+        items = []
+        size = 0
+        for data in list_of_data:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
+            if data:
+                if type(data) is not bytes:
+                    data = bytes(data)
+                items.append(data)
+                size += len(data)
+        if not items:
+            return
+        if self._conn_lost:
+            if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                logger.warning("socket.send() raised exception.")
+            self._conn_lost += 1
+            return
+        if not self._sending and not self._backlog and self.try_send_first:
+            # nothing queued: one gather send(2) at once (sendmsg)
+            try:
+                n = self._sock.sendmsg(items[:512])
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal write error on socket transport")
+                return
+            size -= n
+            if not size:
+                return
+            while n:
+                first = items[0]
+                if n >= len(first):
+                    n -= len(first)
+                    del items[0]
+                else:
+                    items[0] = first[n:]
+                    n = 0
+        self._buffer_size += size
+        if self._sending >= MAX_INFLIGHT_SENDS or self._backlog:
+            self._backlog.extend(items)
+        else:
+            # one gather send (writev)
+            self._post_send(items[:512] if len(items) > 1 else items[0])
+            if len(items) > 512:
+                self._backlog.extend(items[512:])
+        self._maybe_pause_protocol()
+
+    def _post_send(self, data):
+        try:
+            self._conn.send(self._write_cb, data)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal write error on socket transport")
+            return
+        self._sending += 1
+        self._loop._goaio_dirty = True
+
+    def _on_write(self, res):
+        """A send completed."""
+        self._sending -= 1
+        if self._conn_lost:
+            return
+        err = res.err
+        buff = res.buff
+        self._buffer_size -= sum(map(len, buff)) if type(buff) is list else len(buff)
+        if err is not None:
+            if not isinstance(err, (ConnClosed, ServiceClosed)):
+                self._fatal_error(err, "Fatal write error on socket transport")
+            return
+        backlog = self._backlog
+        if backlog:
+            self._backlog = backlog[512:]
+            batch = backlog[:512]
+            self._post_send(batch if len(batch) > 1 else batch[0])
+            if self._conn_lost:
+                return
+        self._maybe_resume_protocol()
+        if self._sending or self._backlog:
+            return
+        waiter = self._empty_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self._closing:
+            self._conn_lost += 1
+            self._call_connection_lost(None)
+        elif self._eof:
+            self._shutdown_write()
+
+    def _shutdown_write(self):
+        if self._shut or self._sock is None:
+            return
+        self._shut = True
+        try:
+            self._sock.shutdown(_SHUT_WR)
+        except OSError:
+            pass
+
+    def get_write_buffer_size(self):
+        return self._buffer_size
+
+    def can_write_eof(self):
+        return True
+
+    def write_eof(self):
+        if self._closing or self._eof:
+            return
+        self._eof = True
+        if not self._sending and not self._backlog:
+            self._shutdown_write()
+
+    def _make_empty_waiter(self):
+        if self._empty_waiter is not None:
+            raise RuntimeError("Empty waiter is already set")
+        self._empty_waiter = self._loop.create_future()
+        if not self._sending and not self._backlog:
+            self._empty_waiter.set_result(None)
+        return self._empty_waiter
+
+    def _reset_empty_waiter(self):
+        self._empty_waiter = None
+
+    # -- closing --
+
+    def close(self):
+        if self._closing:
+            return
+        self._closing = True
+        if not self._sending and not self._backlog:
+            self._conn_lost += 1
+            self._loop.call_soon(self._call_connection_lost, None)
+
+    def abort(self):
+        self._force_close(None)
+
+    def _fatal_error(self, exc, message="Fatal error on transport"):
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler({
+                "message": message,
+                "exception": exc,
+                "transport": self,
+                "protocol": self._protocol,
+            })
+        self._force_close(exc)
+
+    def _force_close(self, exc):
+        if self._conn_lost:
+            return
+        if self._backlog or self._sending:
+            self._backlog = []
+            self._buffer_size = 0
+            # pending sends must not reach the wire after an abort
+            conn = self._conn
+            if conn is not None:
+                conn.close()
+        self._closing = True
+        self._conn_lost += 1
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _call_connection_lost(self, exc):
+        if self._sock is None:
+            return
+        try:
+            if self._protocol_connected:
+                self._protocol.connection_lost(exc)
+        finally:
+            conn = self._conn
+            self._sock = None
+            held = self._held
+            self._held = None
+            if held is not None and held[1] is None and held[0].err is None:
+                self._loop._pool.release(held[0].buff)   # a pool buffer never delivered
+            self._reading_proto = None
+            if conn is not None:
+                conn.close()        # closes the socket too
+                self._loop._goaio_dirty = True   # collect what the close completed
+            waiter = self._empty_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(ConnectionError("Connection is closed by peer"))
+            self._protocol = None
+            self._loop = None
+            self._conn = None
+            server = self._server
+            if server is not None:
+                self._server = None
+                if _ATTACH_TAKES_TRANSPORT:
+                    server._detach(self)
+                else:
+                    server._detach()
+
+
+class Loop(asyncio.SelectorEventLoop):
+    """asyncio's selector event loop with its stream transports on goaio.
+
+    ``service``: a ``goaio.AIOService`` to carry the connections (the loop
+    then does not close it); ``backend``: the goaio backend module to make the
+    loop's own service with (default: the one ``import goaio`` picked).
+    """
+
+    def __init__(self, selector=None, *, service=None, backend=None):
+        super().__init__(selector)
+        mod = backend if backend is not None else _goaio
+        self._owns_svc = service is None
+        self._svc = mod.AIOService(1) if service is None else service
+        self._pool = mod.BufferPool(RECV_BUFFER_SIZE)
+        self._goaio_dirty = False
+        self._goaio_results = collections.deque()
+        self._goaio_dispatch_pending = False
+        self._goaio_iter = 0               # counts _run_once rounds (select calls)
+        self._goaio_dispatch_handle = asyncio.Handle(self._goaio_dispatch_queued, (), self)
+        #: how the results reached the loop (docs/aio.md, "Delivery")
+        self._goaio_stats = {"collects": 0, "results": 0, "worker_wakeups": 0}
+        #: how the results reached the loop (docs/aio.md, "Delivery")
+        self._goaio_stats = {"collects": 0, "results": 0, "worker_wakeups": 0}
+        # the service's poller: readable while goaio has IO to do, which the
+        # loop thread then does itself (collect with timeout=0)
+        self._goaio_poll_fd = self._svc._poll_fd()
+        if self._goaio_poll_fd >= 0:
+            self._add_reader(self._goaio_poll_fd, self._goaio_io_ready)
+        # results a worker thread queued (it polls when the loop did not for
+        # a while, or where the poller has no descriptor)
+        if hasattr(os, "eventfd"):
+            self._goaio_wake_r = self._goaio_wake_w = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        else:
+            self._goaio_wake_r, self._goaio_wake_w = os.pipe()
+            os.set_blocking(self._goaio_wake_r, False)
+            os.set_blocking(self._goaio_wake_w, False)
+        self._add_reader(self._goaio_wake_r, self._goaio_on_notify)
+        self._svc._set_notify_fd(self._goaio_wake_w)
+        if self._goaio_poll_fd >= 0:
+            # the loop thread does the IO: workers stay out of the poll
+            self._svc._set_external_collector(True)
+        elif hasattr(self._svc, "_set_worker_grace"):
+            # nothing to watch (the pure backend's poll/select): a worker
+            # does the IO without waiting for the loop to stay away
+            self._svc._set_worker_grace(0)
+        sel = self._selector
+        self._goaio_select_orig = sel.select
+        sel.select = self._goaio_select
+
+    @property
+    def service(self):
+        """The ``goaio.AIOService`` that carries this loop's connections."""
+        return self._svc
+
+    # -- collecting completions --
+
+    def _goaio_select(self, timeout=None):
+        # Results of operations that the last callbacks posted (a receive
+        # whose data was there, say) are taken before the loop waits, and
+        # dispatched by one handle queued behind the callbacks already ready:
+        # the order asyncio gives its own IO callbacks.
+        self._goaio_iter += 1
+        if self._goaio_dispatch_pending:
+            timeout = 0
+        elif self._goaio_dirty:
+            self._goaio_dirty = False
+            if self._goaio_take():
+                self._goaio_dispatch_pending = True
+                self._ready.append(self._goaio_dispatch_handle)
+                timeout = 0
+        return self._goaio_select_orig(timeout)
+
+    def _goaio_take(self):
+        """Take what the service has into the loop's list (doing on this
+        thread the IO that is ready); True if the list is not empty."""
+        results = self._goaio_results
+        try:
+            got = self._svc.get_complete_statuses(BATCH, 0)
+        except ServiceClosed:
+            return bool(results)
+        if not got:
+            return bool(results)
+        st = self._goaio_stats
+        st["collects"] += 1
+        st["results"] += len(got)
+        results.extend(got)
+        return True
+
+    def _goaio_dispatch_queued(self):
+        self._goaio_dispatch_pending = False
+        self._goaio_dispatch()
+
+    def _goaio_dispatch(self):
+        """Hand each taken result to its transport (res.context is the
+        transport's bound handler)."""
+        results = self._goaio_results
+        pop = results.popleft
+        it = self._goaio_iter
+        deferred = None
+        while results:
+            res = pop()
+            ctx = res.context
+            tr = ctx.__self__
+            if tr._recv_iter == it and ctx is tr._read_cb:
+                # posted in this very iteration (after a previous read's
+                # data): its data waits for the next one, as a readiness
+                # loop reads a socket once per iteration
+                if deferred is None:
+                    deferred = []
+                deferred.append(res)
+                continue
+            ctx(res)
+        if deferred is not None:
+            results.extend(deferred)
+            self._goaio_dirty = True
+
+    def _goaio_io_ready(self):
+        # the service's poller has events: do that IO here and dispatch
+        if self._goaio_take():
+            self._goaio_dispatch()
+
+    def _goaio_on_notify(self):
+        self._goaio_stats["worker_wakeups"] += 1
+        try:
+            os.read(self._goaio_wake_r, 4096)
+        except OSError:
+            pass
+        if self._goaio_take():
+            self._goaio_dispatch()
+
+    # -- the transports --
+
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        if hasattr(self, "_ensure_fd_no_transport"):
+            self._ensure_fd_no_transport(sock)
+        return GoaioTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, *,
+                            server_side=False, server_hostname=None, extra=None, server=None,
+                            ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+                            ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT):
+        # goaio has no TLS yet: asyncio's own TLS protocol over a goaio transport
+        if hasattr(self, "_ensure_fd_no_transport"):
+            self._ensure_fd_no_transport(rawsock)
+        ssl_protocol = sslproto.SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout)
+        GoaioTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
+
+    # -- closing --
+
+    def close(self):
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        sel = self._selector
+        if sel is not None:
+            for fd in (self._goaio_poll_fd, self._goaio_wake_r):
+                if fd >= 0:
+                    self._remove_reader(fd)
+        super().close()
+        self._goaio_results.clear()
+        svc = self._svc
+        if svc is not None:
+            svc._set_notify_fd(-1)
+            if not svc.closed:
+                svc._set_external_collector(False)
+            if self._owns_svc:
+                svc.close()
+        for fd in {self._goaio_wake_r, self._goaio_wake_w}:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+    """The default policy, making :class:`Loop` loops."""
+
+    _loop_factory = Loop
+
+
+def new_event_loop():
+    """A new :class:`Loop`."""
+    return Loop()
+
+
+def run(main, *, debug=None):
+    """Run the coroutine ``main`` on a new :class:`Loop` (as ``asyncio.run``)."""
+    with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
+        return runner.run(main)

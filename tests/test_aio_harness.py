@@ -1,0 +1,32 @@
+"""CPython's own test_asyncio networking modules on goaio's loop: no test that
+passes on asyncio's default loop may fail on goaio's (scripts/run_test_asyncio.py;
+the full list of modules runs with ``python scripts/run_test_asyncio.py``)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from support import REPO_ROOT, subprocess_env
+
+SCRIPT = os.path.join(REPO_ROOT, "scripts", "run_test_asyncio.py")
+
+
+@pytest.mark.timeout(240)
+def test_test_asyncio_quick_modules_no_regression(backend, tmp_path):
+    report = tmp_path / "report.json"
+    p = subprocess.run(
+        [sys.executable, SCRIPT, "--quick", "--backend", backend.name, "--report", str(report),
+         "--per-test-timeout", "60", "--module-timeout", "200"],
+        env=subprocess_env(), capture_output=True, text=True, timeout=230)
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = {r["module"]: r for r in json.loads(report.read_text())}
+    assert all(not r["regressions"] for r in rows.values()), rows
+    # the goaio side really ran goaio's loop (and only goaio's selector loop),
+    # with goaio transports, and the tests passed there
+    streams = rows["test_streams"]
+    assert streams["goaio"]["pass"] >= 50, streams
+    assert set(streams["running_loops"]) == {"HarnessLoop"}, streams
+    assert streams["goaio_transports"] >= 20, streams
