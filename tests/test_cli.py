@@ -237,19 +237,8 @@ def _run_example_client(backend_name, port, message):
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=WAIT * 3)
 
 
-def _stop_example_server(proc, backend_name):
+def _stop_example_server(proc):
     try:
-        if backend_name == "pure":
-            # Known pure-backend bug (reported): a KeyboardInterrupt raised by
-            # the SIGINT handler inside the pure poll round can leave a
-            # connection lock held (svc.close() then hangs) or be swallowed by
-            # a BufferPool.release routed to sys.unraisablehook (the server
-            # keeps running): a few runs in a hundred. Until it is fixed the
-            # pure run stops the example with SIGTERM's default action.
-            proc.send_signal(signal.SIGTERM)
-            proc.communicate(timeout=WAIT)
-            assert proc.returncode == -signal.SIGTERM
-            return
         proc.send_signal(signal.SIGINT)  # Ctrl-C: KeyboardInterrupt out of `for res in svc`
         _out, err = proc.communicate(timeout=WAIT)
         assert proc.returncode == 0, err
@@ -268,7 +257,7 @@ def test_example_client_against_example_server(backend):
             assert done.returncode == 0, (done.stdout, done.stderr)
             assert done.stdout.strip() == message
     finally:
-        _stop_example_server(proc, backend.name)
+        _stop_example_server(proc)
 
 
 def test_example_server_against_plain_clients(backend):
@@ -291,7 +280,7 @@ def test_example_server_against_plain_clients(backend):
             for c in clients:
                 c.close()
     finally:
-        _stop_example_server(proc, backend.name)
+        _stop_example_server(proc)
 
 
 def test_example_client_against_plain_server(backend):
