@@ -339,3 +339,15 @@ def test_bench_accept_and_connect_storms():
     for label in ("goaio pure ", "asyncio Protocol", "goaio pure svc.connect", "asyncio create_connection"):
         assert label in proc.stdout, proc.stdout
     assert "FAILED" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("name", ["echo_server.py", "echo_client.py"])
+def test_readme_shows_the_example_files(name):
+    """The README's example code is the example file (without its docstring),
+    so what the tests run is what the README shows."""
+    with open(os.path.join(EXAMPLES, name)) as f:
+        code = f.read()
+    body = code[code.index('"""', 3) + 3:].lstrip("\n")
+    with open(os.path.join(os.path.dirname(EXAMPLES), "README.md")) as f:
+        readme = f.read()
+    assert "```python\n" + body + "```\n" in readme
