@@ -240,6 +240,7 @@ cdef class AIOService:
         """Counts of connections, pending operations, threads and totals (the
         same keys on every backend)."""
         return svc_stats(self)
+
     def _poll_fd(self):
         """goaio.aio hook: the poller's descriptor, readable while IO events
         wait (a thread then collecting with timeout=0 does that IO itself)."""
