@@ -177,9 +177,15 @@ def stats(svc):
 class ConnLifecycle:
     """Half-close, cancel, addresses and counters of a pure AIOConn."""
 
-    __slots__ = ("_shut", "_shut_err", "_nops", "_brecv", "_bsent")
+    __slots__ = ("_shut", "_shut_err", "_nops", "_brecv", "_bsent", "_peer")
 
     def _init_lifecycle(self):
+        # the peer's address, read once at bind (accept, connect): it stays
+        # known after the peer went and the TCP state is CLOSED
+        try:
+            self._peer = self._sock.getpeername()
+        except OSError:
+            self._peer = None   # already gone (reset before the bind)
         self._shut = 0          # 0 open, 1 shutdown pending, 2 shut down (for writing)
         self._shut_err = None   # the error of a send that failed while a shutdown was pending
         self._nops = 0          # results made, bytes moved (under the conn's lock)
@@ -198,13 +204,11 @@ class ConnLifecycle:
 
     @property
     def peername(self):
-        """``getpeername()`` of the socket; None once closed (or unknown to the OS)."""
+        """``getpeername()`` of the socket as it was bound; None once closed
+        (or if the peer had already gone when it was bound)."""
         if self._closed:
             return None
-        try:
-            return self._sock.getpeername()
-        except OSError:
-            return None
+        return self._peer
 
     @property
     def sockname(self):

@@ -428,6 +428,23 @@ def test_peername_and_sockname_of_a_bound_connection(backend, svc, bind, pairs, 
     assert conn.sockname is None
 
 
+@pytest.mark.parametrize("family", ["tcp", "tcp6"])
+def test_peername_stays_known_after_both_sides_closed_their_stream(backend, svc, bind, pairs, family):
+    """After FIN both ways the socket is CLOSED and getpeername() fails; the
+    connection is still open in goaio and still knows its peer."""
+    sock, peer = pairs(family)
+    want, local = sock.getpeername(), sock.getsockname()
+    conn = bind(sock)
+    peer.close()
+    conn.recv("eof", bytearray(4))
+    assert isinstance(collect_one(svc).err, EOFError)
+    conn.shutdown("sd")
+    assert collect_one(svc).err is None
+    time.sleep(0.05)
+    assert conn.peername == want
+    assert conn.sockname == local
+
+
 def test_peername_and_sockname_none_after_service_close(backend, peers):
     svc = backend.AIOService()
     try:

@@ -9,6 +9,7 @@ cdef class AIOConn:
     cdef object _sock
     cdef public object user_data
     cdef dict _shared_errs       # key -> the exception a failed send shares with a shutdown
+    cdef object _peername        # getpeername() read at bind (core/halfclose.pxi)
     cdef object __weakref__
 
     def __init__(self):

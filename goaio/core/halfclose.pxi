@@ -125,12 +125,24 @@ cdef int conn_cancel(AIOConn conn, context, reason) except -1:
     return n
 
 
+cdef object peername_at_bind(sock):
+    """The peer's address, read once when the socket is bound (GIL held): it
+    stays known after both sides closed their stream and the kernel forgot it;
+    None if the peer was already gone."""
+    try:
+        return sock.getpeername()
+    except OSError:
+        return None
+
+
 cdef object conn_address(AIOConn conn, bint peer):
-    """getpeername() / getsockname() of the socket, None once closed or when the
-    OS no longer knows it (GIL held)."""
+    """conn.peername (as read at bind) / getsockname() of the socket; None once
+    closed, or when the OS does not know it (GIL held)."""
     if conn.c.closed:
         return None
+    if peer:
+        return conn._peername
     try:
-        return conn._sock.getpeername() if peer else conn._sock.getsockname()
+        return conn._sock.getsockname()
     except OSError:
         return None

@@ -116,6 +116,7 @@ cdef class AIOService:
             conn.c = c
             conn._svc = self
             conn._sock = sock
+            conn._peername = peername_at_bind(sock)     # core/halfclose.pxi
             conn.user_data = option.user_data
             c.fd = fd
             # A send is tried at once (EAGAIN clears the flag). Readability comes
