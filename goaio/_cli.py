@@ -12,11 +12,9 @@ connection); 2 for a usage error.
 """
 
 import argparse
-import errno
 import signal
 import socket
 import sys
-import threading
 
 _RECV = "recv"  # the context of a receive; a send's context is its buffer
 
@@ -68,113 +66,132 @@ def _raise_nofile_limit():
         pass
 
 
-def _accept_loop(listener, svc, pool, args, goaio):
-    """Accepts connections, binds each to ``svc`` and posts its first recv."""
-    warned_fds = False
-    while True:
-        try:
-            sock, _ = listener.accept()
-        except OSError as exc:
-            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                if not warned_fds:
-                    print(f"goaio echo: accept: {exc}; retrying", file=sys.stderr, flush=True)
-                    warned_fds = True
-                threading.Event().wait(0.1)
-                continue
-            if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
-                continue
-            return  # the listener was shut down: the server is stopping
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = svc.bind(sock, share_buff=pool)
-            if args.recv_timeout:
-                conn.set_recv_timeout(args.recv_timeout)
-            conn.recv(_RECV, None if pool is not None else bytearray(args.buffer_size))
-        except goaio.ServiceClosed:
-            sock.close()
-            return
-        except OSError:  # the peer left between accept and setsockopt
-            sock.close()
+class _Accept:
+    """The context of the accepts posted on the listener (one object, so
+    ``res.context is ACCEPT`` tells an accept's completion)."""
+
+    __slots__ = ()
+
+    def __repr__(self):
+        return "ACCEPT"
 
 
-def _collect(svc, pool, stopping, quiet, goaio):
-    """The collector: echo what each receive brought, then receive again."""
+ACCEPT = _Accept()
+#: accepts kept pending on the listener: each completion posts the next one,
+#: so a burst of clients is taken without a round of the loop per client
+PENDING_ACCEPTS = 64
+
+
+_WAKE = "wake"  # the context of the receive on the signal wake-up socket
+
+
+def _serve(svc, ln, pool, args, stopping, goaio):
+    """The one loop of the server: collect completions and answer each.
+
+    - an accept: post the new connection's first receive, post the next accept;
+    - a receive: send back what it brought (the buffer is the send's context);
+    - a send: post the next receive (in share-buffer mode the buffer first
+      goes back to the pool).
+    Returns when a signal has asked to stop or the service is closed.
+    """
+    warned_accept = False
+    for _ in range(PENDING_ACCEPTS):
+        ln.accept(ACCEPT)
+    size = args.buffer_size
     while not stopping:
         try:
-            batch = svc.get_complete_statuses(256, timeout=0.25)
+            batch = svc.get_complete_statuses(256)  # no timeout: a signal wakes it
         except goaio.ServiceClosed:
             return
         for res in batch:
             conn = res.conn
-            if res.err is not None:
-                if pool is not None and res.context is not _RECV:
-                    pool.release(res.context)  # a failed send's pool buffer
-                if not quiet and not isinstance(res.err, (EOFError, goaio.ConnClosed)):
-                    print(f"goaio echo: closing connection fd={conn.fd}: {res.err!r}",
-                          file=sys.stderr, flush=True)
-                conn.close()
-                continue
+            ctx = res.context
             try:
-                if res.context is _RECV:
+                if ctx is _WAKE:
+                    continue  # a signal handler asked to stop: ``stopping`` is set
+                if ctx is ACCEPT:
+                    if res.err is not None:
+                        if isinstance(res.err, (goaio.ConnClosed, goaio.ServiceClosed)):
+                            continue  # the listener is closing
+                        # EMFILE & co.: goaio pauses the listener by itself
+                        # (no thread spins); the accept is posted again
+                        if not warned_accept and not args.quiet:
+                            print(f"goaio echo: accept: {res.err}; accepting resumes when it can",
+                                  file=sys.stderr, flush=True)
+                            warned_accept = True
+                    else:
+                        if args.recv_timeout:
+                            conn.set_recv_timeout(args.recv_timeout)
+                        conn.recv(_RECV, None if pool is not None else bytearray(size))
+                    ln.accept(ACCEPT)
+                    continue
+                if res.err is not None:
+                    if pool is not None and ctx is not _RECV:
+                        pool.release(ctx)  # a failed send's pool buffer
+                    if not args.quiet and not isinstance(res.err, (EOFError, goaio.ConnClosed)):
+                        print(f"goaio echo: closing connection fd={conn.fd}: {res.err!r}",
+                              file=sys.stderr, flush=True)
+                    conn.close()
+                elif ctx is _RECV:
                     buff = res.buff
                     conn.send(buff, memoryview(buff)[:res.bytes_transferred])
                 elif pool is not None:
-                    pool.release(res.context)
+                    pool.release(ctx)
                     conn.recv(_RECV, None)
                 else:
-                    conn.recv(_RECV, res.context)
+                    conn.recv(_RECV, ctx)
             except goaio.ServiceClosed:
                 return
-            except goaio.Error:  # closed meanwhile; nothing is left pending
-                conn.close()
+            except goaio.Error:  # closed meanwhile (connection or listener)
+                if conn is not None and ctx is not ACCEPT:
+                    conn.close()
 
 
 def cmd_echo(args):
     import goaio
 
     _raise_nofile_limit()
-    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
+    svc = goaio.AIOService(args.workers)
+    pool = goaio.BufferPool(args.buffer_size) if args.share_buff else None
     try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((args.host, args.port))
-        listener.listen(4096)
+        ln = svc.listen((args.host, args.port), backlog=4096,
+                        **({"share_buff": pool} if pool is not None else {}))
     except OSError as exc:
-        listener.close()
+        svc.close()
         print(f"goaio echo: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
-    host, port = listener.getsockname()[:2]
+    host, port = ln.address[:2]
 
-    # The handlers only raise a flag: the collector sees it within its 0.25 s
-    # wait, then everything is closed in order. (Raising from a handler could
-    # land in the middle of the service's own bookkeeping.)
+    # SIGINT and SIGTERM stop the server. The loop waits for completions
+    # with no timeout; goaio runs Python signal handlers while it waits (within
+    # 100 ms, on every backend). The handler raises no exception (one raised
+    # inside the service's own code could leave it half-way through its
+    # bookkeeping): it sets the flag and writes a byte to a socket pair whose
+    # other end has a receive posted, so the wait returns and the loop ends.
     stopping = []
+    wake_r, wake_w = socket.socketpair()
+    wake_w.setblocking(False)
+    svc.bind(wake_r).recv(_WAKE, bytearray(16))
 
     def on_signal(signum, _frame):
         stopping.append(signum)
+        try:
+            wake_w.send(b"\0")
+        except OSError:  # full (already woken) or closed: the flag is enough
+            pass
 
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    svc = goaio.AIOService(args.workers)
-    pool = goaio.BufferPool(args.buffer_size) if args.share_buff else None
-    acceptor = threading.Thread(target=_accept_loop, args=(listener, svc, pool, args, goaio),
-                                name="goaio-echo-accept", daemon=True)
-    acceptor.start()
     mode = ", share buffers" if pool is not None else ""
     print(f"goaio echo server (backend {goaio.BACKEND}{mode}) listening on {host}:{port}", flush=True)
     try:
-        _collect(svc, pool, stopping, args.quiet, goaio)
+        _serve(svc, ln, pool, args, stopping, goaio)
     finally:
-        try:
-            listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
-        except OSError:
-            pass
-        listener.close()
-        svc.close()
-        acceptor.join(2)
         for sig, handler in old.items():
             signal.signal(sig, handler)
-    if stopping and not args.quiet:
-        name = signal.Signals(stopping[0]).name
+        svc.close()  # closes the listener, every connection, gives buffers back
+        wake_w.close()
+    if not args.quiet:
+        name = signal.Signals(stopping[0]).name if stopping else "service closed"
         print(f"goaio echo server stopped ({name})", file=sys.stderr, flush=True)
     return 0
 
@@ -189,9 +206,10 @@ def build_parser():
     sub.required = True
 
     echo = sub.add_parser("echo", help="run an echo server on goaio (the README's example, complete)",
-                          description="An echo server on goaio: one accept thread binds every "
-                          "connection and posts a receive; the main thread collects completions, "
-                          "sends back what was received and posts the next receive. "
+                          description="An echo server on goaio with no thread of its own: it listens "
+                          "with svc.listen, keeps accepts posted, and its one loop collects "
+                          "completions: an accepted connection gets a receive, a receive is "
+                          "sent back, a finished send posts the next receive. "
                           "SIGINT/SIGTERM stop it cleanly (exit status 0).")
     echo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     echo.add_argument("--port", type=_port, default=8110, help="port (default 8110; 0 picks a free one)")
@@ -234,6 +252,18 @@ def build_parser():
     bench.add_argument("--idle", type=int, default=0, metavar="N",
                        help="also measure each server's RSS per idle connection with N connections "
                        "(on a fresh server process; ulimit -n must allow N)")
+    bench.add_argument("--accept-storm", type=_positive_int, default=None, metavar="N",
+                       help="instead of the echo load: a C client opens N connections, --conns at a "
+                       "time (closed loop), each doing one round trip of --storm-size bytes, against "
+                       "each server (default goaio-epoll,goaio-pure,uvloop,asyncio,c-epoll); "
+                       "prints connections/s and the server's CPU time per connection")
+    bench.add_argument("--connect-storm", type=_positive_int, default=None, metavar="N",
+                       help="instead of the echo load: N connections, --conns at a time, each one "
+                       "round trip, made by goaio svc.connect (each backend) and by asyncio/uvloop "
+                       "create_connection against one C epoll echo server; prints connections/s "
+                       "and the client's CPU time per connection")
+    bench.add_argument("--storm-size", type=_non_negative_int, default=16, metavar="B",
+                       help="bytes of the one round trip of each storm connection (0: none; default 16)")
     bench.add_argument("--plot", metavar="FILE.png", help="draw a bar chart (needs matplotlib)")
     bench.add_argument("--json", metavar="FILE.json", help="write the raw figures")
     bench.set_defaults(func=_cmd_bench)

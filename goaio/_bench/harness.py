@@ -270,6 +270,13 @@ def main(args):
     cpus = sorted(os.sched_getaffinity(0)) if pin else []
     server_cpus, client_cpus = ({cpus[0]}, set(cpus[1:])) if pin else (None, None)
 
+    if getattr(args, "accept_storm", None) or getattr(args, "connect_storm", None):
+        from . import conns
+
+        print(f"{datetime.datetime.now():%Y-%m-%d %H:%M}, Python {platform.python_version()}, "
+              f"{os.cpu_count()} CPUs" + (f", server on CPU {min(server_cpus)}, client on the rest" if pin else ""))
+        return conns.main(args, progress, server_cpus, client_cpus)
+
     meta = {
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "host": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(),

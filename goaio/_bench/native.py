@@ -42,7 +42,7 @@ def why_not(name):
 
 
 def build(name):
-    """Path of the compiled ``name`` (``"loadgen"`` or ``"echo_epoll"``), or None."""
+    """Path of the compiled ``name`` (``"loadgen"``, ``"echo_epoll"`` or ``"storm"``), or None."""
     if not sys.platform.startswith("linux"):
         _why[name] = "the C helpers use epoll (Linux only)"
         return None
