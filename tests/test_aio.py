@@ -102,7 +102,7 @@ def test_echo_create_server_create_connection(loop):
         tr, pr = await loop.create_connection(lambda: Recorder(loop), "127.0.0.1", port)
         assert isinstance(tr, asyncio.Transport)
         assert isinstance(tr, goaio.aio.GoaioTransport)
-        assert loop.service._stats()["conns"] >= 1   # the client end is a goaio connection
+        assert loop.service.stats()["connections"] >= 1   # the client end is a goaio connection
         payload = os.urandom(1 << 20)
         tr.write(payload[:1000])
         tr.writelines([payload[1000:5000], bytearray(payload[5000:])])

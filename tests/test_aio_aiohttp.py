@@ -20,27 +20,22 @@ web = pytest.importorskip("aiohttp.web")
 HELLO = b"Hello, World!"
 
 
-def _svc_stats(svc):
-    fn = getattr(svc, "stats", None) or svc._stats
-    return fn()
-
-
 def make_app(seen):
     """The application: nothing in it knows about goaio. ``seen`` records the
     transport class and the service's connection count per request."""
 
     async def hello(request):
-        seen.append((type(request.transport), _svc_stats(asyncio.get_running_loop().service)["conns"]))
+        seen.append((type(request.transport), asyncio.get_running_loop().service.stats()["connections"]))
         return web.Response(body=HELLO, content_type="text/plain")
 
     async def echo(request):
-        seen.append((type(request.transport), _svc_stats(asyncio.get_running_loop().service)["conns"]))
+        seen.append((type(request.transport), asyncio.get_running_loop().service.stats()["connections"]))
         body = await request.read()
         return web.Response(body=body, content_type="application/octet-stream")
 
     async def stream_echo(request):
         # chunked response written piece by piece as the request body streams in
-        seen.append((type(request.transport), _svc_stats(asyncio.get_running_loop().service)["conns"]))
+        seen.append((type(request.transport), asyncio.get_running_loop().service.stats()["connections"]))
         resp = web.StreamResponse()
         await resp.prepare(request)
         async for chunk in request.content.iter_chunked(65536):
@@ -125,7 +120,7 @@ def test_aiohttp_app_with_aiohttp_client(loop):
     assert {cls for cls, _ in seen} == {goaio.aio.GoaioTransport}
     assert all(conns >= 2 for _, conns in seen), seen
     assert loop._goaio_stats["results"] > 0
-    assert _svc_stats(loop.service)["conns"] == 0
+    assert loop.service.stats()["connections"] == 0
 
 
 def test_aiohttp_app_with_curl(loop, tmp_path):
@@ -165,7 +160,7 @@ def test_aiohttp_app_with_curl(loop, tmp_path):
     assert len(seen) == 1 + 2 + 3 + 6
     assert {cls for cls, _ in seen} == {goaio.aio.GoaioTransport}
     assert all(conns >= 1 for _, conns in seen), seen
-    assert _svc_stats(loop.service)["conns"] == 0
+    assert loop.service.stats()["connections"] == 0
 
 
 def test_aiohttp_example_runs(backend, tmp_path):
