@@ -240,9 +240,21 @@ def _run_example_client(backend_name, port, message):
 def _stop_example_server(proc):
     try:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: KeyboardInterrupt out of `for res in svc`
-        _out, err = proc.communicate(timeout=WAIT)
+        try:
+            _out, err = proc.communicate(timeout=3)
+        except subprocess.TimeoutExpired:
+            # CPython drops a KeyboardInterrupt that lands inside a __del__
+            # (it prints "Exception ignored in ..."), in any Python program; on
+            # the pure backend a dropped connection's __del__ is Python code,
+            # so now and then the first Ctrl-C is lost there. A second one is
+            # what a user does then: it must stop the server.
+            proc.send_signal(signal.SIGINT)
+            _out, err = proc.communicate(timeout=WAIT)
+            assert "KeyboardInterrupt" in err and "Exception ignored in" in err, err
+            assert err.count("Traceback") == err.count("Exception ignored in"), err
+        else:
+            assert "Traceback" not in err, err
         assert proc.returncode == 0, err
-        assert "Traceback" not in err, err
     finally:
         if proc.poll() is None:
             proc.kill()
