@@ -79,6 +79,17 @@ def _connect_once(kind, backend, port, total, conc, size, cpus):
     return res
 
 
+def _settle(rows):
+    """Give every row that ran cleanly its median; 1 if any row failed."""
+    failed = 0
+    for row in rows:
+        if row["runs"] and not row.get("failed"):
+            row["best"] = _median(row["runs"])
+        elif row.get("failed"):
+            failed = 1
+    return failed
+
+
 def _median(runs):
     runs = sorted(runs, key=lambda r: r["cps"])
     return runs[(len(runs) - 1) // 2]
@@ -149,11 +160,7 @@ def main(args, progress, server_cpus, client_cpus):
                 except Exception as exc:
                     row["failed"] = f"{type(exc).__name__}: {exc}"
                     progress.line(f"{tag} FAILED: {row['failed']}")
-        for row in rows:
-            if row["runs"] and not row.get("failed"):
-                row["best"] = _median(row["runs"])
-            elif row.get("failed"):
-                status = 1
+        status |= _settle(rows)
         results["accept_storm"] = rows
         print()
         print(_table(f"accept storm: {total} connections, {conc} at a time, "
@@ -195,11 +202,7 @@ def main(args, progress, server_cpus, client_cpus):
                 except Exception as exc:
                     row["failed"] = f"{type(exc).__name__}: {exc}"
                     progress.line(f"{tag} FAILED: {row['failed']}")
-        for row in rows:
-            if row["runs"] and not row.get("failed"):
-                row["best"] = _median(row["runs"])
-            elif row.get("failed"):
-                status = 1
+        status |= _settle(rows)
         results["connect_storm"] = rows
         print()
         print(_table(f"connect storm: {total} connections, {conc} at a time, "
