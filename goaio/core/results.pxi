@@ -4,10 +4,13 @@
 @cython.freelist(64)
 cdef class AIOResult:
     """The completion of one posted operation."""
+    # Read through member descriptors (see _result_members below), as the
+    # pure backend's __slots__ are: the interpreter reads such a field
+    # straight from the object once an attribute access is specialised.
     cdef public object conn
     cdef public object context
     cdef public object buff
-    cdef public Py_ssize_t bytes_transferred
+    cdef public object bytes_transferred     # an int
     cdef public object err
 
     def __init__(self, conn, context, buff, bytes_transferred, err):
@@ -18,8 +21,78 @@ cdef class AIOResult:
         self.err = err
 
     def __repr__(self):
-        return (f"<AIOResult context={self.context!r} bytes_transferred={self.bytes_transferred}"
-                f" err={self.err!r}>")
+        # read as Python reads them: a member a user deleted is an AttributeError
+        r = <object>self
+        return (f"<AIOResult context={r.context!r} bytes_transferred={r.bytes_transferred}"
+                f" err={r.err!r}>")
+
+
+cdef extern from "structmember.h":
+    ctypedef struct PyMemberDef:
+        const char *name
+        int type
+        Py_ssize_t offset
+        int flags
+        const char *doc
+    int T_OBJECT_EX
+    object PyDescr_NewMember(PyTypeObject_d *t, PyMemberDef *m)
+
+cdef extern from "Python.h":
+    ctypedef struct PyTypeObject_d "PyTypeObject":
+        PyObject *tp_dict
+        Py_ssize_t tp_basicsize
+    void PyType_Modified(PyTypeObject_d *t)
+
+
+cdef PyMemberDef _result_members[5]
+
+
+cdef int result_members_init() except -1:
+    """Replace AIOResult's field properties by member descriptors (at import).
+
+    Cython makes a `cdef public` field a getset property, which CPython's
+    specialising interpreter cannot read inline; a T_OBJECT_EX member (what
+    __slots__ makes) it reads straight from the object (LOAD_ATTR_SLOT): the
+    five reads of a result cost a load each instead of a descriptor call."""
+    cdef PyTypeObject_d *t = <PyTypeObject_d *>AIOResult
+    cdef Py_ssize_t offs[5]
+    cdef const char *names[5]
+    cdef Py_ssize_t off
+    cdef int i
+    cdef char *base
+    if t.tp_dict == NULL:
+        return 0
+    names[0] = "conn"
+    names[1] = "context"
+    names[2] = "buff"
+    names[3] = "bytes_transferred"
+    names[4] = "err"
+    # where each field lives: found by value (Cython names the struct, not us)
+    marks = [object() for i in range(5)]
+    r = AIOResult(*marks)
+    base = <char *><PyObject *>r
+    for i in range(5):
+        offs[i] = 0
+        off = sizeof(PyObject)
+        while off + <Py_ssize_t>sizeof(PyObject *) <= t.tp_basicsize:
+            if (<PyObject **>(base + off))[0] == <PyObject *>marks[i]:
+                offs[i] = off
+            off += sizeof(PyObject *)
+        if offs[i] == 0:
+            return 0        # not found: keep Cython's properties
+    d = <dict><object>t.tp_dict
+    for i in range(5):
+        _result_members[i].name = names[i]
+        _result_members[i].type = T_OBJECT_EX
+        _result_members[i].offset = offs[i]
+        _result_members[i].flags = 0
+        _result_members[i].doc = NULL
+        d[(<bytes>names[i]).decode()] = PyDescr_NewMember(t, &_result_members[i])
+    PyType_Modified(t)
+    return 0
+
+
+result_members_init()
 
 
 cdef object make_err_gil(op_t *op):
