@@ -55,7 +55,7 @@ cdef class AIOConn:
             raise ServiceClosed(MSG_SERVICE_CLOSED)
         if self.c.closed:
             raise ConnClosed(MSG_CONN_CLOSED)
-        if self._sock.fileno() != self.c.fd:
+        if sock_fileno(self._sock) != self.c.fd:     # (core/post.pxi)
             # The user closed the socket behind our back: the number may
             # belong to another file now, which must never see our IO.
             self._close(_oserror(EBADF))
@@ -76,39 +76,17 @@ cdef class AIOConn:
         cdef conn_t *c = self.c
         cdef svc_t *s = self._svc.s
         cdef bint sending = op.kind == OP_SEND or op.kind == OP_SHUTDOWN
-        cdef opq_t *q = &c.sq if sending else &c.rq
-        cdef oplist_t done
-        cdef int rc = 0
-        oplist_init(&done)
+        cdef int rc
         op.conn = c
         op.context = <PyObject *>context
         Py_INCREF(context)
         op.pyconn = <PyObject *>self
         Py_INCREF(self)
-        with nogil:
-            pthread_mutex_lock(&c.lock)
-            if c.closed:
-                rc = 1
-            elif sending and c.shut:
-                rc = 3          # a shutdown is pending or done (core/halfclose.pxi)
-            elif q.len >= q.max:
-                rc = 2
-            else:
-                if op.kind == OP_SHUTDOWN:
-                    c.shut = 1
-                    c.shut_err = 0
-                if q.timeout:
-                    op.deadline = goaio_now_ns() + q.timeout
-                    schedule_timer_locked(s, c, op.deadline)
-                opq_push_locked(q, op)
-                goaio_atomic_inc(&s.live_ops)
-                if q.head == op:
-                    if sending:
-                        process_send_locked(s, c, &done)
-                    elif c.readable or c.eof:
-                        process_recv_locked(s, c, &done)
-            cq_push(s, &done)
-            pthread_mutex_unlock(&c.lock)
+        if post_keeps_gil(c, op):       # core/post.pxi
+            rc = post_queue_nogil(s, c, op, sending)
+        else:
+            with nogil:
+                rc = post_queue_nogil(s, c, op, sending)
         if s.closed == SVC_CLOSED:
             discard_queued_gil(s)       # a callback closed the service meanwhile
         if rc:

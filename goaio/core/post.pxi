@@ -97,3 +97,94 @@ cdef inline int64_t to_ns(double seconds) noexcept nogil:
     cdef int64_t ns = <int64_t>(seconds * 1e9 + 0.5)
     return ns if ns > 0 else 1
 
+
+
+# --- the posting fast path (issue 13) ---------------------------------------
+
+cdef enum:
+    # An op of at most this many bytes is queued and tried with the GIL kept:
+    # its system call is a short non-blocking copy, cheaper than giving the
+    # GIL away and taking it back (the lock order allows it: a thread holding
+    # the GIL may block on any C lock). Bigger ones drop the GIL meanwhile.
+    POST_WITH_GIL_MAX = 65536
+
+
+cdef int post_queue_nogil(svc_t *s, conn_t *c, op_t *op, bint sending) noexcept nogil:
+    """Queue op on c and run it at once when the socket is ready; 0, or why
+    it was refused: 1 closed, 2 queue full, 3 a shutdown is pending or done.
+    No C lock held on entry (takes c.lock); GIL held or not."""
+    cdef opq_t *q = &c.sq if sending else &c.rq
+    cdef oplist_t done
+    cdef int rc = 0
+    oplist_init(&done)
+    pthread_mutex_lock(&c.lock)
+    if c.closed:
+        rc = 1
+    elif sending and c.shut:
+        rc = 3          # a shutdown is pending or done (core/halfclose.pxi)
+    elif q.len >= q.max:
+        rc = 2
+    else:
+        if op.kind == OP_SHUTDOWN:
+            c.shut = 1
+            c.shut_err = 0
+        if q.timeout:
+            op.deadline = goaio_now_ns() + q.timeout
+            schedule_timer_locked(s, c, op.deadline)
+        opq_push_locked(q, op)
+        goaio_atomic_inc(&s.live_ops)
+        if q.head == op:
+            if sending:
+                process_send_locked(s, c, &done)
+            elif c.readable or c.eof:
+                process_recv_locked(s, c, &done)
+    cq_push(s, &done)
+    pthread_mutex_unlock(&c.lock)
+    return rc
+
+
+cdef inline bint post_keeps_gil(conn_t *c, op_t *op) noexcept nogil:
+    """Whether op is small enough to be posted with the GIL kept (see
+    POST_WITH_GIL_MAX); a share-buffer receive counts its pool's buffer size."""
+    if op.flags & OPF_NEEDBUF:
+        return c.pool != NULL and c.pool.size <= POST_WITH_GIL_MAX
+    return op.total <= POST_WITH_GIL_MAX
+
+
+cdef extern from *:
+    """
+    /* CPython's socket object starts with its descriptor (Modules/socketmodule.h:
+       PyObject_HEAD, then SOCKET_T sock_fd, an int on POSIX); checked at import
+       against fileno() before it is relied on. */
+    typedef struct { PyObject_HEAD int sock_fd; } goaio_sockobj_head;
+    #define goaio_sock_fd(o) (((goaio_sockobj_head *)(o))->sock_fd)
+    """
+    int goaio_sock_fd(PyObject *o)
+
+import socket as _socket_mod
+
+cdef object _plain_socket_type = _socket_mod.socket
+
+
+cdef bint _sock_fd_readable():
+    """Whether a socket.socket's descriptor can be read from the object (the
+    layout above) with fileno()'s answer, open and closed (at import)."""
+    a, b = _socket_mod.socketpair()
+    try:
+        ok = (goaio_sock_fd(<PyObject *>a) == a.fileno() and
+              goaio_sock_fd(<PyObject *>b) == b.fileno())
+    finally:
+        a.close()
+        b.close()
+    return ok and goaio_sock_fd(<PyObject *>a) == a.fileno() == -1
+
+
+cdef bint _sock_fd_direct = _sock_fd_readable()
+
+
+cdef inline int sock_fileno(object sock) except? -2:
+    """sock.fileno() of a bound socket, without a method call for a plain
+    socket.socket (a subclass may override fileno(): it is called)."""
+    if _sock_fd_direct and type(sock) is _plain_socket_type:
+        return goaio_sock_fd(<PyObject *>sock)
+    return sock.fileno()
