@@ -27,18 +27,51 @@ cdef int get_view(object b, Py_buffer *v, bint writable) except -1:
     return 0
 
 
+cdef extern from *:
+    """
+    #ifdef Py_GIL_DISABLED
+    #define GOAIO_OP_FREELIST 0
+    #else
+    #define GOAIO_OP_FREELIST 64
+    #endif
+    """
+    int GOAIO_OP_FREELIST
+
+# Freed ops kept for reuse, one list per size (with and without view0). An op
+# is made and freed with the GIL held only (op_new, op_release_gil), so the
+# GIL guards the lists; none on a build without a GIL.
+cdef op_t *_op_free[2][64]
+cdef int _op_nfree[2]
+
+
 cdef op_t *op_new(int kind, bint pinned=True) except NULL:
     """A new op (GIL held); one that pins no buffer of its own (a share-buffer receive,
     which waits idle the longest) is allocated without the inline Py_buffer."""
     cdef size_t size = sizeof(op_t) if pinned else sizeof(op_t) - sizeof(Py_buffer)
-    cdef op_t *op = <op_t *>PyMem_RawMalloc(size)
-    if op == NULL:
-        raise MemoryError()
-    memset(op, 0, size)
+    cdef op_t *op
+    if _op_nfree[pinned]:
+        _op_nfree[pinned] -= 1
+        op = _op_free[pinned][_op_nfree[pinned]]
+    else:
+        op = <op_t *>PyMem_RawMalloc(size)
+        if op == NULL:
+            raise MemoryError()
+    memset(op, 0, sizeof(op_t) - sizeof(Py_buffer))    # (view0 is filled when used)
     op.kind = kind
+    op.pinned = pinned
     op.views = &op.view0
     op.iov = &op.iov0
     return op
+
+
+cdef inline void op_free_gil(op_t *op) noexcept:
+    """Free an op's memory, or keep it for the next op_new (GIL held)."""
+    cdef int k = 1 if op.pinned else 0
+    if _op_nfree[k] < GOAIO_OP_FREELIST:
+        _op_free[k][_op_nfree[k]] = op
+        _op_nfree[k] += 1
+    else:
+        PyMem_RawFree(op)
 
 
 cdef int fill_buffers(op_t *op, object buff, bint writable) except -1:

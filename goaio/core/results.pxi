@@ -151,7 +151,7 @@ cdef void op_release_gil(op_t *op, bint give_back):
     if op.views != &op.view0 and op.stash == NULL:
         PyMem_RawFree(op.views)
     PyMem_RawFree(op.iovs)
-    PyMem_RawFree(op)
+    op_free_gil(op)                 # core/post.pxi
 
 
 cdef AIOResult make_result_gil(svc_t *s, op_t *op):

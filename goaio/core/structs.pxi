@@ -57,6 +57,7 @@ cdef struct op_t:
     int iovcnt
     int pool_idx
     int newfd            # OP_ACCEPT/OP_CONNECT: the new socket, -1 once handed over
+    int pinned           # allocated with view0 (core/post.pxi: op_new, the freelists)
     PyObject *pyconn     # owned: keeps the AIOConn alive while the op is pending
     PyObject *context    # owned
     PyObject *buffobj    # owned (borrowed for OPF_POOLBUF)
