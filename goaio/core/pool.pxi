@@ -7,6 +7,10 @@
 # dropped when the buffer goes to the user (acquire(), a successful receive)
 # and taken again by release().
 
+from cpython.dict cimport PyDict_GetItem
+from cpython.long cimport PyLong_FromVoidPtr, PyLong_AsSsize_t
+
+
 cdef int pool_pop(pool_t *p, PyObject **obj, char **data) noexcept nogil:
     """Take a free buffer; -1 when the pool must grow. Takes p.lock (a caller
     may hold c.lock); GIL held or not."""
@@ -156,17 +160,20 @@ cdef class BufferPool:
 
     def release(self, buff):
         """Give back a buffer that ``acquire()`` handed out."""
-        cdef object i = self._index.get(id(buff))
-        cdef int idx
-        if i is None or self._all[i] is not buff:
+        # (p.bufs and p.nbufs change only in _grow, under the GIL we hold)
+        cdef PyObject *i = PyDict_GetItem(self._index, PyLong_FromVoidPtr(<PyObject *>buff))
+        cdef Py_ssize_t idx
+        if i == NULL:
             raise ValueError(MSG_POOL_FOREIGN)
-        idx = i
+        idx = PyLong_AsSsize_t(<object>i)
+        if idx < 0 or idx >= self.p.nbufs or self.p.bufs[idx] != <PyObject *>buff:
+            raise ValueError(MSG_POOL_FOREIGN)
         if not self.p.out[idx]:
             raise ValueError(MSG_POOL_FOREIGN)
-        if len(buff) != self.buffer_size:
+        if PyByteArray_GET_SIZE(buff) != self.buffer_size:
             raise ValueError(MSG_POOL_RESIZED)
         PyObject_GetBuffer(buff, &self.p.views[idx], PyBUF_WRITABLE)   # pinned while in the pool
-        pool_push(self.p, idx)
+        pool_push(self.p, <int>idx)
 
     def stats(self):
         """{"buffers", "free", "out", "buffer_size"}: the pool's buffers (free +
