@@ -1,6 +1,14 @@
 # core/post.pxi -- building an op when it is posted: pinning the user's
 # buffers (Py_buffer, held until the op is released). GIL held, no C lock.
 
+cdef inline bint view_is_c_contiguous(Py_buffer *v) noexcept:
+    """PyBuffer_IsContiguous(v, 'C'), answered inline for the usual flat
+    buffer (bytes, bytearray, a memoryview slice)."""
+    if v.ndim == 0 or (v.ndim == 1 and (v.strides == NULL or v.strides[0] == v.itemsize)):
+        return True
+    return PyBuffer_IsContiguous(v, b'C')
+
+
 cdef int get_view(object b, Py_buffer *v, bint writable) except -1:
     """Pin b (C-contiguous; writable for a receive) into v (GIL held).
 
@@ -21,7 +29,7 @@ cdef int get_view(object b, Py_buffer *v, bint writable) except -1:
             raise TypeError(MSG_READ_ONLY.format(type(b).__name__)) from None
     else:
         PyObject_GetBuffer(b, v, PyBUF_FULL_RO)
-    if not PyBuffer_IsContiguous(v, b'C'):
+    if not view_is_c_contiguous(v):
         PyBuffer_Release(v)
         raise BufferError(MSG_NOT_CONTIGUOUS)
     return 0
