@@ -134,7 +134,7 @@ def _serve(svc, ln, pool, args, stopping, goaio):
                     conn.close()
                 elif ctx is _RECV:
                     buff = res.buff
-                    conn.send(buff, memoryview(buff)[:res.bytes_transferred])
+                    conn.send(buff, buff, nbytes=res.bytes_transferred)
                 elif pool is not None:
                     pool.release(ctx)
                     conn.recv(_RECV, None)

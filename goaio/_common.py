@@ -186,6 +186,17 @@ def check_max_results(max_results):
     return _check_int("max_results", max_results, 1, sys.maxsize)
 
 
+def check_send_nbytes(nbytes, buff):
+    """send(context, buff, nbytes=...): -1 for None (the whole buffer), else
+    nbytes (an int >= 0; the upper bound, the buffer's length in bytes, is
+    checked by the backend once the buffer is pinned)."""
+    if nbytes is None:
+        return -1
+    if type(buff) is list:
+        raise TypeError(_messages.SEND_NBYTES_LIST)
+    return _check_int("nbytes", nbytes, 0, sys.maxsize)
+
+
 def check_socket(sock):
     """What ``bind`` accepts: a connected, non-listening SOCK_STREAM socket.
 

@@ -32,6 +32,8 @@ SHARE_UNUSABLE = "share_buff.acquire() returned an unusable buffer: {}"  # TypeE
 POOL_FOREIGN = "buffer was not handed out by this pool, or was already released"  # ValueError
 POOL_RESIZED = "a pool buffer must not be resized"                  # ValueError
 NOT_MADE_BY_BIND = "AIOConn objects are made by AIOService.bind()"  # TypeError
+SEND_NBYTES_LIST = "send(nbytes=) takes a single buffer, not a list"   # TypeError
+SEND_NBYTES_RANGE = "nbytes must be between 0 and the buffer's {} bytes, got {}"  # ValueError
 TOO_LARGE = "{} must be <= {}, got {}"  # OverflowError: max_results, buffer_size past sys.maxsize
 
 # --- tunables -------------------------------------------------------------------

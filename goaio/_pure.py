@@ -56,6 +56,7 @@ from ._common import (
     bound_fds,
     check_conn_timeout,
     check_max_results,
+    check_send_nbytes as _check_send_nbytes,
     check_socket,
     check_timeout,
     check_workers,
@@ -480,8 +481,9 @@ class AIOConn(ConnLifecycle):
             if svc._cwaiters or svc._pcoll:
                 svc._wake_for_results()
 
-    def send(self, context, buff):
-        """Write every byte of ``buff`` (a bytes-like object or a list of them)."""
+    def send(self, context, buff, *, nbytes=None):
+        """Write every byte of ``buff`` (a bytes-like object or a list of
+        them), or its first ``nbytes`` bytes (one buffer)."""
         svc = self._svc
         if svc._closed:
             raise ServiceClosed(M.SERVICE_CLOSED)
@@ -489,6 +491,8 @@ class AIOConn(ConnLifecycle):
             self._closed_or_stale()
         if self._shut:
             raise BrokenPipeError(M.SEND_AFTER_SHUTDOWN)
+        if nbytes is not None:
+            nbytes = _check_send_nbytes(nbytes, buff)
         if type(buff) is list:
             mv, total = _views(buff, False)
             iov = _iov(mv)
@@ -496,6 +500,15 @@ class AIOConn(ConnLifecycle):
             mv = _view(buff, False)
             total = mv.nbytes
             iov = None
+            if nbytes is not None:
+                if nbytes > total:
+                    mv.release()
+                    raise ValueError(M.SEND_NBYTES_RANGE.format(total, nbytes))
+                if nbytes < total:
+                    part = mv[:nbytes]
+                    mv.release()
+                    mv = part
+                    total = nbytes
         with self._lock:
             n = self._send_locked(context, buff, mv, iov, total)
         if n:

@@ -130,13 +130,16 @@ cdef class AIOConn:
             raise
         self._post(op, context)
 
-    def send(self, context, buff):
-        """Write every byte of buff (a bytes-like object or a list of them)."""
+    def send(self, context, buff, *, nbytes=None):
+        """Write every byte of buff (a bytes-like object or a list of them), or
+        its first `nbytes` bytes (one buffer)."""
         cdef op_t *op
+        cdef Py_ssize_t n
         self._check_open()
+        n = send_nbytes(nbytes, buff)        # core/post.pxi
         op = op_new(OP_SEND)
         try:
-            fill_buffers(op, buff, False)
+            fill_buffers(op, buff, False, n)
         except BaseException:
             op_release_gil(op, False)
             raise

@@ -82,9 +82,33 @@ cdef inline void op_free_gil(op_t *op) noexcept:
         PyMem_RawFree(op)
 
 
-cdef int fill_buffers(op_t *op, object buff, bint writable) except -1:
+cdef object _check_send_nbytes = _common.check_send_nbytes
+cdef str MSG_SEND_NBYTES_RANGE = _messages.SEND_NBYTES_RANGE
+
+cdef extern from "Python.h":
+    long PyLong_AsLongAndOverflow(object o, int *overflow) except? -1
+    Py_ssize_t PY_SSIZE_T_MAX
+
+
+cdef Py_ssize_t send_nbytes(object nbytes, object buff) except? -2:
+    """send()'s nbytes: -1 for None, else the count (an int >= 0, one buffer);
+    anything else goes to the shared checker, which raises as the pure
+    backend does."""
+    cdef int overflow = 0
+    cdef long n
+    if nbytes is None:
+        return -1
+    if type(nbytes) is int and type(buff) is not list:
+        n = PyLong_AsLongAndOverflow(nbytes, &overflow)
+        if n >= 0 and not overflow and n <= PY_SSIZE_T_MAX:
+            return n
+    return _check_send_nbytes(nbytes, buff)
+
+
+cdef int fill_buffers(op_t *op, object buff, bint writable, Py_ssize_t nbytes=-1) except -1:
     """Pin buff (a buffer or a list of buffers) for the op's whole life (GIL
-    held; on error the caller releases the op)."""
+    held; on error the caller releases the op). nbytes >= 0: a send of the
+    first nbytes bytes of one buffer (checked by _check_send_nbytes)."""
     cdef Py_ssize_t n, i
     cdef Py_buffer *v
     if type(buff) is list:
@@ -115,6 +139,11 @@ cdef int fill_buffers(op_t *op, object buff, bint writable) except -1:
         op.iov0.iov_len = op.view0.len
         op.iovcnt = 1
         op.total = op.view0.len
+        if nbytes >= 0:
+            if nbytes > op.view0.len:
+                raise ValueError(MSG_SEND_NBYTES_RANGE.format(op.view0.len, nbytes))
+            op.iov0.iov_len = nbytes
+            op.total = nbytes
     op.buffobj = <PyObject *>buff
     Py_INCREF(buff)
     if op.total == 0:
