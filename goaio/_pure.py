@@ -984,6 +984,12 @@ class AIOService(ServiceLifecycle):
         self._mwaiters = []        # the main thread's wait locks (see _collect)
         self._wwaiting = 0
         self._last_cpoll = 0.0
+        # A collector took results straight from the queue (the fast paths of
+        # get_complete_status*) since a worker last looked, and the last one
+        # to wait in _collect could poll (not the main thread): that
+        # collector is active, so a worker leaves the poll to it.
+        self._qtaken = False
+        self._cpolls = False
         self._polls_c = 0          # poll rounds done by collectors / by workers
         self._polls_w = 0
         self._closer = None        # the thread that runs close()
@@ -1060,6 +1066,7 @@ class AIOService(ServiceLifecycle):
             except IndexError:
                 pass
             else:
+                self._qtaken = True
                 if self._pooled:
                     self._claim(res)
                 return res
@@ -1083,6 +1090,7 @@ class AIOService(ServiceLifecycle):
             except IndexError:
                 pass
             if out:
+                self._qtaken = True
                 if self._pooled:
                     for r in out:
                         self._claim(r)
@@ -1133,6 +1141,7 @@ class AIOService(ServiceLifecycle):
         # raising handler inside its IO calls) is the exception: its thread
         # does the IO, main thread or not.
         main = threading.get_ident() == _main_ident() and not self._external
+        self._cpolls = not main
         while True:
             waiter = None
             with lock:
@@ -1432,6 +1441,12 @@ class AIOService(ServiceLifecycle):
                     if self._closed:
                         return
                     if not self._polling:
+                        if self._qtaken:
+                            # a collector that can poll keeps taking what our
+                            # rounds queue: it is active, hand the poll back
+                            self._qtaken = False
+                            if self._cpolls:
+                                self._last_cpoll = monotonic()
                         idle = monotonic() - self._last_cpoll
                         grace = self._grace
                         if idle >= grace:
