@@ -41,6 +41,54 @@ cdef void pool_push(pool_t *p, int idx) noexcept nogil:
     pthread_mutex_unlock(&p.lock)
 
 
+cdef inline size_t pool_hash(PyObject *b, Py_ssize_t hcap) noexcept nogil:
+    cdef uint64_t h = (<uint64_t><size_t>b >> 4) * <uint64_t>0x9E3779B97F4A7C15
+    return <size_t>(h ^ (h >> 32)) & <size_t>(hcap - 1)
+
+
+cdef Py_ssize_t pool_find_gil(pool_t *p, PyObject *b) noexcept:
+    """The index of buffer b in the pool, or -1 (GIL held: the table changes
+    only in _grow). An accelerator of BufferPool._index: no Python calls."""
+    cdef size_t h
+    cdef Py_ssize_t i
+    if p.hcap == 0:
+        return -1
+    h = pool_hash(b, p.hcap)
+    while True:
+        i = p.htab[h]
+        if i < 0 or p.bufs[i] == b:
+            return i
+        h = (h + 1) & <size_t>(p.hcap - 1)
+
+
+cdef void pool_index_gil(pool_t *p) noexcept:
+    """Enter every buffer into the address table, growing it to keep it at
+    most half full (GIL held). Out of memory: the table is left as it was and
+    release() falls back to BufferPool._index for what it lacks."""
+    cdef Py_ssize_t cap = p.hcap if p.hcap else 64
+    cdef Py_ssize_t i
+    cdef Py_ssize_t *t
+    cdef size_t h
+    while cap < 2 * p.nbufs:
+        cap *= 2
+    if cap != p.hcap:
+        t = <Py_ssize_t *>PyMem_RawMalloc(cap * sizeof(Py_ssize_t))
+        if t == NULL:
+            return
+        for i in range(cap):
+            t[i] = -1
+        PyMem_RawFree(p.htab)
+        p.htab = t
+        p.hcap = cap
+        p.hn = 0
+    for i in range(p.hn, p.nbufs):
+        h = pool_hash(p.bufs[i], p.hcap)
+        while p.htab[h] >= 0:
+            h = (h + 1) & <size_t>(p.hcap - 1)
+        p.htab[h] = i
+    p.hn = p.nbufs
+
+
 cdef class BufferPool:
     """A thread-safe pool of ``bytearray(buffer_size)`` that grows on demand.
 
@@ -82,6 +130,7 @@ cdef class BufferPool:
             PyMem_RawFree(self.p.bufs)
             PyMem_RawFree(self.p.out)
             PyMem_RawFree(self.p.free)
+            PyMem_RawFree(self.p.htab)
             PyMem_RawFree(self.p)
             self.p = NULL
 
@@ -134,6 +183,7 @@ cdef class BufferPool:
                 p.free[p.nfree] = <int>i
                 p.nfree += 1
             p.nbufs = newcap
+            pool_index_gil(p)       # (no Python: fine under p.lock)
             pinned = 0          # the pool's now
             pthread_mutex_unlock(&p.lock)
         except BaseException:
@@ -160,12 +210,14 @@ cdef class BufferPool:
 
     def release(self, buff):
         """Give back a buffer that ``acquire()`` handed out."""
-        # (p.bufs and p.nbufs change only in _grow, under the GIL we hold)
-        cdef PyObject *i = PyDict_GetItem(self._index, PyLong_FromVoidPtr(<PyObject *>buff))
-        cdef Py_ssize_t idx
-        if i == NULL:
-            raise ValueError(MSG_POOL_FOREIGN)
-        idx = PyLong_AsSsize_t(<object>i)
+        # (p.bufs, p.nbufs and the table change only in _grow, under the GIL we hold)
+        cdef Py_ssize_t idx = pool_find_gil(self.p, <PyObject *>buff)
+        cdef PyObject *i
+        if idx < 0:
+            i = PyDict_GetItem(self._index, PyLong_FromVoidPtr(<PyObject *>buff))
+            if i == NULL:
+                raise ValueError(MSG_POOL_FOREIGN)
+            idx = PyLong_AsSsize_t(<object>i)
         if idx < 0 or idx >= self.p.nbufs or self.p.bufs[idx] != <PyObject *>buff:
             raise ValueError(MSG_POOL_FOREIGN)
         if not self.p.out[idx]:

@@ -102,6 +102,9 @@ cdef struct pool_t:
     Py_ssize_t cap
     Py_ssize_t nout
     Py_ssize_t size
+    Py_ssize_t *htab     # buffer address -> index (open addressing, -1 empty; GIL-guarded:
+    Py_ssize_t hcap      #   release() and _grow() only), a power of two, or 0
+    Py_ssize_t hn        # buffers entered in it (the first hn of bufs)
 
 
 cdef struct conn_t:
