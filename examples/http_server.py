@@ -1,4 +1,4 @@
-"""A minimal keep-alive HTTP/1.1 server on goaio's API, with no thread of its own.
+"""A minimal keep-alive HTTP/1.1 server on goaio's API.
 
     python examples/http_server.py [PORT] [--backend pure|epoll|kqueue]
 
@@ -9,7 +9,8 @@ order. It is the server of the README's HTTP load (`wrk -c50`), not a web
 framework: no request bodies (a request with a body is answered 400 and the
 connection closed), headers of at most 64 KiB.
 
-One loop collects every completion: an accept posts the connection's first
+One loop (on a thread of its own; the main thread waits for Ctrl-C)
+collects every completion: an accept posts the connection's first
 receive; a receive parses what it brought and sends every complete request's
 answer in one send (``nbytes=`` sends the first bytes of the prebuilt
 answer buffer, no slicing); a finished send posts the next receive. Ctrl-C
