@@ -932,6 +932,10 @@ def aio_transport_class(base):
             return (<AioCore>self._c).protocol
 
         @property
+        def _sock_fd(self):
+            return (<AioCore>self._c).fd
+
+        @property
         def _held(self):
             # a completed receive kept while reading is paused (its bytes;
             # a pool buffer went back at once), else None
