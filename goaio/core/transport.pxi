@@ -96,15 +96,18 @@ cdef class AioCollector:
             timeout = 0
         elif self.dirty:
             self.dirty = False
-            if self.take():
+            # only what is queued (ops the callbacks' posts completed): IO
+            # that is not done yet shows as the poller's descriptor being
+            # readable in the loop's own select, and io_ready() does it
+            if self.take(False):
                 self.dispatch_pending = True
                 self.ready.append(self.handle)
                 timeout = 0
         return self.orig_select(timeout)
 
-    cpdef bint take(self) except -1:
-        """Take what the service has (doing on this thread the IO that is
-        ready); True if there is something to dispatch."""
+    cpdef bint take(self, bint poll=True) except -1:
+        """Take what the service has (poll: doing on this thread the IO that
+        is ready); True if there is something to dispatch."""
         cdef svc_t *s = self.svc.s
         cdef op_t *got = NULL
         cdef op_t *last
@@ -117,6 +120,8 @@ cdef class AioCollector:
             got = cq_pop_locked(s, AIO_BATCH)
             s.last_collector = goaio_now_ns()
         pthread_mutex_unlock(&s.lock)
+        if got == NULL and not poll:
+            return self.head != NULL
         if got == NULL:
             with nogil:
                 closed = cq_take(s, AIO_BATCH, 0, &got)
