@@ -17,6 +17,7 @@ operations whose completions the loop thread collects itself. See docs/aio.md.
 
 import asyncio
 import collections
+import errno
 import os
 import socket
 import sys
@@ -577,6 +578,8 @@ def _detach(server, tr):
 
 
 _NO_EXTRA = types.MappingProxyType({})
+_HIGH_WATER = 64 * 1024         # asyncio's default write buffer limits
+_LOW_WATER = _HIGH_WATER // 4
 _MISSING = object()
 
 
@@ -591,15 +594,20 @@ class _CTransportBase(GoaioTransport):
     __slots__ = ()
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
-        # (extra is kept as given: sockname, peername and socket are asked
-        # of the connection when wanted, not stored per transport)
-        super().__init__(extra if extra else _NO_EXTRA, loop)
+        # What _FlowControlMixin.__init__ sets, without a dict or two new
+        # ints per transport: extra is kept as given (sockname, peername and
+        # socket are asked of the connection when wanted), the default limits
+        # are shared objects.
+        self._extra = extra if extra else _NO_EXTRA
+        self._loop = loop
+        self._protocol_paused = False
+        self._high_water = _HIGH_WATER
+        self._low_water = _LOW_WATER
         _set_nodelay(sock)
-        mod = loop._goaio_mod
         conn = loop._svc.bind(sock, recvq_size=2, sendq_size=MAX_INFLIGHT_SENDS + 1,
                               share_buff=loop._pool)
-        self._c = mod.AioCore(loop._goaio, loop, self, conn, protocol, loop._pool, server,
-                              self.try_send_first, self._high_water, self._low_water)
+        self._c = loop._goaio_mod.AioCore(loop._goaio, self, conn, protocol, server,
+                                          self.try_send_first, _HIGH_WATER, _LOW_WATER)
         if server is not None:
             _attach(server, self)
         loop._transports[sock.fileno()] = self
@@ -646,8 +654,9 @@ class _PyCollector:
     them to their transports (the compiled backends' is ``AioCollector``,
     goaio/core/transport.pxi, with the same interface)."""
 
-    def __init__(self, svc, ready, orig_select):
+    def __init__(self, svc, loop, ready, orig_select):
         self.svc = svc
+        self.loop = loop
         self.ready = ready
         self.orig_select = orig_select
         self.results_q = collections.deque()
@@ -773,7 +782,7 @@ class Loop(asyncio.SelectorEventLoop):
         self._goaio_tcls = _transport_class(mod)
         sel = self._selector
         col_cls = mod.AioCollector if hasattr(mod, "AioCollector") else _PyCollector
-        self._goaio = col = col_cls(self._svc, self._ready, sel.select)
+        self._goaio = col = col_cls(self._svc, self, self._ready, sel.select)
         col.set_handle(asyncio.Handle(col.dispatch_queued, (), self))
         self._goaio_wakeups = 0
         # the service's poller: readable while goaio has IO to do, which the
@@ -821,6 +830,57 @@ class Loop(asyncio.SelectorEventLoop):
         col = self._goaio
         if col.take():
             col.dispatch()
+
+    # -- accepting --
+
+    def _accept_connection(self, protocol_factory, sock, sslcontext=None, server=None,
+                           backlog=100, ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+                           ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT):
+        # asyncio's readiness accept, but a plain connection's transport is
+        # made here: no task, future and extra dict per connection (the
+        # transport asks goaio for the peer's address). TLS: asyncio's.
+        if sslcontext:
+            return super()._accept_connection(protocol_factory, sock, sslcontext, server,
+                                              backlog, ssl_handshake_timeout,
+                                              ssl_shutdown_timeout)
+        for _ in range(backlog):
+            try:
+                conn, addr = sock.accept()
+                if self._debug:
+                    logger.debug("%r got a new connection from %r: %r", server, addr, conn)
+                conn.setblocking(False)
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return None
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # as asyncio: stop listening for a while
+                    self.call_exception_handler({
+                        "message": "socket.accept() out of system resource",
+                        "exception": exc,
+                        "socket": trsock.TransportSocket(sock),
+                    })
+                    self._remove_reader(sock.fileno())
+                    self.call_later(constants.ACCEPT_RETRY_DELAY, self._start_serving,
+                                    protocol_factory, sock, sslcontext, server, backlog,
+                                    ssl_handshake_timeout, ssl_shutdown_timeout)
+                    return None
+                raise   # the loop logs and ignores it
+            addr = None
+            protocol = transport = None
+            try:
+                protocol = protocol_factory()
+                transport = self._make_socket_transport(conn, protocol, server=server)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                if transport is None:
+                    conn.close()
+                if self._debug:
+                    context = {"message": "Error on transport creation for incoming connection",
+                               "exception": exc}
+                    if protocol is not None:
+                        context["protocol"] = protocol
+                    self.call_exception_handler(context)
 
     # -- the transports --
 

@@ -60,12 +60,14 @@ cdef class AioCollector:
     cdef public bint dispatch_pending
     cdef public long long collects
     cdef public long long results
+    cdef public object loop
     cdef object ready                 # the loop's _ready deque
     cdef object handle                # an asyncio.Handle of dispatch_queued
     cdef object orig_select
 
-    def __init__(self, AIOService svc, ready, orig_select):
+    def __init__(self, AIOService svc, loop, ready, orig_select):
         self.svc = svc
+        self.loop = loop
         self.ready = ready
         self.orig_select = orig_select
 
@@ -220,21 +222,16 @@ cdef class AioCollector:
 cdef class AioCore:
     """The C state of one goaio.aio stream transport (see the top of this file)."""
     cdef AIOConn conn
-    cdef AioCollector col
-    cdef object loop
+    cdef AioCollector col        # (col.loop: the loop)
     cdef object shell            # the asyncio.Transport users hold
     cdef object protocol
     cdef object server
-    cdef object pool
     cdef object tsock            # TransportSocket, made when first asked for
     cdef list backlog            # writes waiting for a free send slot (None: none)
     cdef object empty_waiter
     cdef object reading_proto    # the protocol whose buffer the posted receive uses
-    cdef object held_data        # a completed receive kept while paused: bytes,
-    cdef object held_err         #   its error, or (held_n) a count into held_giver's buffer
-    cdef object held_giver
-    cdef object held_buf
-    cdef Py_ssize_t held_n
+    cdef tuple held              # a completed receive kept while paused:
+                                 #   (data, err, giver, buf, n) as deliver() takes them
     cdef Py_ssize_t buffer_size
     cdef Py_ssize_t high
     cdef Py_ssize_t low
@@ -242,27 +239,24 @@ cdef class AioCore:
     cdef int sending
     cdef int conn_lost
     cdef int fd
-    cdef bint alive              # until connection_lost ran (the Python "_sock is not None")
-    cdef bint buffered
-    cdef bint protocol_connected
-    cdef bint closing
-    cdef bint paused
-    cdef bint eof
-    cdef bint shut
-    cdef bint read_eof
-    cdef bint reading
-    cdef bint held
-    cdef bint proto_paused
-    cdef bint send_first
+    cdef char alive              # until connection_lost ran (the Python "_sock is not None")
+    cdef char buffered
+    cdef char protocol_connected
+    cdef char closing
+    cdef char paused
+    cdef char eof
+    cdef char shut
+    cdef char read_eof
+    cdef char reading
+    cdef char proto_paused
+    cdef char send_first
 
-    def __init__(self, AioCollector col, loop, shell, AIOConn conn, protocol, pool, server,
+    def __init__(self, AioCollector col, shell, AIOConn conn, protocol, server,
                  bint send_first, Py_ssize_t high, Py_ssize_t low):
         self.col = col
-        self.loop = loop
         self.shell = shell
         self.conn = conn
         self.fd = conn.c.fd
-        self.pool = pool
         self.server = server
         self.send_first = send_first
         self.high = high
@@ -342,31 +336,27 @@ cdef class AioCore:
         if self.closing or self.paused:
             return
         self.paused = True
-        if self.loop.get_debug():
+        if self.col.loop.get_debug():
             _aio_logger.debug("%r pauses reading", self.shell)
 
     def resume_reading(self):
         if self.closing or not self.paused:
             return
         self.paused = False
-        if self.loop.get_debug():
+        if self.col.loop.get_debug():
             _aio_logger.debug("%r resumes reading", self.shell)
-        if self.held:
-            self.loop.call_soon(self.deliver_held)
+        if self.held is not None:
+            self.col.loop.call_soon(self.deliver_held)
         else:
             self.start_reading()
 
     def deliver_held(self):
-        if not self.held:
+        held = self.held
+        if held is None:
             self.start_reading()
             return
-        self.held = False
-        data = self.held_data
-        err = self.held_err
-        giver = self.held_giver
-        buf = self.held_buf
-        self.held_data = self.held_err = self.held_giver = self.held_buf = None
-        self.deliver(data, err, giver, buf, self.held_n)
+        self.held = None
+        self.deliver(held[0], held[1], held[2], held[3], held[4])
 
     cpdef start_reading(self):
         """Post the next receive (one at a time)."""
@@ -458,12 +448,7 @@ cdef class AioCore:
         if self.conn_lost or self.closing:
             return 0
         if self.paused:
-            self.held = True
-            self.held_data = data
-            self.held_err = err
-            self.held_giver = giver
-            self.held_buf = buf
-            self.held_n = n
+            self.held = (data, err, giver, buf, n)
             return 0
         if err is not None:
             if isinstance(err, EOFError):
@@ -531,7 +516,7 @@ cdef class AioCore:
 
     cdef int _on_eof(self) except -1:
         self.read_eof = True
-        if self.loop.get_debug():
+        if self.col.loop.get_debug():
             _aio_logger.debug("%r received EOF", self.shell)
         try:
             keep_open = self.protocol.eof_received()
@@ -729,7 +714,7 @@ cdef class AioCore:
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self.loop.call_exception_handler({
+            self.col.loop.call_exception_handler({
                 "message": "protocol.pause_writing() failed",
                 "exception": exc,
                 "transport": self.shell,
@@ -747,7 +732,7 @@ cdef class AioCore:
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self.loop.call_exception_handler({
+            self.col.loop.call_exception_handler({
                 "message": "protocol.resume_writing() failed",
                 "exception": exc,
                 "transport": self.shell,
@@ -778,7 +763,7 @@ cdef class AioCore:
     def make_empty_waiter(self):
         if self.empty_waiter is not None:
             raise RuntimeError("Empty waiter is already set")
-        self.empty_waiter = self.loop.create_future()
+        self.empty_waiter = self.col.loop.create_future()
         if not self.sending and self.backlog is None:
             self.empty_waiter.set_result(None)
         return self.empty_waiter
@@ -794,7 +779,7 @@ cdef class AioCore:
         self.closing = True
         if not self.sending and self.backlog is None:
             self.conn_lost += 1
-            self.loop.call_soon(self.call_connection_lost, None)
+            self.col.loop.call_soon(self.call_connection_lost, None)
 
     def abort(self):
         self._force_close(None)
@@ -804,10 +789,10 @@ cdef class AioCore:
 
     cdef int _fatal_error(self, exc, message) except -1:
         if isinstance(exc, OSError):
-            if self.loop.get_debug():
+            if self.col.loop.get_debug():
                 _aio_logger.debug("%r: %s", self.shell, message, exc_info=True)
         else:
-            self.loop.call_exception_handler({
+            self.col.loop.call_exception_handler({
                 "message": message,
                 "exception": exc,
                 "transport": self.shell,
@@ -830,7 +815,7 @@ cdef class AioCore:
                 self.conn._close(None)
         self.closing = True
         self.conn_lost += 1
-        self.loop.call_soon(self.call_connection_lost, exc)
+        self.col.loop.call_soon(self.call_connection_lost, exc)
         return 0
 
     def call_connection_lost(self, exc):
@@ -843,8 +828,7 @@ cdef class AioCore:
         finally:
             conn = self.conn
             self.alive = False
-            self.held = False
-            self.held_data = self.held_err = self.held_giver = self.held_buf = None
+            self.held = None
             self.reading_proto = None
             if conn is not None:
                 conn._close(None)        # closes the socket too
@@ -855,7 +839,6 @@ cdef class AioCore:
             self.protocol = None
             server = self.server
             shell = self.shell
-            self.loop = None
             self.shell = None
             if server is not None:
                 self.server = None
@@ -944,11 +927,7 @@ def aio_transport_class(base):
         def _held(self):
             # a completed receive kept while reading is paused (its bytes;
             # a pool buffer went back at once), else None
-            c = <AioCore>self._c
-            if not c.held:
-                return None
-            return (c.held_data, c.held_err) if c.held_data is not None or c.held_err is not None \
-                else (c.held_buf, c.held_n)
+            return (<AioCore>self._c).held
 
         @property
         def _conn(self):
