@@ -43,6 +43,17 @@ def aio_init(logger, tsock, set_result, buffered, connlost_log, max_inflight, ba
     AIO_BATCH = batch
 
 
+cdef inline int aio_check_open(AIOConn conn) except -1:
+    # AIOConn._check_open without its fileno() check: the socket is the
+    # transport's own (users get asyncio's TransportSocket), never closed
+    # behind goaio's back
+    if conn._svc.s.closed:
+        raise ServiceClosed(MSG_SERVICE_CLOSED)
+    if conn.c.closed:
+        raise ConnClosed(MSG_CONN_CLOSED)
+    return 0
+
+
 cdef inline bint aio_quiet_err(object exc):
     return isinstance(exc, (ConnClosed, ServiceClosed))
 
@@ -380,7 +391,7 @@ cdef class AioCore:
                 self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
                 return
         try:
-            conn._check_open()
+            aio_check_open(conn)
             op = op_new(OP_RECV, buf is not None or conn.c.share_buff == NULL)
             try:
                 if buf is None:
@@ -652,7 +663,7 @@ cdef class AioCore:
         cdef op_t *op
         cdef AIOConn conn = self.conn
         try:
-            conn._check_open()
+            aio_check_open(conn)
             op = op_new(OP_SEND)
             try:
                 fill_buffers(op, data, False)
