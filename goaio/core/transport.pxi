@@ -17,7 +17,8 @@
 # _PyTransport), docs/aio.md describes both. GIL held everywhere here; the
 # only C lock taken is through AIOConn._post and the collection (cq_take).
 
-from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_CheckExact
+from cpython.bytes cimport (PyBytes_FromStringAndSize, PyBytes_CheckExact, PyBytes_GET_SIZE,
+                            PyBytes_AS_STRING)
 
 # set once by aio_init() (goaio.aio imports asyncio; the backend does not)
 cdef object _aio_logger = None
@@ -51,6 +52,55 @@ cdef inline int aio_check_open(AIOConn conn) except -1:
         raise ServiceClosed(MSG_SERVICE_CLOSED)
     if conn.c.closed:
         raise ConnClosed(MSG_CONN_CLOSED)
+    return 0
+
+
+cdef int aio_post(AIOConn conn, op_t *op, object context) except -1:
+    """AIOConn._post, keeping the GIL: the loop thread is the only one
+    posting, and taking c.lock (then s.lock) with the GIL held is allowed
+    (no holder of either waits for the GIL; docs/architecture.md). Releasing
+    and retaking the GIL cost more than the post itself."""
+    cdef conn_t *c = conn.c
+    cdef svc_t *s = conn._svc.s
+    cdef bint sending = op.kind == OP_SEND
+    cdef opq_t *q = &c.sq if sending else &c.rq
+    cdef oplist_t done
+    cdef int rc = 0
+    oplist_init(&done)
+    op.conn = c
+    op.context = <PyObject *>context
+    Py_INCREF(context)
+    op.pyconn = <PyObject *>conn
+    Py_INCREF(conn)
+    pthread_mutex_lock(&c.lock)
+    if c.closed:
+        rc = 1
+    elif sending and c.shut:
+        rc = 3
+    elif q.len >= q.max:
+        rc = 2
+    else:
+        if q.timeout:
+            op.deadline = goaio_now_ns() + q.timeout
+            schedule_timer_locked(s, c, op.deadline)
+        opq_push_locked(q, op)
+        goaio_atomic_inc(&s.live_ops)
+        if q.head == op:
+            if sending:
+                process_send_locked(s, c, &done)
+            elif c.readable or c.eof:
+                process_recv_locked(s, c, &done)
+    cq_push(s, &done)
+    pthread_mutex_unlock(&c.lock)
+    if s.closed == SVC_CLOSED:
+        discard_queued_gil(s)
+    if rc:
+        op_release_gil(op, False)
+        if rc == 1:
+            raise ConnClosed(MSG_CONN_CLOSED)
+        if rc == 3:
+            raise BrokenPipeError(MSG_SEND_AFTER_SHUTDOWN)
+        raise Busy(MSG_SENDQ_FULL if sending else MSG_RECVQ_FULL)
     return 0
 
 
@@ -405,7 +455,7 @@ cdef class AioCore:
             except BaseException:
                 op_release_gil(op, False)
                 raise
-            conn._post(op, self)
+            aio_post(conn, op, self)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -550,30 +600,44 @@ cdef class AioCore:
 
     cpdef write(self, data):
         cdef Py_buffer v
+        cdef bint is_bytes = PyBytes_CheckExact(data)
+        cdef char *p
         cdef ssize_t n
         cdef int e
         cdef Py_ssize_t size
-        if not (PyBytes_CheckExact(data) or isinstance(data, (bytes, bytearray, memoryview))):
+        if not is_bytes and not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
         if self.eof:
             raise RuntimeError("Cannot call write() after write_eof()")
         if self.empty_waiter is not None:
             raise RuntimeError("unable to write; sendfile is in progress")
-        PyObject_GetBuffer(data, &v, PyBUF_FULL_RO)
-        size = v.len
+        if is_bytes:
+            size = PyBytes_GET_SIZE(data)
+            p = PyBytes_AS_STRING(data)
+        else:
+            PyObject_GetBuffer(data, &v, PyBUF_FULL_RO)
+            size = v.len
+            p = <char *>v.buf
+            if not PyBuffer_IsContiguous(&v, b'C'):
+                # (a non-contiguous view goes out as a copy, through a goaio send)
+                PyBuffer_Release(&v)
+                data = bytes(data)
+                size = PyBytes_GET_SIZE(data)
+                p = PyBytes_AS_STRING(data)
+                is_bytes = True
+            else:
+                PyBuffer_Release(&v)     # (data keeps the memory alive meanwhile)
         if size == 0:
-            PyBuffer_Release(&v)
             return
         if self.conn_lost:
-            PyBuffer_Release(&v)
             self._lost_write()
             return
         if not self.sending and self.backlog is None and self.send_first \
-                and not self.conn.c.closed and PyBuffer_IsContiguous(&v, b'C'):
+                and not self.conn.c.closed:
             # nothing queued: write at once, as asyncio does (an error is then
             # seen by this very call, and the common case needs no result)
             while True:
-                n = send(self.fd, v.buf, <size_t>size, MSG_NOSIGNAL | MSG_DONTWAIT)
+                n = send(self.fd, p, <size_t>size, MSG_NOSIGNAL | MSG_DONTWAIT)
                 if n >= 0:
                     break
                 e = errno
@@ -582,18 +646,17 @@ cdef class AioCore:
                 if goaio_would_block(e):
                     n = 0
                     break
-                PyBuffer_Release(&v)
                 self._fatal_error(_oserror(e), "Fatal write error on socket transport")
                 return
             if n == size:
-                PyBuffer_Release(&v)
                 return
-            data = PyBytes_FromStringAndSize(<char *>v.buf + n, size - n)
-            size -= n
-        elif not PyBytes_CheckExact(data):
+            if n:
+                data = PyBytes_FromStringAndSize(p + n, size - n)
+                size -= n
+                is_bytes = True
+        if not is_bytes:
             # the caller may change a mutable buffer once write() returns
             data = bytes(data)
-        PyBuffer_Release(&v)
         self.buffer_size += size
         if self.sending >= AIO_MAX_INFLIGHT or self.backlog is not None:
             if self.backlog is None:
@@ -670,7 +733,7 @@ cdef class AioCore:
             except BaseException:
                 op_release_gil(op, False)
                 raise
-            conn._post(op, self)
+            aio_post(conn, op, self)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
