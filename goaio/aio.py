@@ -23,6 +23,7 @@ import socket
 import sys
 import types
 import warnings
+import weakref
 
 from asyncio import constants, futures, protocols, sslproto, transports, trsock
 from asyncio.log import logger
@@ -645,8 +646,90 @@ class _CTransportBase(GoaioTransport):
         self._c.set_limits(self._high_water, self._low_water)
         self._c.maybe_pause()
 
-    def _detach_server(self, server):
-        _detach(server, self)
+    def _lost(self, server):
+        # (connection_lost ran)
+        self._loop._transports._goaio_forget(self._sock_fd, self)
+        if server is not None:
+            _detach(server, self)
+
+
+class _TransportMap(weakref.WeakValueDictionary):
+    """``loop._transports``, asyncio's fd -> transport map (weak values),
+    with the compiled transports kept in a list indexed by fd instead: no
+    weak reference and no int key per connection. They leave it at
+    connection_lost (a live one is kept alive by its posted receive anyway)."""
+
+    def __init__(self):
+        super().__init__()
+        self._by_fd = []
+
+    def _goaio_get(self, fd):
+        by = self._by_fd
+        if type(fd) is int and 0 <= fd < len(by):
+            return by[fd]
+        return None
+
+    def _goaio_forget(self, fd, tr):
+        if self._goaio_get(fd) is tr:
+            self._by_fd[fd] = None
+
+    def __getitem__(self, key):
+        t = self._goaio_get(key)
+        return t if t is not None else super().__getitem__(key)
+
+    def get(self, key, default=None):
+        t = self._goaio_get(key)
+        return t if t is not None else super().get(key, default)
+
+    def __contains__(self, key):
+        return self._goaio_get(key) is not None or super().__contains__(key)
+
+    def __setitem__(self, key, value):
+        if type(key) is int and key >= 0 and isinstance(value, _CTransportBase):
+            super().pop(key, None)
+            if value._sock is None:
+                return              # (lost already: nothing to find)
+            by = self._by_fd
+            if key >= len(by):
+                by.extend([None] * (key + 1 - len(by)))
+            by[key] = value
+        else:
+            if self._goaio_get(key) is not None:
+                self._by_fd[key] = None
+            super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        if self._goaio_get(key) is not None:
+            self._by_fd[key] = None
+        else:
+            super().__delitem__(key)
+
+    def pop(self, key, *default):
+        t = self._goaio_get(key)
+        if t is not None:
+            self._by_fd[key] = None
+            return t
+        return super().pop(key, *default)
+
+    def _goaio_items(self):
+        return [(fd, t) for fd, t in enumerate(self._by_fd) if t is not None]
+
+    def __len__(self):
+        return super().__len__() + len(self._goaio_items())
+
+    def __iter__(self):
+        yield from list(super().__iter__())
+        for fd, _ in self._goaio_items():
+            yield fd
+
+    def keys(self):
+        return list(self)
+
+    def values(self):
+        return list(super().values()) + [t for _, t in self._goaio_items()]
+
+    def items(self):
+        return list(super().items()) + self._goaio_items()
 
 
 class _PyCollector:
@@ -768,6 +851,7 @@ class Loop(asyncio.SelectorEventLoop):
 
     def __init__(self, selector=None, *, service=None, backend=None):
         super().__init__(selector)
+        self._transports = _TransportMap()
         if service is not None:
             mod = sys.modules[type(service).__module__]
         else:
@@ -917,6 +1001,9 @@ class Loop(asyncio.SelectorEventLoop):
                     self._remove_reader(fd)
         super().close()
         self._goaio.clear()
+        # the compiled transports the map kept (their connections are closed
+        # with the service below; a transport nobody holds is collected)
+        self._transports._by_fd.clear()
         svc = self._svc
         if svc is not None:
             svc._set_notify_fd(-1)

@@ -812,3 +812,22 @@ def test_accept_makes_the_transport_and_survives_a_failing_factory(loop):
         await srv.wait_closed()
         assert len(made) == 2
     run(loop, main())
+
+
+def test_fd_of_a_transport_is_refused_to_add_reader_until_lost(loop, pairs):
+    """loop._transports finds goaio's transports by fd (asyncio's
+    _ensure_fd_no_transport), and forgets them once connection_lost ran."""
+    sock, peer = pairs("tcp")
+
+    async def main():
+        tr, pr = await loop.connect_accepted_socket(lambda: Recorder(loop), sock)
+        fd = tr._sock_fd
+        assert loop._transports[fd] is tr
+        assert tr in list(loop._transports.values())
+        with pytest.raises(RuntimeError, match="is used by transport"):
+            loop.add_reader(fd, lambda: None)
+        tr.close()
+        await pr.done
+        if not isinstance(tr, goaio.aio._PyTransport):
+            assert fd not in loop._transports
+    run(loop, main())

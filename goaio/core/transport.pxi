@@ -914,9 +914,8 @@ cdef class AioCore:
             server = self.server
             shell = self.shell
             self.shell = None
-            if server is not None:
-                self.server = None
-                shell._detach_server(server)
+            self.server = None
+            shell._lost(server)
 
 
 def aio_transport_class(base):
