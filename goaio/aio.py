@@ -12,7 +12,10 @@ asyncio's code) whose TCP and Unix stream transports are goaio connections:
 every connection that ``create_connection``, ``create_server``,
 ``create_unix_*``, ``connect_accepted_socket``, the streams API or ``ssl=``
 makes is bound to ``loop.service``, and its reads and writes are goaio
-operations whose completions the loop thread collects itself. See docs/aio.md.
+operations whose completions the loop thread collects itself. On the compiled
+backends the transport and the dispatch of completions are compiled
+(goaio/core/transport.pxi: no Python bytecode of goaio's and no AIOResult per
+message); on ``pure`` they are the Python classes here. See docs/aio.md.
 """
 
 import asyncio
