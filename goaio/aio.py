@@ -12,15 +12,21 @@ asyncio's code) whose TCP and Unix stream transports are goaio connections:
 every connection that ``create_connection``, ``create_server``,
 ``create_unix_*``, ``connect_accepted_socket``, the streams API or ``ssl=``
 makes is bound to ``loop.service``, and its reads and writes are goaio
-operations whose completions the loop thread collects itself. See docs/aio.md.
+operations whose completions the loop thread collects itself. On the compiled
+backends the transport and the dispatch of completions are compiled
+(goaio/core/transport.pxi: no Python bytecode of goaio's and no AIOResult per
+message); on ``pure`` they are the Python classes here. See docs/aio.md.
 """
 
 import asyncio
 import collections
+import errno
 import os
 import socket
 import sys
+import types
 import warnings
+import weakref
 
 from asyncio import constants, futures, protocols, sslproto, transports, trsock
 from asyncio.log import logger
@@ -55,22 +61,33 @@ def _set_nodelay(sock):
 class GoaioTransport(transports._FlowControlMixin, transports.Transport):
     """A stream transport over a goaio connection (``asyncio.Transport``).
 
-    One receive is posted at a time: into a pool buffer (then copied once into
-    the ``bytes`` given to ``data_received``) for a ``Protocol``, straight into
-    ``get_buffer()``'s buffer for a ``BufferedProtocol``. Writes are goaio sends
-    of the caller's bytes (copied first only when mutable).
+    The class of every transport ``goaio.aio.Loop`` makes: on the compiled
+    backends a compiled one (goaio/core/transport.pxi), on ``pure`` the
+    Python one below. One receive is posted at a time: into a pool buffer
+    (then copied once into the ``bytes`` given to ``data_received``) for a
+    ``Protocol``, straight into ``get_buffer()``'s buffer for a
+    ``BufferedProtocol``. Writes with nothing queued are sent at once, the
+    rest are goaio sends of the caller's bytes (copied first only when
+    mutable).
     """
 
+    __slots__ = ()
     _start_tls_compatible = True
     # native: asyncio's loop.sock_sendfile (os.sendfile) on the socket once
     # every goaio send has completed (write() meanwhile raises)
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
-    _sock = None
-    _conn = None
     #: write() with nothing queued sends at once (a non-blocking send(2) on
     #: the loop thread); only what the kernel does not take becomes a goaio
     #: send. False: every write is a goaio send (see docs/aio.md, "Delivery").
+    #: Read when a transport is made.
     try_send_first = True
+
+
+class _PyTransport(GoaioTransport):
+    """The Python transport (the pure backend's)."""
+
+    _sock = None
+    _conn = None
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         super().__init__(extra, loop)
@@ -106,14 +123,12 @@ class GoaioTransport(transports._FlowControlMixin, transports.Transport):
         self._read_cb = self._on_read      # the contexts of its operations
         self._write_cb = self._on_write
         self._recv_iter = -1               # loop iteration of the last receive posted
+        self._send_first = self.try_send_first
         self._conn = loop._svc.bind(sock, recvq_size=2, sendq_size=MAX_INFLIGHT_SENDS + 1,
                                     share_buff=loop._pool)
         self._sock = sock
         if server is not None:
-            if _ATTACH_TAKES_TRANSPORT:
-                server._attach(self)
-            else:
-                server._attach()
+            _attach(server, self)
         loop._transports[self._sock_fd] = self
         loop.call_soon(self._protocol.connection_made, self)
         # reading starts once connection_made() has run
@@ -209,9 +224,9 @@ class GoaioTransport(transports._FlowControlMixin, transports.Transport):
             return
         self._reading = True
         self._reading_proto = proto
-        loop = self._loop
-        loop._goaio_dirty = True
-        self._recv_iter = loop._goaio_iter
+        col = self._loop._goaio
+        col.dirty = True
+        self._recv_iter = col.iter
 
     def _on_read(self, res):
         """A receive completed (called by the loop with its result)."""
@@ -329,7 +344,7 @@ class GoaioTransport(transports._FlowControlMixin, transports.Transport):
                 logger.warning("socket.send() raised exception.")
             self._conn_lost += 1
             return
-        if not self._sending and not self._backlog and self.try_send_first:
+        if not self._sending and not self._backlog and self._send_first:
             # nothing queued: write at once, as asyncio does (an error is then
             # seen by this very call, and the common case needs no result)
             try:
@@ -376,7 +391,7 @@ class GoaioTransport(transports._FlowControlMixin, transports.Transport):
                 logger.warning("socket.send() raised exception.")
             self._conn_lost += 1
             return
-        if not self._sending and not self._backlog and self.try_send_first:
+        if not self._sending and not self._backlog and self._send_first:
             # nothing queued: one gather send(2) at once (sendmsg)
             try:
                 n = self._sock.sendmsg(items[:512])
@@ -417,7 +432,7 @@ class GoaioTransport(transports._FlowControlMixin, transports.Transport):
             self._fatal_error(exc, "Fatal write error on socket transport")
             return
         self._sending += 1
-        self._loop._goaio_dirty = True
+        self._loop._goaio.dirty = True
 
     def _on_write(self, res):
         """A send completed."""
@@ -539,7 +554,7 @@ class GoaioTransport(transports._FlowControlMixin, transports.Transport):
             self._reading_proto = None
             if conn is not None:
                 conn.close()        # closes the socket too
-                self._loop._goaio_dirty = True   # collect what the close completed
+                self._loop._goaio.dirty = True   # collect what the close completed
             waiter = self._empty_waiter
             if waiter is not None and not waiter.done():
                 waiter.set_exception(ConnectionError("Connection is closed by peer"))
@@ -549,10 +564,284 @@ class GoaioTransport(transports._FlowControlMixin, transports.Transport):
             server = self._server
             if server is not None:
                 self._server = None
-                if _ATTACH_TAKES_TRANSPORT:
-                    server._detach(self)
-                else:
-                    server._detach()
+                _detach(server, self)
+
+
+def _attach(server, tr):
+    if _ATTACH_TAKES_TRANSPORT:
+        server._attach(tr)
+    else:
+        server._attach()
+
+
+def _detach(server, tr):
+    if _ATTACH_TAKES_TRANSPORT:
+        server._detach(tr)
+    else:
+        server._detach()
+
+
+_NO_EXTRA = types.MappingProxyType({})
+_HIGH_WATER = 64 * 1024         # asyncio's default write buffer limits
+_LOW_WATER = _HIGH_WATER // 4
+_MISSING = object()
+
+
+class _CTransportBase(GoaioTransport):
+    """The Python half of the compiled backends' transport: what runs once
+    per connection (making it, get_extra_info, limits). Its subclass, made by
+    the backend (``aio_transport_class``), has the compiled per-message
+    methods and the ``_c`` slot, the ``AioCore`` that holds the state.
+
+    No ``__dict__``: an idle transport is this object and its core."""
+
+    __slots__ = ()
+
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        # What _FlowControlMixin.__init__ sets, without a dict or two new
+        # ints per transport: extra is kept as given (sockname, peername and
+        # socket are asked of the connection when wanted), the default limits
+        # are shared objects.
+        self._extra = extra if extra else _NO_EXTRA
+        self._loop = loop
+        self._protocol_paused = False
+        self._high_water = _HIGH_WATER
+        self._low_water = _LOW_WATER
+        _set_nodelay(sock)
+        conn = loop._svc.bind(sock, recvq_size=2, sendq_size=MAX_INFLIGHT_SENDS + 1,
+                              share_buff=loop._pool)
+        self._c = loop._goaio_mod.AioCore(loop._goaio, self, conn, protocol, server,
+                                          self.try_send_first, _HIGH_WATER, _LOW_WATER)
+        if server is not None:
+            _attach(server, self)
+        loop._transports[sock.fileno()] = self
+        loop.call_soon(protocol.connection_made, self)
+        # reading starts once connection_made() has run
+        loop.call_soon(self._c.start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    def __repr__(self):
+        c = getattr(self, "_c", None)
+        info = [self.__class__.__name__] + (c.repr_info() if c is not None else ["new"])
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn=warnings.warn):
+        c = getattr(self, "_c", None)
+        if c is not None:
+            c.finalize(_warn, self)
+
+    def get_extra_info(self, name, default=None):
+        v = self._extra.get(name, _MISSING)
+        if v is not _MISSING:
+            return v
+        c = self._c
+        if name == "socket":
+            return c.transport_socket
+        if name == "sockname":
+            return c.sockname()
+        if name == "peername":
+            return c.peername
+        return default
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        self._set_write_buffer_limits(high=high, low=low)
+        self._c.set_limits(self._high_water, self._low_water)
+        self._c.maybe_pause()
+
+    def _lost(self, server):
+        # (connection_lost ran)
+        self._loop._transports._goaio_forget(self._sock_fd, self)
+        if server is not None:
+            _detach(server, self)
+
+
+class _TransportMap(weakref.WeakValueDictionary):
+    """``loop._transports``, asyncio's fd -> transport map (weak values),
+    with the compiled transports kept in a list indexed by fd instead: no
+    weak reference and no int key per connection. They leave it at
+    connection_lost (a live one is kept alive by its posted receive anyway)."""
+
+    def __init__(self):
+        super().__init__()
+        self._by_fd = []
+
+    def _goaio_get(self, fd):
+        by = self._by_fd
+        if type(fd) is int and 0 <= fd < len(by):
+            return by[fd]
+        return None
+
+    def _goaio_forget(self, fd, tr):
+        if self._goaio_get(fd) is tr:
+            self._by_fd[fd] = None
+
+    def __getitem__(self, key):
+        t = self._goaio_get(key)
+        return t if t is not None else super().__getitem__(key)
+
+    def get(self, key, default=None):
+        t = self._goaio_get(key)
+        return t if t is not None else super().get(key, default)
+
+    def __contains__(self, key):
+        return self._goaio_get(key) is not None or super().__contains__(key)
+
+    def __setitem__(self, key, value):
+        if type(key) is int and key >= 0 and isinstance(value, _CTransportBase):
+            super().pop(key, None)
+            if value._sock is None:
+                return              # (lost already: nothing to find)
+            by = self._by_fd
+            if key >= len(by):
+                by.extend([None] * (key + 1 - len(by)))
+            by[key] = value
+        else:
+            if self._goaio_get(key) is not None:
+                self._by_fd[key] = None
+            super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        if self._goaio_get(key) is not None:
+            self._by_fd[key] = None
+        else:
+            super().__delitem__(key)
+
+    def pop(self, key, *default):
+        t = self._goaio_get(key)
+        if t is not None:
+            self._by_fd[key] = None
+            return t
+        return super().pop(key, *default)
+
+    def _goaio_items(self):
+        return [(fd, t) for fd, t in enumerate(self._by_fd) if t is not None]
+
+    def __len__(self):
+        return super().__len__() + len(self._goaio_items())
+
+    def __iter__(self):
+        yield from list(super().__iter__())
+        for fd, _ in self._goaio_items():
+            yield fd
+
+    def keys(self):
+        return list(self)
+
+    def values(self):
+        return list(super().values()) + [t for _, t in self._goaio_items()]
+
+    def items(self):
+        return list(super().items()) + self._goaio_items()
+
+
+class _PyCollector:
+    """The pure backend's collector: takes the loop's completions and hands
+    them to their transports (the compiled backends' is ``AioCollector``,
+    goaio/core/transport.pxi, with the same interface)."""
+
+    def __init__(self, svc, loop, ready, orig_select):
+        self.svc = svc
+        self.loop = loop
+        self.ready = ready
+        self.orig_select = orig_select
+        self.results_q = collections.deque()
+        self.iter = 0               # select() calls (loop iterations)
+        self.dirty = False          # something was posted: take before waiting
+        self.dispatch_pending = False
+        self.collects = 0
+        self.results = 0
+        self.handle = None
+
+    def set_handle(self, handle):
+        self.handle = handle
+
+    def clear(self):
+        self.results_q.clear()
+        self.orig_select = self.ready = self.handle = None
+
+    def select(self, timeout=None):
+        # Results of operations that the last callbacks posted (a receive
+        # whose data was there, say) are taken before the loop waits, and
+        # dispatched by one handle queued behind the callbacks already ready:
+        # the order asyncio gives its own IO callbacks.
+        self.iter += 1
+        if self.dispatch_pending:
+            timeout = 0
+        elif self.dirty:
+            self.dirty = False
+            if self.take():
+                self.dispatch_pending = True
+                self.ready.append(self.handle)
+                timeout = 0
+        return self.orig_select(timeout)
+
+    def take(self):
+        """Take what the service has (doing on this thread the IO that is
+        ready); True if there is something to dispatch."""
+        results = self.results_q
+        try:
+            got = self.svc.get_complete_statuses(BATCH, 0)
+        except ServiceClosed:
+            return bool(results)
+        if not got:
+            return bool(results)
+        self.collects += 1
+        self.results += len(got)
+        results.extend(got)
+        return True
+
+    def dispatch_queued(self):
+        self.dispatch_pending = False
+        self.dispatch()
+
+    def io_ready(self):
+        if self.take():
+            self.dispatch()
+
+    def dispatch(self):
+        """Hand each taken result to its transport (res.context is the
+        transport's bound handler)."""
+        results = self.results_q
+        pop = results.popleft
+        it = self.iter
+        deferred = None
+        while results:
+            res = pop()
+            ctx = res.context
+            tr = ctx.__self__
+            if tr._recv_iter == it and ctx is tr._read_cb:
+                # posted in this very iteration (after a previous read's
+                # data): its data waits for the next one, as a readiness
+                # loop reads a socket once per iteration
+                if deferred is None:
+                    deferred = []
+                deferred.append(res)
+                continue
+            ctx(res)
+        if deferred is not None:
+            results.extend(deferred)
+            self.dirty = True
+
+
+_compiled_classes = {}
+
+
+def _transport_class(mod):
+    """The transport class for goaio backend module ``mod``."""
+    cls = _compiled_classes.get(mod)
+    if cls is None:
+        if not hasattr(mod, "aio_transport_class"):
+            cls = _PyTransport
+        else:
+            mod.aio_init(logger, trsock.TransportSocket, futures._set_result_unless_cancelled,
+                         protocols.BufferedProtocol, constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+                         MAX_INFLIGHT_SENDS, BATCH)
+            cls = mod.aio_transport_class(_CTransportBase)
+            cls.__module__ = __name__
+            cls.__qualname__ = cls.__name__ = f"GoaioTransport_{mod.BACKEND_NAME}"
+        _compiled_classes[mod] = cls
+    return cls
 
 
 class Loop(asyncio.SelectorEventLoop):
@@ -565,24 +854,29 @@ class Loop(asyncio.SelectorEventLoop):
 
     def __init__(self, selector=None, *, service=None, backend=None):
         super().__init__(selector)
-        mod = backend if backend is not None else _goaio
+        self._transports = _TransportMap()
+        if service is not None:
+            mod = sys.modules[type(service).__module__]
+        else:
+            mod = backend if backend is not None else _goaio
+            if mod is _goaio:
+                # the backend module itself (its compiled transport, if any)
+                mod = sys.modules.get(_goaio.AIOService.__module__, _goaio)
+        self._goaio_mod = mod
         self._owns_svc = service is None
         self._svc = mod.AIOService(1) if service is None else service
         self._pool = mod.BufferPool(RECV_BUFFER_SIZE)
-        self._goaio_dirty = False
-        self._goaio_results = collections.deque()
-        self._goaio_dispatch_pending = False
-        self._goaio_iter = 0               # counts _run_once rounds (select calls)
-        self._goaio_dispatch_handle = asyncio.Handle(self._goaio_dispatch_queued, (), self)
-        #: how the results reached the loop (docs/aio.md, "Delivery")
-        self._goaio_stats = {"collects": 0, "results": 0, "worker_wakeups": 0}
-        #: how the results reached the loop (docs/aio.md, "Delivery")
-        self._goaio_stats = {"collects": 0, "results": 0, "worker_wakeups": 0}
+        self._goaio_tcls = _transport_class(mod)
+        sel = self._selector
+        col_cls = mod.AioCollector if hasattr(mod, "AioCollector") else _PyCollector
+        self._goaio = col = col_cls(self._svc, self, self._ready, sel.select)
+        col.set_handle(asyncio.Handle(col.dispatch_queued, (), self))
+        self._goaio_wakeups = 0
         # the service's poller: readable while goaio has IO to do, which the
         # loop thread then does itself (collect with timeout=0)
         self._goaio_poll_fd = self._svc._poll_fd()
         if self._goaio_poll_fd >= 0:
-            self._add_reader(self._goaio_poll_fd, self._goaio_io_ready)
+            self._add_reader(self._goaio_poll_fd, col.io_ready)
         # results a worker thread queued (it polls when the loop did not for
         # a while, or where the poller has no descriptor)
         if hasattr(os, "eventfd"):
@@ -600,97 +894,87 @@ class Loop(asyncio.SelectorEventLoop):
             # nothing to watch (the pure backend's poll/select): a worker
             # does the IO without waiting for the loop to stay away
             self._svc._set_worker_grace(0)
-        sel = self._selector
-        self._goaio_select_orig = sel.select
-        sel.select = self._goaio_select
+        sel.select = col.select
 
     @property
     def service(self):
         """The ``goaio.AIOService`` that carries this loop's connections."""
         return self._svc
 
-    # -- collecting completions --
-
-    def _goaio_select(self, timeout=None):
-        # Results of operations that the last callbacks posted (a receive
-        # whose data was there, say) are taken before the loop waits, and
-        # dispatched by one handle queued behind the callbacks already ready:
-        # the order asyncio gives its own IO callbacks.
-        self._goaio_iter += 1
-        if self._goaio_dispatch_pending:
-            timeout = 0
-        elif self._goaio_dirty:
-            self._goaio_dirty = False
-            if self._goaio_take():
-                self._goaio_dispatch_pending = True
-                self._ready.append(self._goaio_dispatch_handle)
-                timeout = 0
-        return self._goaio_select_orig(timeout)
-
-    def _goaio_take(self):
-        """Take what the service has into the loop's list (doing on this
-        thread the IO that is ready); True if the list is not empty."""
-        results = self._goaio_results
-        try:
-            got = self._svc.get_complete_statuses(BATCH, 0)
-        except ServiceClosed:
-            return bool(results)
-        if not got:
-            return bool(results)
-        st = self._goaio_stats
-        st["collects"] += 1
-        st["results"] += len(got)
-        results.extend(got)
-        return True
-
-    def _goaio_dispatch_queued(self):
-        self._goaio_dispatch_pending = False
-        self._goaio_dispatch()
-
-    def _goaio_dispatch(self):
-        """Hand each taken result to its transport (res.context is the
-        transport's bound handler)."""
-        results = self._goaio_results
-        pop = results.popleft
-        it = self._goaio_iter
-        deferred = None
-        while results:
-            res = pop()
-            ctx = res.context
-            tr = ctx.__self__
-            if tr._recv_iter == it and ctx is tr._read_cb:
-                # posted in this very iteration (after a previous read's
-                # data): its data waits for the next one, as a readiness
-                # loop reads a socket once per iteration
-                if deferred is None:
-                    deferred = []
-                deferred.append(res)
-                continue
-            ctx(res)
-        if deferred is not None:
-            results.extend(deferred)
-            self._goaio_dirty = True
-
-    def _goaio_io_ready(self):
-        # the service's poller has events: do that IO here and dispatch
-        if self._goaio_take():
-            self._goaio_dispatch()
+    @property
+    def _goaio_stats(self):
+        """How the results reached the loop (docs/aio.md, "Delivery")."""
+        col = self._goaio
+        return {"collects": col.collects, "results": col.results,
+                "worker_wakeups": self._goaio_wakeups}
 
     def _goaio_on_notify(self):
-        self._goaio_stats["worker_wakeups"] += 1
+        self._goaio_wakeups += 1
         try:
             os.read(self._goaio_wake_r, 4096)
         except OSError:
             pass
-        if self._goaio_take():
-            self._goaio_dispatch()
+        col = self._goaio
+        if col.take():
+            col.dispatch()
+
+    # -- accepting --
+
+    def _accept_connection(self, protocol_factory, sock, sslcontext=None, server=None,
+                           backlog=100, ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+                           ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT):
+        # asyncio's readiness accept, but a plain connection's transport is
+        # made here: no task, future and extra dict per connection (the
+        # transport asks goaio for the peer's address). TLS: asyncio's.
+        if sslcontext:
+            return super()._accept_connection(protocol_factory, sock, sslcontext, server,
+                                              backlog, ssl_handshake_timeout,
+                                              ssl_shutdown_timeout)
+        for _ in range(backlog):
+            try:
+                conn, addr = sock.accept()
+                if self._debug:
+                    logger.debug("%r got a new connection from %r: %r", server, addr, conn)
+                conn.setblocking(False)
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return None
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # as asyncio: stop listening for a while
+                    self.call_exception_handler({
+                        "message": "socket.accept() out of system resource",
+                        "exception": exc,
+                        "socket": trsock.TransportSocket(sock),
+                    })
+                    self._remove_reader(sock.fileno())
+                    self.call_later(constants.ACCEPT_RETRY_DELAY, self._start_serving,
+                                    protocol_factory, sock, sslcontext, server, backlog,
+                                    ssl_handshake_timeout, ssl_shutdown_timeout)
+                    return None
+                raise   # the loop logs and ignores it
+            addr = None
+            protocol = transport = None
+            try:
+                protocol = protocol_factory()
+                transport = self._make_socket_transport(conn, protocol, server=server)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                if transport is None:
+                    conn.close()
+                if self._debug:
+                    context = {"message": "Error on transport creation for incoming connection",
+                               "exception": exc}
+                    if protocol is not None:
+                        context["protocol"] = protocol
+                    self.call_exception_handler(context)
 
     # -- the transports --
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
         if hasattr(self, "_ensure_fd_no_transport"):
             self._ensure_fd_no_transport(sock)
-        return GoaioTransport(self, sock, protocol, waiter, extra, server)
+        return self._goaio_tcls(self, sock, protocol, waiter, extra, server)
 
     def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, *,
                             server_side=False, server_hostname=None, extra=None, server=None,
@@ -703,7 +987,7 @@ class Loop(asyncio.SelectorEventLoop):
             self, protocol, sslcontext, waiter, server_side, server_hostname,
             ssl_handshake_timeout=ssl_handshake_timeout,
             ssl_shutdown_timeout=ssl_shutdown_timeout)
-        GoaioTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        self._goaio_tcls(self, rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
 
     # -- closing --
@@ -719,7 +1003,10 @@ class Loop(asyncio.SelectorEventLoop):
                 if fd >= 0:
                     self._remove_reader(fd)
         super().close()
-        self._goaio_results.clear()
+        self._goaio.clear()
+        # the compiled transports the map kept (their connections are closed
+        # with the service below; a transport nobody holds is collected)
+        self._transports._by_fd.clear()
         svc = self._svc
         if svc is not None:
             svc._set_notify_fd(-1)

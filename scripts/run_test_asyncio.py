@@ -69,13 +69,17 @@ def _install_goaio(backend):
             super().__init__(selector, backend=mod)
 
     made = _install_goaio.transports = collections.Counter()
-    orig_init = goaio.aio.GoaioTransport.__init__
 
-    def counting_init(self, *a, **k):
-        made["transports"] += 1
-        orig_init(self, *a, **k)
+    def counting(orig_init):
+        def counting_init(self, *a, **k):
+            made["transports"] += 1
+            orig_init(self, *a, **k)
+        return counting_init
 
-    goaio.aio.GoaioTransport.__init__ = counting_init
+    # the Python transport (pure) and the compiled backends' (its __init__ is
+    # their common Python base's)
+    for cls in (goaio.aio._PyTransport, goaio.aio._CTransportBase):
+        cls.__init__ = counting(cls.__init__)
     asyncio.SelectorEventLoop = HarnessLoop
     ue.SelectorEventLoop = HarnessLoop
     ue._UnixDefaultEventLoopPolicy._loop_factory = HarnessLoop

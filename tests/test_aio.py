@@ -713,3 +713,121 @@ def test_close_while_paused_gives_pool_buffer_back(loop, pairs):
     run(loop, main())
     # every pool buffer is back (the repr counts them on both backends)
     assert " out=0 " in repr(loop._pool), repr(loop._pool)
+
+
+def test_compiled_backends_use_the_compiled_transport(loop, backend, pairs):
+    """On a compiled backend the transport and the dispatch are the
+    backend's compiled ones (core/transport.pxi), with no per-transport
+    __dict__; on pure they are goaio/aio.py's."""
+    sock, peer = pairs("tcp")
+    compiled = hasattr(backend.module, "aio_transport_class")
+
+    async def main():
+        tr, pr = await loop.connect_accepted_socket(lambda: Recorder(loop), sock)
+        assert isinstance(tr, goaio.aio.GoaioTransport)
+        assert isinstance(tr, asyncio.Transport)
+        if compiled:
+            assert type(tr).__name__ == f"GoaioTransport_{backend.module.BACKEND_NAME}"
+            assert type(loop._goaio) is backend.module.AioCollector
+            assert not hasattr(tr, "__dict__")
+            assert type(tr._c) is backend.module.AioCore
+        else:
+            assert type(tr) is goaio.aio._PyTransport
+            assert type(loop._goaio) is goaio.aio._PyCollector
+        # the write paths of each: bytes, a view, a list
+        tr.write(b"ab")
+        tr.write(memoryview(b"xcdex")[1:4])
+        tr.writelines([b"f", bytearray(b"g")])
+        peer.settimeout(WAIT)
+        got = b""
+        while len(got) < 7:
+            got += peer.recv(100)
+        assert got == b"abcdefg"
+        peer.sendall(b"back")
+        for _ in range(200):
+            if pr.data:
+                break
+            await asyncio.sleep(0.005)
+        assert pr.data == b"back"
+        assert tr.get_extra_info("peername") == peer.getsockname()
+        assert tr.get_extra_info("sockname") == peer.getpeername()
+        assert tr.get_extra_info("socket").fileno() == tr._sock_fd
+        assert tr.get_extra_info("nothing", 5) == 5
+        tr.close()
+        await pr.done
+        assert pr.events == ["made", "data", ("lost", None)]
+        assert tr.is_closing()
+    run(loop, main())
+
+
+def test_idle_connections_hold_no_receive_buffer(loop):
+    """Share-buffer receives: connections that wait for data hold no pool
+    buffer (the fixture checks every buffer came back at the end)."""
+    async def main():
+        srv = await loop.create_server(Echo, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(20)]
+        for r, w in conns:
+            w.write(b"x")
+            assert await r.readexactly(1) == b"x"
+        await asyncio.sleep(0.05)
+        # 40 goaio connections (both ends), each with a receive posted
+        assert loop.service.stats()["connections"] >= 40
+        assert " out=0 " in repr(loop._pool), repr(loop._pool)
+        for r, w in conns:
+            w.close()
+            await w.wait_closed()
+        srv.close()
+        await srv.wait_closed()
+    run(loop, main())
+
+
+def test_accept_makes_the_transport_and_survives_a_failing_factory(loop):
+    """goaio's loop makes an accepted connection's transport in the accept
+    callback; a protocol factory that raises closes that connection only."""
+    made = []
+
+    def factory():
+        made.append(1)
+        if len(made) == 1:
+            raise RuntimeError("no protocol for you")
+        return Echo()
+
+    async def main():
+        srv = await loop.create_server(factory, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        r1, w1 = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            assert await r1.read() == b""      # closed at once: EOF
+        except ConnectionResetError:
+            pass
+        w1.close()
+        r2, w2 = await asyncio.open_connection("127.0.0.1", port)
+        w2.write(b"ping")
+        assert await r2.readexactly(4) == b"ping"
+        assert w2.get_extra_info("sockname") is not None
+        w2.close()
+        await w2.wait_closed()
+        srv.close()
+        await srv.wait_closed()
+        assert len(made) == 2
+    run(loop, main())
+
+
+def test_fd_of_a_transport_is_refused_to_add_reader_until_lost(loop, pairs):
+    """loop._transports finds goaio's transports by fd (asyncio's
+    _ensure_fd_no_transport), and forgets them once connection_lost ran."""
+    sock, peer = pairs("tcp")
+
+    async def main():
+        tr, pr = await loop.connect_accepted_socket(lambda: Recorder(loop), sock)
+        fd = tr._sock_fd
+        assert loop._transports[fd] is tr
+        assert tr in list(loop._transports.values())
+        with pytest.raises(RuntimeError, match="is used by transport"):
+            loop.add_reader(fd, lambda: None)
+        tr.close()
+        await pr.done
+        if not isinstance(tr, goaio.aio._PyTransport):
+            assert fd not in loop._transports
+    run(loop, main())

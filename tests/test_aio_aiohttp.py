@@ -117,7 +117,7 @@ def test_aiohttp_app_with_aiohttp_client(loop):
     assert len(seen) == 5 + 3 + 40
     # every request the app handled came through a goaio transport, while
     # goaio's service carried the connections (client and server side)
-    assert {cls for cls, _ in seen} == {goaio.aio.GoaioTransport}
+    assert all(issubclass(cls, goaio.aio.GoaioTransport) for cls, _ in seen), seen
     assert all(conns >= 2 for _, conns in seen), seen
     assert loop._goaio_stats["results"] > 0
     assert loop.service.stats()["connections"] == 0
@@ -158,7 +158,7 @@ def test_aiohttp_app_with_curl(loop, tmp_path):
 
     _run(loop, main())
     assert len(seen) == 1 + 2 + 3 + 6
-    assert {cls for cls, _ in seen} == {goaio.aio.GoaioTransport}
+    assert all(issubclass(cls, goaio.aio.GoaioTransport) for cls, _ in seen), seen
     assert all(conns >= 1 for _, conns in seen), seen
     assert loop.service.stats()["connections"] == 0
 

@@ -25,6 +25,7 @@
 #   halfclose  conn.shutdown, conn.cancel, peername/sockname
 #   stats      svc.stats(), pool.stats()
 #   fork       fork and exit handling of live services
+#   transport  goaio.aio's compiled transport and completion dispatch
 #
 # The states of services, connections and ops, the threads, the locks and
 # their order, and the naming of helpers by their lock/GIL contract are in
@@ -52,3 +53,4 @@ include "resolver.pxi"
 include "halfclose.pxi"
 include "stats.pxi"
 include "fork.pxi"
+include "transport.pxi"
