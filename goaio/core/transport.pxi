@@ -56,42 +56,20 @@ cdef inline int aio_check_open(AIOConn conn) except -1:
 
 
 cdef int aio_post(AIOConn conn, op_t *op, object context) except -1:
-    """AIOConn._post, keeping the GIL: the loop thread is the only one
+    """AIOConn._post, always keeping the GIL: the loop thread is the only one
     posting, and taking c.lock (then s.lock) with the GIL held is allowed
     (no holder of either waits for the GIL; docs/architecture.md). Releasing
     and retaking the GIL cost more than the post itself."""
     cdef conn_t *c = conn.c
     cdef svc_t *s = conn._svc.s
     cdef bint sending = op.kind == OP_SEND
-    cdef opq_t *q = &c.sq if sending else &c.rq
-    cdef oplist_t done
-    cdef int rc = 0
-    oplist_init(&done)
+    cdef int rc
     op.conn = c
     op.context = <PyObject *>context
     Py_INCREF(context)
     op.pyconn = <PyObject *>conn
     Py_INCREF(conn)
-    pthread_mutex_lock(&c.lock)
-    if c.closed:
-        rc = 1
-    elif sending and c.shut:
-        rc = 3
-    elif q.len >= q.max:
-        rc = 2
-    else:
-        if q.timeout:
-            op.deadline = goaio_now_ns() + q.timeout
-            schedule_timer_locked(s, c, op.deadline)
-        opq_push_locked(q, op)
-        goaio_atomic_inc(&s.live_ops)
-        if q.head == op:
-            if sending:
-                process_send_locked(s, c, &done)
-            elif c.readable or c.eof:
-                process_recv_locked(s, c, &done)
-    cq_push(s, &done)
-    pthread_mutex_unlock(&c.lock)
+    rc = post_queue_nogil(s, c, op, sending)      # core/post.pxi
     if s.closed == SVC_CLOSED:
         discard_queued_gil(s)
     if rc:
