@@ -339,7 +339,7 @@ class AIOConn(ConnLifecycle):
         "_svc", "_sock", "_fd", "_lock", "_recvq", "_sendq", "_readable", "_writable",
         "_rdhup", "_eof", "_closed", "_active", "_rq_max", "_sq_max", "_share",
         "_rto", "_sto", "_recv_into", "_send", "_q_append", "_ref", "_level", "_interest",
-        "user_data", "__weakref__",
+        "user_data", "_gc", "__weakref__",
     )
 
     def __init__(self, *args, **kwargs):
@@ -376,6 +376,11 @@ class AIOConn(ConnLifecycle):
         self._ref = weakref.ref(self)   # the poller's token
         self._level = not svc._poller.edge
         self._interest = 0              # level-triggered poller: what it watches for us
+        # the close of a connection garbage-collected unclosed; close()
+        # detaches it, so a closed connection runs no Python code when dropped
+        # (no __del__: an exception there, a KeyboardInterrupt say, is lost)
+        self._gc = gc = weakref.finalize(self, _gc_close, svc, sock, fd, self._ref)
+        gc.atexit = False
 
     # -- public attributes --
 
@@ -877,6 +882,7 @@ class AIOConn(ConnLifecycle):
             if self._closed:
                 return
             self._closed = True
+            self._gc.detach()
             n = armed = 0
             for q in (self._recvq, self._sendq):
                 ops = q[:]
@@ -897,46 +903,44 @@ class AIOConn(ConnLifecycle):
             svc._wake_for_results()
 
     def _release_fd(self):
-        """Unregister and close the fd (lock held, or no other reference).
-        Takes no lock: bound_fds.discard is lock-free."""
-        svc = self._svc
-        fd = self._fd
-        try:
-            mine = self._sock.detach() == fd
-        except Exception:
-            mine = False
-        try:
-            svc._poller.unregister(fd, self._ref, forget=not mine)
-        except (OSError, ValueError):
-            pass
-        svc._fdmap.pop(fd, None)
-        bound_fds.discard(fd)
-        if mine:
-            # (had the user closed the socket object himself, the number
-            # might already belong to another file: it is left alone)
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        """Unregister and close the fd (lock held, or no other reference)."""
+        _release_fd(self._svc, self._sock, self._fd, self._ref)
 
-    def __del__(self):
-        # Runs in whatever thread dropped the last reference, possibly in the
-        # middle of our own code: _release_fd takes no lock. (With nothing
-        # pending, no other thread can be doing IO on this connection.)
+
+def _release_fd(svc, sock, fd, ref):
+    """Unregister and close a connection's fd. Takes no lock: bound_fds.discard
+    is lock-free."""
+    try:
+        mine = sock.detach() == fd
+    except Exception:
+        mine = False
+    try:
+        svc._poller.unregister(fd, ref, forget=not mine)
+    except (OSError, ValueError):
+        pass
+    svc._fdmap.pop(fd, None)
+    bound_fds.discard(fd)
+    if mine:
+        # (had the user closed the socket object himself, the number
+        # might already belong to another file: it is left alone)
         try:
-            if self._closed:
-                return
-        except AttributeError:
-            return
-        try:
-            self._closed = True
-            self._fold()
-            self._release_fd()
-        finally:
-            # like socket: under an 'error' filter this surfaces as an
-            # unraisable exception, after the fd is closed
-            warnings.warn(f"unclosed goaio connection fd={self._fd} (pure)",
-                          ResourceWarning, stacklevel=2, source=self)
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _gc_close(svc, sock, fd, ref):
+    """A bound connection was garbage-collected unclosed (so with nothing
+    pending: a pending operation keeps it alive): close its socket and warn,
+    as socket does. Runs in whatever thread dropped the last reference,
+    possibly in the middle of our own code: it takes no lock. (The counters
+    of the connection are gone with it.)"""
+    try:
+        _release_fd(svc, sock, fd, ref)
+    finally:
+        # under an 'error' filter this surfaces as an unraisable exception,
+        # after the fd is closed
+        warnings.warn(f"unclosed goaio connection fd={fd} (pure)", ResourceWarning, stacklevel=2)
 
 
 # --- the service -----------------------------------------------------------------
@@ -1025,7 +1029,8 @@ class AIOService(ServiceLifecycle):
                         del self._fdmap[fd]
                         raise
             except BaseException:
-                conn._closed = True  # the socket stays the user's; no __del__ close
+                conn._closed = True  # the socket stays the user's: no close when collected
+                conn._gc.detach()
                 raise
         except BaseException:
             bound_fds.discard(fd)
@@ -1608,6 +1613,7 @@ class AIOService(ServiceLifecycle):
             if c is not None:
                 c._lock = threading.Lock()
                 c._closed = True
+                c._gc.detach()
                 c._recvq.clear()
                 c._sendq.clear()
                 bound_fds.discard(c._fd)
