@@ -148,7 +148,7 @@ def test_get_complete_statuses_batches(backend, svc, connect):
     for i in range(10):
         conn.send(i, b"%02d" % i)
     assert recv_exactly(peer, 20) == b"".join(b"%02d" % i for i in range(10))
-    time.sleep(0.2)  # all ten completions are queued
+    wait_until(lambda: svc.stats()["queued_results"] == 10, msg="the ten completions queued")
     b1 = svc.get_complete_statuses(max_results=4, timeout=1)
     b2 = svc.get_complete_statuses(max_results=4, timeout=1)
     b3 = svc.get_complete_statuses(max_results=4, timeout=1)
@@ -178,7 +178,7 @@ def test_default_max_results_is_64(backend, svc, connect):
     for i in range(100):
         conn.send(i, b"y")
     recv_exactly(peer, 100)
-    time.sleep(0.2)
+    wait_until(lambda: svc.stats()["queued_results"] == 100, msg="the hundred completions queued")
     first = svc.get_complete_statuses(timeout=1)
     assert len(first) == 64
     rest = collect(svc, 36)
