@@ -376,11 +376,14 @@ class AIOConn(ConnLifecycle):
         self._ref = weakref.ref(self)   # the poller's token
         self._level = not svc._poller.edge
         self._interest = 0              # level-triggered poller: what it watches for us
-        # the close of a connection garbage-collected unclosed; close()
-        # detaches it, so a closed connection runs no Python code when dropped
-        # (no __del__: an exception there, a KeyboardInterrupt say, is lost)
-        self._gc = gc = weakref.finalize(self, _gc_close, svc, sock, fd, self._ref)
-        gc.atexit = False
+        # the close of a connection garbage-collected unclosed: a weakref
+        # callback, whose weakref close() drops, so a closed connection runs
+        # no Python code when dropped (no __del__: an exception there, a
+        # KeyboardInterrupt say, is lost). Not weakref.finalize: it stops
+        # calling back once its atexit hook has run, before services close.
+        wr = weakref.ref(self, _gc_close)
+        self._gc = key = id(wr)
+        _unclosed[key] = (wr, svc, sock, fd, self._ref)
 
     # -- public attributes --
 
@@ -882,7 +885,7 @@ class AIOConn(ConnLifecycle):
             if self._closed:
                 return
             self._closed = True
-            self._gc.detach()
+            _unclosed.pop(self._gc, None)
             n = armed = 0
             for q in (self._recvq, self._sendq):
                 ops = q[:]
@@ -929,18 +932,30 @@ def _release_fd(svc, sock, fd, ref):
             pass
 
 
-def _gc_close(svc, sock, fd, ref):
+#: The connections bound and not closed: id(weakref) -> (weakref with the
+#: _gc_close callback, service, socket, fd, poller token).
+_unclosed = {}
+
+
+def _gc_close(wr):
     """A bound connection was garbage-collected unclosed (so with nothing
     pending: a pending operation keeps it alive): close its socket and warn,
     as socket does. Runs in whatever thread dropped the last reference,
     possibly in the middle of our own code: it takes no lock. (The counters
     of the connection are gone with it.)"""
+    st = _unclosed.pop(id(wr), None)
+    if st is None:
+        return
+    _wr, svc, sock, fd, ref = st
     try:
         _release_fd(svc, sock, fd, ref)
     finally:
-        # under an 'error' filter this surfaces as an unraisable exception,
-        # after the fd is closed
-        warnings.warn(f"unclosed goaio connection fd={fd} (pure)", ResourceWarning, stacklevel=2)
+        # A connection of a service being closed is not leaked: the service
+        # closes it anyway (results dropped meanwhile, say), as in compiled.
+        # Under an 'error' filter the warning surfaces as an unraisable
+        # exception, after the fd is closed.
+        if not svc._closed:
+            warnings.warn(f"unclosed goaio connection fd={fd} (pure)", ResourceWarning, stacklevel=2)
 
 
 # --- the service -----------------------------------------------------------------
@@ -1030,7 +1045,7 @@ class AIOService(ServiceLifecycle):
                         raise
             except BaseException:
                 conn._closed = True  # the socket stays the user's: no close when collected
-                conn._gc.detach()
+                _unclosed.pop(conn._gc, None)
                 raise
         except BaseException:
             bound_fds.discard(fd)
@@ -1613,7 +1628,7 @@ class AIOService(ServiceLifecycle):
             if c is not None:
                 c._lock = threading.Lock()
                 c._closed = True
-                c._gc.detach()
+                _unclosed.pop(c._gc, None)
                 c._recvq.clear()
                 c._sendq.clear()
                 bound_fds.discard(c._fd)
