@@ -340,7 +340,7 @@ class AIOConn(ConnLifecycle):
         "_svc", "_sock", "_fd", "_lock", "_recvq", "_sendq", "_readable", "_writable",
         "_rdhup", "_eof", "_closed", "_active", "_rq_max", "_sq_max", "_share",
         "_rto", "_sto", "_recv_into", "_send", "_q_append", "_ref", "_level", "_interest",
-        "user_data", "__weakref__",
+        "user_data", "_gc", "__weakref__",
     )
 
     def __init__(self, *args, **kwargs):
@@ -377,6 +377,14 @@ class AIOConn(ConnLifecycle):
         self._ref = weakref.ref(self)   # the poller's token
         self._level = not svc._poller.edge
         self._interest = 0              # level-triggered poller: what it watches for us
+        # the close of a connection garbage-collected unclosed: a weakref
+        # callback, whose weakref close() drops, so a closed connection runs
+        # no Python code when dropped (no __del__: an exception there, a
+        # KeyboardInterrupt say, is lost). Not weakref.finalize: it stops
+        # calling back once its atexit hook has run, before services close.
+        wr = weakref.ref(self, _gc_close)
+        self._gc = key = id(wr)
+        _unclosed[key] = (wr, svc, sock, fd, self._ref)
 
     # -- public attributes --
 
@@ -890,6 +898,7 @@ class AIOConn(ConnLifecycle):
             if self._closed:
                 return
             self._closed = True
+            _unclosed.pop(self._gc, None)
             n = armed = 0
             for q in (self._recvq, self._sendq):
                 ops = q[:]
@@ -910,46 +919,56 @@ class AIOConn(ConnLifecycle):
             svc._wake_for_results()
 
     def _release_fd(self):
-        """Unregister and close the fd (lock held, or no other reference).
-        Takes no lock: bound_fds.discard is lock-free."""
-        svc = self._svc
-        fd = self._fd
-        try:
-            mine = self._sock.detach() == fd
-        except Exception:
-            mine = False
-        try:
-            svc._poller.unregister(fd, self._ref, forget=not mine)
-        except (OSError, ValueError):
-            pass
-        svc._fdmap.pop(fd, None)
-        bound_fds.discard(fd)
-        if mine:
-            # (had the user closed the socket object himself, the number
-            # might already belong to another file: it is left alone)
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        """Unregister and close the fd (lock held, or no other reference)."""
+        _release_fd(self._svc, self._sock, self._fd, self._ref)
 
-    def __del__(self):
-        # Runs in whatever thread dropped the last reference, possibly in the
-        # middle of our own code: _release_fd takes no lock. (With nothing
-        # pending, no other thread can be doing IO on this connection.)
+
+def _release_fd(svc, sock, fd, ref):
+    """Unregister and close a connection's fd. Takes no lock: bound_fds.discard
+    is lock-free."""
+    try:
+        mine = sock.detach() == fd
+    except Exception:
+        mine = False
+    try:
+        svc._poller.unregister(fd, ref, forget=not mine)
+    except (OSError, ValueError):
+        pass
+    svc._fdmap.pop(fd, None)
+    bound_fds.discard(fd)
+    if mine:
+        # (had the user closed the socket object himself, the number
+        # might already belong to another file: it is left alone)
         try:
-            if self._closed:
-                return
-        except AttributeError:
-            return
-        try:
-            self._closed = True
-            self._fold()
-            self._release_fd()
-        finally:
-            # like socket: under an 'error' filter this surfaces as an
-            # unraisable exception, after the fd is closed
-            warnings.warn(f"unclosed goaio connection fd={self._fd} (pure)",
-                          ResourceWarning, stacklevel=2, source=self)
+            os.close(fd)
+        except OSError:
+            pass
+
+
+#: The connections bound and not closed: id(weakref) -> (weakref with the
+#: _gc_close callback, service, socket, fd, poller token).
+_unclosed = {}
+
+
+def _gc_close(wr):
+    """A bound connection was garbage-collected unclosed (so with nothing
+    pending: a pending operation keeps it alive): close its socket and warn,
+    as socket does. Runs in whatever thread dropped the last reference,
+    possibly in the middle of our own code: it takes no lock. (The counters
+    of the connection are gone with it.)"""
+    st = _unclosed.pop(id(wr), None)
+    if st is None:
+        return
+    _wr, svc, sock, fd, ref = st
+    try:
+        _release_fd(svc, sock, fd, ref)
+    finally:
+        # A connection of a service being closed is not leaked: the service
+        # closes it anyway (results dropped meanwhile, say), as in compiled.
+        # Under an 'error' filter the warning surfaces as an unraisable
+        # exception, after the fd is closed.
+        if not svc._closed:
+            warnings.warn(f"unclosed goaio connection fd={fd} (pure)", ResourceWarning, stacklevel=2)
 
 
 # --- the service -----------------------------------------------------------------
@@ -1044,7 +1063,8 @@ class AIOService(ServiceLifecycle):
                         del self._fdmap[fd]
                         raise
             except BaseException:
-                conn._closed = True  # the socket stays the user's; no __del__ close
+                conn._closed = True  # the socket stays the user's: no close when collected
+                _unclosed.pop(conn._gc, None)
                 raise
         except BaseException:
             bound_fds.discard(fd)
@@ -1636,6 +1656,7 @@ class AIOService(ServiceLifecycle):
             if c is not None:
                 c._lock = threading.Lock()
                 c._closed = True
+                _unclosed.pop(c._gc, None)
                 c._recvq.clear()
                 c._sendq.clear()
                 bound_fds.discard(c._fd)

@@ -232,16 +232,35 @@ def spawn(module, loop_kind, backend, per_test_timeout, module_timeout, python):
         os.unlink(out)
 
 
-def compare(modules, backend, per_test_timeout, module_timeout, python, verbose, jobs=2):
+def _load_baseline(path, python):
+    """The default loop's results recorded by an earlier run with this
+    interpreter (they do not depend on goaio's backend), by module."""
+    if not path or not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        data = json.load(f)
+    return data["modules"] if data.get("python") == python else {}
+
+
+def _save_baseline(path, python, baseline):
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"python": python, "modules": baseline}, f)
+    os.replace(tmp, path)
+
+
+def compare(modules, backend, per_test_timeout, module_timeout, python, verbose, jobs=2, baseline=None):
     from concurrent.futures import ThreadPoolExecutor
 
     rows = []
     regressions = []
+    known = _load_baseline(baseline, python)
     with ThreadPoolExecutor(jobs) as ex:
         futs = {(m, k): ex.submit(spawn, m, k, backend, per_test_timeout, module_timeout, python)
-                for m in modules for k in ("default", "goaio")}
+                for m in modules for k in ("default", "goaio")
+                if not (k == "default" and m in known)}
         for m in modules:
-            d = futs[(m, "default")].result()
+            d = known[m] if m in known else futs[(m, "default")].result()
             g = futs[(m, "goaio")].result()
             reg = []
             for tid, oc in ({} if g.get("crashed") else d["outcomes"]).items():
@@ -253,6 +272,10 @@ def compare(modules, backend, per_test_timeout, module_timeout, python, verbose,
                 reg.append((tid, f"ran a non-goaio selector loop {cls}"))
             rows.append((m, d, g, reg))
             regressions += [(m, tid, oc, g.get("details", {}).get(tid, "")) for tid, oc in reg]
+    if baseline:
+        fresh = {m: d for m, d, _g, _r in rows if m not in known and not d.get("crashed")}
+        if fresh:
+            _save_baseline(baseline, python, {**known, **fresh})
     return rows, regressions
 
 
@@ -279,6 +302,8 @@ def main(argv=None):
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--report", help="write the comparison as JSON here")
+    ap.add_argument("--baseline", help="a file of the default loop's results: those of a module it holds "
+                    "(for this interpreter) are taken from it, not run again; the others are added to it")
     ap.add_argument("-v", "--verbose", action="store_true", help="show each regression's traceback")
     a = ap.parse_args(argv)
     if a.loop:
@@ -286,7 +311,7 @@ def main(argv=None):
         return 0
     modules = a.modules or (QUICK if a.quick else MODULES)
     rows, regressions = compare(modules, a.backend, a.per_test_timeout, a.module_timeout, a.python,
-                                a.verbose, a.jobs)
+                                a.verbose, a.jobs, a.baseline)
     be = a.backend or "auto"
     print(f"python {rows[0][1].get('python', '?') if rows else '?'}, goaio backend {be}")
     for m, d, g, reg in rows:

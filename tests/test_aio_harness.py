@@ -14,12 +14,19 @@ from support import REPO_ROOT, subprocess_env
 SCRIPT = os.path.join(REPO_ROOT, "scripts", "run_test_asyncio.py")
 
 
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    """The default loop's results, run once for every backend's comparison
+    (they do not depend on goaio's backend)."""
+    return tmp_path_factory.mktemp("harness") / "default-loop.json"
+
+
 @pytest.mark.timeout(240)
-def test_test_asyncio_quick_modules_no_regression(backend, tmp_path):
+def test_test_asyncio_quick_modules_no_regression(backend, tmp_path, baseline):
     report = tmp_path / "report.json"
     p = subprocess.run(
         [sys.executable, SCRIPT, "--quick", "--backend", backend.name, "--report", str(report),
-         "--per-test-timeout", "60", "--module-timeout", "200"],
+         "--baseline", str(baseline), "--per-test-timeout", "60", "--module-timeout", "200"],
         env=subprocess_env(), capture_output=True, text=True, timeout=230)
     assert p.returncode == 0, p.stdout + p.stderr
     rows = {r["module"]: r for r in json.loads(report.read_text())}

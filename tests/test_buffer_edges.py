@@ -66,7 +66,7 @@ def closed_mmap():
 @pytest.mark.parametrize("make", [released_view, closed_mmap], ids=["released-memoryview", "closed-mmap"])
 @pytest.mark.parametrize("method", ["recv", "recv_full", "send"])
 @pytest.mark.parametrize("as_list", [False, True], ids=["single", "in-list"])
-def test_posting_a_dead_buffer_is_value_error(backend, svc, connect, make, method, as_list, request):
+def test_posting_a_dead_buffer_is_value_error(backend, svc, connect, make, method, as_list):
     """Decided: a buffer that cannot be exported any more is ValueError (what
     memoryview() raises for it), at the call, leaving nothing posted."""
     conn, peer = connect()

@@ -83,7 +83,7 @@ def test_concurrent_closes_all_wait(backend, pairs):
 
 
 @pytest.mark.parametrize("where", ["worker", "collector"])
-def test_close_from_inside_acquire_does_not_deadlock(backend, where, request):
+def test_close_from_inside_acquire_does_not_deadlock(backend, where):
     """share_buff.acquire() (run by a service thread, holding the connection)
     calls svc.close(): no deadlock, the service ends closed with no thread
     left, and interpreter exit does not hang."""

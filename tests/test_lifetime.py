@@ -1,9 +1,12 @@
 """Lifetime: garbage collection, fd reuse, the default service, interpreter exit."""
 
 import gc
+import os
 import socket
+import sys
 import textwrap
 import time
+import weakref
 
 import pytest
 
@@ -81,6 +84,40 @@ def test_conn_closed_by_user_collects_quietly(backend, svc, pairs):
     conn.close()
     del conn
     gc.collect()
+
+
+def test_closed_conn_dropped_runs_no_python_code(backend, svc, pairs):
+    """A closed connection, when its last reference goes, runs no Python code
+    of goaio's (an exception raised there -- a KeyboardInterrupt, say --
+    could only be printed and lost), and an unclosed one still closes."""
+    goaio_dir = os.path.dirname(os.path.abspath(goaio.__file__))
+    ran = []
+
+    def profile(frame, event, arg):
+        if event == "call" and os.path.abspath(frame.f_code.co_filename).startswith(goaio_dir):
+            ran.append(f"{frame.f_code.co_name} ({os.path.basename(frame.f_code.co_filename)})")
+
+    sock, _peer = pairs()
+    conn = svc.bind(sock)
+    conn.close()
+    gone = weakref.ref(conn)
+    gc.collect()
+    sys.setprofile(profile)
+    try:
+        del conn
+        gc.collect()
+    finally:
+        sys.setprofile(None)
+    assert gone() is None
+    assert ran == []
+    # the unclosed case: the socket is closed when the connection goes
+    sock2, peer2 = pairs()
+    conn2 = svc.bind(sock2)
+    with pytest.warns(ResourceWarning, match="unclosed goaio connection"):
+        del conn2
+        gc.collect()
+    assert sock2.fileno() == -1
+    assert recv_until_eof(peer2) == b""
 
 
 def test_result_keeps_conn_alive(backend, svc, pairs):

@@ -110,7 +110,7 @@ class Released:
         pass
 
 
-def test_acquire_non_contiguous_completes_with_buffer_error(backend, svc, connect, request):
+def test_acquire_non_contiguous_completes_with_buffer_error(backend, svc, connect):
     """Decided: a non-contiguous buffer from acquire() is BufferError (as
     posting one is)."""
     conn, peer = connect(share_buff=Strided())
@@ -152,8 +152,7 @@ def unraisable(monkeypatch):
     return got
 
 
-def test_raising_release_of_a_failed_receive_reaches_unraisablehook(backend, svc, connect, unraisable,
-                                                                     request):
+def test_raising_release_of_a_failed_receive_reaches_unraisablehook(backend, svc, connect, unraisable):
     """The library gives back the buffer of a receive that failed (here: the
     peer reset); release() raises: the result is delivered all the same and
     the error goes to sys.unraisablehook."""
@@ -174,7 +173,7 @@ def test_raising_release_of_a_failed_receive_reaches_unraisablehook(backend, svc
     assert service_threads_alive(svc) == 1
 
 
-def test_raising_release_at_close_does_not_stop_the_close(backend, pairs, unraisable, request):
+def test_raising_release_at_close_does_not_stop_the_close(backend, pairs, unraisable):
     """svc.close() gives back the share buffers of results never collected:
     a release() that raises is reported, and the close goes on to the end."""
     share = RaisingRelease()

@@ -46,7 +46,7 @@ CALLS = {
 
 @pytest.mark.parametrize("call", list(CALLS))
 @pytest.mark.parametrize("lands", ["main", "worker"])
-def test_raising_handler_runs_within_100ms_while_collecting(backend, call, lands, request):
+def test_raising_handler_runs_within_100ms_while_collecting(backend, call, lands):
     """SIGALRM with a raising handler while the main thread is blocked in a
     collecting call with nothing to collect: the exception comes out of the
     call within 100 ms of the signal; a result queued before it is still
@@ -90,7 +90,7 @@ def test_raising_handler_runs_within_100ms_while_collecting(backend, call, lands
     assert out.strip() == "ok"
 
 
-def test_raising_handler_during_the_service_work_loses_nothing(backend, request):
+def test_raising_handler_during_the_service_work_loses_nothing(backend):
     """SIGALRM every ~1 ms with a handler that raises while the main thread
     collects, over 150 rounds of one receive each: every receive completes
     (none stuck behind an event the interrupted round had consumed) and

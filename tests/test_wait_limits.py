@@ -46,7 +46,7 @@ def pair(small=False):
 
 
 @pytest.mark.parametrize("value", list(HUGE), ids=list(HUGE))
-def test_huge_recv_timeout_means_no_limit(backend, value, request):
+def test_huge_recv_timeout_means_no_limit(backend, value):
     """A receive with a huge timeout never times out, never fails at once, and
     does not stop another connection's short timeout from firing."""
     out = run_case(backend, f"""
@@ -87,7 +87,7 @@ def test_huge_recv_timeout_means_no_limit(backend, value, request):
 
 
 @pytest.mark.parametrize("value", list(HUGE), ids=list(HUGE))
-def test_huge_send_timeout_means_no_limit(backend, value, request):
+def test_huge_send_timeout_means_no_limit(backend, value):
     """A send waiting for the peer under a huge send timeout completes when
     the peer reads, without SendTimeout."""
     out = run_case(backend, f"""
