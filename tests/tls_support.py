@@ -122,3 +122,98 @@ class Certs:
         if alpn:
             ctx.set_alpn_protocols(alpn)
         return _versions(ctx, version)
+
+
+# --- peers: Python's ssl module on the other end ------------------------------------
+
+import threading as _threading  # noqa: E402
+
+
+class InThread:
+    """Run ``fn(*args)`` in a daemon thread; ``result()`` joins and returns
+    its value or raises its exception."""
+
+    def __init__(self, fn, *args):
+        self._value = None
+        self._error = None
+        self._t = _threading.Thread(target=self._run, args=(fn, args), daemon=True)
+        self._t.start()
+
+    def _run(self, fn, args):
+        try:
+            self._value = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by result()
+            self._error = exc
+
+    def result(self, timeout=30.0):
+        self._t.join(timeout)
+        if self._t.is_alive():
+            raise AssertionError(f"peer thread still running after {timeout}s")
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def recv_exactly_ssl(ssock, n):
+    """Read exactly n plaintext bytes from a blocking ssl socket."""
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = ssock.recv(min(n - len(buf), 1 << 20))
+        if not chunk:
+            raise AssertionError(f"EOF after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+class BioPeer:
+    """A TLS peer on a plain blocking socket through ssl.SSLObject + MemoryBIO,
+    so that a test controls every encrypted byte (cut a record, corrupt one)."""
+
+    def __init__(self, sock, ctx, server_side=False, server_hostname=None):
+        self.sock = sock
+        self.inc = ssl.MemoryBIO()
+        self.out = ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.inc, self.out, server_side=server_side,
+                                server_hostname=server_hostname)
+
+    def _pump_out(self):
+        data = self.out.read()
+        if data:
+            self.sock.sendall(data)
+
+    def handshake(self):
+        while True:
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._pump_out()
+                data = self.sock.recv(65536)
+                if not data:
+                    self.inc.write_eof()
+                else:
+                    self.inc.write(data)
+        self._pump_out()
+
+    def records(self, data):
+        """Encrypt ``data`` (one record per 16 KiB) and return the ciphertext
+        without sending it."""
+        self.obj.write(data)
+        return self.out.read()
+
+    def send(self, data):
+        self.sock.sendall(self.records(data))
+
+    def recv(self, n):
+        """Up to n plaintext bytes (b'' at close_notify)."""
+        while True:
+            try:
+                return self.obj.read(n)
+            except ssl.SSLWantReadError:
+                data = self.sock.recv(65536)
+                if not data:
+                    self.inc.write_eof()
+                else:
+                    self.inc.write(data)
+            finally:
+                self._pump_out()
