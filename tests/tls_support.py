@@ -217,3 +217,57 @@ class BioPeer:
                     self.inc.write(data)
             finally:
                 self._pump_out()
+
+    def duplex(self, data, expect, seed=7, timeout=60.0):
+        """Send ``data`` in random-sized writes while reading ``expect`` bytes,
+        in this one thread (an SSL object must not be used by two threads at
+        once): select() on the socket, SSLObject + BIOs in between. Returns
+        the plaintext read."""
+        import random
+        import select
+        import time
+
+        rnd = random.Random(seed)
+        sock = self.sock
+        sock.setblocking(False)
+        got = bytearray()
+        pending = b""
+        i = 0
+        deadline = time.monotonic() + timeout
+        try:
+            while len(got) < expect or i < len(data) or pending:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"duplex: {len(got)} of {expect} read, {i} of {len(data)} sent")
+                if not pending and i < len(data):
+                    n = rnd.randint(1, 100000)
+                    self.obj.write(data[i:i + n])
+                    i += n
+                    pending = self.out.read()
+                r, w, _ = select.select([sock] if len(got) < expect else [], [sock] if pending else [], [], 1.0)
+                if r:
+                    try:
+                        chunk = sock.recv(65536)
+                    except BlockingIOError:
+                        chunk = None
+                    if chunk == b"":
+                        raise AssertionError(f"duplex: EOF after {len(got)} of {expect}")
+                    if chunk:
+                        self.inc.write(chunk)
+                        while True:
+                            try:
+                                plain = self.obj.read(65536)
+                            except ssl.SSLWantReadError:
+                                break
+                            if not plain:
+                                break
+                            got += plain
+                        pending += self.out.read()
+                if w and pending:
+                    try:
+                        k = sock.send(pending)
+                    except BlockingIOError:
+                        k = 0
+                    pending = pending[k:]
+        finally:
+            sock.setblocking(True)
+        return bytes(got)
