@@ -63,8 +63,11 @@ SEND_BATCH = 4 * MAX_PLAINTEXT_RECORD
 READ_CHUNK = 65536
 
 _MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
-_READ = 1    # _purepoll.READ / WRITE / HUP / ERR
-_WRITE = 2
+from ._purepoll import ERR as _ERR, HUP as _HUP, READ as _READ, WRITE as _WRITE  # noqa: E402
+
+_IN_EV = _READ | _HUP | _ERR     # as _pure's: a read is worth trying
+_OUT_EV = _WRITE | _ERR
+_HUP_EV = _HUP | _ERR
 _local = threading.local()
 
 
@@ -756,11 +759,11 @@ def on_event(conn, ev):
         layer = conn._tls
         if conn._closed or layer is None:
             return
-        if ev & 13:    # READ | HUP | ERR
+        if ev & _IN_EV:
             conn._readable = True
-            if ev & 12:
+            if ev & _HUP_EV:
                 conn._rdhup = True
-        if ev & 10:    # WRITE | ERR
+        if ev & _OUT_EV:
             conn._writable = True
         phase = layer.phase
         if phase == HANDSHAKE:
