@@ -290,13 +290,11 @@ class Layer:
         return n
 
     def _drain_after_handshake(self):
-        mv = _scratch()
-        try:
-            got = self.obj.read(mv.nbytes, mv)
-        except ssl.SSLError:
-            return   # (want read: tickets only; an error shows at the first receive)
+        """Read what came with the last flight: tickets (consumed), early
+        plaintext (stashed for the first receive), or the stream's end."""
+        got, stop = self._read_step(_scratch())
         if got:
-            self.stash = memoryview(bytes(mv[:got]))
+            self.stash = memoryview(bytes(_scratch()[:got]))
 
     def _end_handshake(self, conn, err):
         """The handshake ended (lock held): the timer goes, the start_tls op
