@@ -666,3 +666,39 @@ def test_cancel_a_waiting_start_tls(svc, pairs, tls_certs):
     conn.close()
     got = {r.context: r for r in collect(svc, 2)}
     assert isinstance(got["up2"].err, goaio.ConnClosed)
+
+
+def test_connect_timeout_bounds_the_tcp_connect_only(svc, pairs, tls_certs):
+    lst = ssl_listener(pairs)
+
+    def slow_server():
+        s, _ = lst.accept()
+        time.sleep(0.6)                 # longer than the connect's timeout
+        ss = tls_certs.server_context().wrap_socket(s, server_side=True)
+        ss.sendall(b"late")
+        return ss
+
+    peer = InThread(slow_server)
+    svc.connect("c", lst.getsockname(), timeout=0.3, ssl=tls_certs.client_context(),
+                server_hostname="localhost", ssl_handshake_timeout=WAIT)
+    res = collect_one(svc)
+    assert res.err is None, res.err
+    conn = pairs.keep(res.conn)
+    buf = bytearray(4)
+    conn.recv_full("r", buf)
+    assert collect_one(svc).err is None and bytes(buf) == b"late"
+    pairs._socks.append(peer.result(WAIT))
+
+
+@pytest.mark.parametrize("family", ["tcp6", "unix"])
+def test_tls_over_other_families(svc, pairs, tls_certs, family):
+    from support import family_available
+
+    if not family_available(family):
+        pytest.skip(f"{family} is not available here")
+    to_bind, peer = pairs(family)
+    conn = pairs.keep(svc.bind(to_bind, ssl=tls_certs.server_context(), server_side=True))
+    ssock = InThread(tls_certs.client_context().wrap_socket, peer, False, True, True, "localhost").result(WAIT)
+    pairs._socks.append(ssock)
+    handshaken(conn)
+    roundtrip(svc, conn, ssock, b"f" * 70000)
