@@ -702,3 +702,17 @@ def test_tls_over_other_families(svc, pairs, tls_certs, family):
     pairs._socks.append(ssock)
     handshaken(conn)
     roundtrip(svc, conn, ssock, b"f" * 70000)
+
+
+def test_receive_pending_at_start_tls_gets_tls_plaintext(svc, pairs, tls_certs):
+    to_bind, peer = pairs()
+    conn = pairs.keep(svc.bind(to_bind))
+    buf = bytearray(7)
+    conn.recv_full("pending", buf)          # posted before the upgrade, nothing read yet
+    conn.start_tls("up", tls_certs.server_context(), server_side=True)
+    ssock = InThread(tls_certs.client_context().wrap_socket, peer, False, True, True, "localhost").result(WAIT)
+    pairs._socks.append(ssock)
+    ssock.sendall(b"private")
+    got = {r.context: r for r in collect(svc, 2)}
+    assert got["up"].err is None
+    assert got["pending"].err is None and bytes(buf) == b"private"
