@@ -78,6 +78,7 @@ def ssl_listener(pairs):
 
 def test_bound_server_and_client_roundtrip(svc, pairs, tls_certs):
     conn, peer = tls_server_pair(svc, pairs, tls_certs)
+    assert svc.stats()["timers"] == 0          # the handshake's timer went with it
     assert conn.tls is not None and conn.tls.server_side
     assert conn.tls.version() == peer.version()
     assert conn.tls.cipher() == peer.cipher()
@@ -370,9 +371,11 @@ def test_bind_handshake_timeout_fails_its_ops(svc, pairs, tls_certs):
     to_bind, peer = pairs()
     conn = pairs.keep(svc.bind(to_bind, ssl=tls_certs.server_context(), server_side=True,
                                ssl_handshake_timeout=0.2))
+    assert svc.stats()["timers"] == 1          # the handshake's timeout is a timer
     conn.recv("r", bytearray(4))
     res = collect_one(svc)
     assert isinstance(res.err, goaio.HandshakeTimeout)
+    assert svc.stats()["timers"] == 0
 
 
 def test_version_mismatch_fails(svc, pairs, tls_certs):
