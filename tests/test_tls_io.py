@@ -281,13 +281,19 @@ def test_queue_limits(svc, pairs, tls_certs):
     assert all(r.err is None for r in got)
 
 
-def test_send_timeout_reports_whole_records(svc, pairs, tls_certs):
+@pytest.mark.parametrize("goaio_server, gather", [(False, False), (True, True)],
+                         ids=["goaio-client", "goaio-server-gather"])
+def test_send_timeout_reports_whole_records(svc, pairs, tls_certs, goaio_server, gather):
     """The peer does not read: the send times out with k bytes reported; the
     peer then decrypts exactly k bytes, and a later send follows them."""
-    conn, bio = bio_pair(svc, pairs, tls_certs, goaio_server=False, small=True)
+    conn, bio = bio_pair(svc, pairs, tls_certs, goaio_server=goaio_server, small=True)
     data = random.Random(3).randbytes(8 << 20)
     conn.set_send_timeout(0.5)
-    conn.send("big", data)
+    if gather:   # odd-sized parts: records do not line up with them
+        cuts = [0] + sorted(random.Random(4).sample(range(1, len(data)), 300)) + [len(data)]
+        conn.send("big", [memoryview(data)[i:j] for i, j in zip(cuts, cuts[1:])])
+    else:
+        conn.send("big", data)
     res = collect_one(svc)
     assert isinstance(res.err, goaio.SendTimeout)
     k = res.bytes_transferred
