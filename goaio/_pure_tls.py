@@ -105,12 +105,12 @@ class Layer:
                  "wbuf", "woff", "stash", "need_read", "on_done", "start_op", "timer",
                  "later", "notify_sent", "info", "__weakref__")
 
-    def __init__(self, params, phase):
+    def __init__(self, params, phase, guard=None):
         self.params = params
         self.inc = ssl.MemoryBIO()
         self.out = ssl.MemoryBIO()
         self.obj = params.wrap(self.inc, self.out)
-        self.info = TLSInfo(self.obj)
+        self.info = TLSInfo(self.obj, guard)
         self.phase = phase
         self.err = None          # the handshake's error (FAILED)
         self.end = None          # (exc,) once the plaintext ended: exc None for close_notify
@@ -671,6 +671,30 @@ class Layer:
             fn()
 
 
+class _NoGuard:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NO_GUARD = _NoGuard()
+
+
+def _guard_of(conn):
+    """TLSInfo's guard: the connection's lock (IO on the SSLObject runs under
+    it), except inside a share_buff callback, which may run with that very
+    lock held by this thread."""
+    lock = conn._lock
+    from ._pure import _in_callback
+
+    def guard():
+        return _NO_GUARD if _in_callback() else lock
+
+    return guard
+
+
 def _advance_iov(op, n):
     from ._pure import _advance
     _advance(op, n)
@@ -686,7 +710,7 @@ def attach(conn, params, on_done=None):
     with conn._lock:
         if conn._closed:
             raise ConnClosed(M.CONN_CLOSED)
-        layer = Layer(params, HANDSHAKE)
+        layer = Layer(params, HANDSHAKE, _guard_of(conn))
         conn._tls = layer
         n = layer.begin(conn, on_done)
         if conn._level:
@@ -719,7 +743,7 @@ def start_tls(conn, context, ssl_ctx, server_side, server_hostname, ssl_handshak
         from ._errors import Busy
         if len(sq) >= conn._sq_max:
             raise Busy(M.SENDQ_FULL)
-        layer = Layer(params, WAITING)
+        layer = Layer(params, WAITING, _guard_of(conn))
         op = new_op(conn, context)
         conn._tls = layer
         sq.append(op)
