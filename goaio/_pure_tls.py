@@ -564,6 +564,59 @@ class Layer:
                 continue
             self._take_output()
 
+    def fast_ok(self, total):
+        """May a send skip the queue? (lock held; the queue is empty and the
+        socket writable): an open stream with nothing waiting to be written."""
+        return self.phase == OPEN and self.wbuf is None and total <= SEND_BATCH
+
+    def fast_send(self, conn, context, buff, mv, total):
+        """Encrypt all of a small send and write it now. Returns -1 when it
+        completed (its result queued, ``mv`` released), else the plaintext
+        committed (the rest of its ciphertext waits in wbuf: the caller
+        queues the send with that ``done``, and it completes once written)."""
+        from ._pure import AIOResult
+
+        try:
+            if total <= MAX_PLAINTEXT_RECORD:
+                self.obj.write(mv)
+            else:
+                for i in range(0, total, MAX_PLAINTEXT_RECORD):
+                    view = mv[i:i + MAX_PLAINTEXT_RECORD]
+                    try:
+                        self.obj.write(view)
+                    finally:
+                        view.release()
+        except ssl.SSLError as exc:
+            mv.release()
+            conn._nops += 1
+            conn._q_append(AIOResult(conn, context, buff, 0, exc))
+            return -1
+        data = self.out.read()
+        try:
+            while True:
+                try:
+                    n = conn._send(data, _MSG_NOSIGNAL)
+                except InterruptedError:
+                    continue
+                break
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            mv.release()
+            conn._nops += 1
+            conn._q_append(AIOResult(conn, context, buff, 0, _os_error(exc)))
+            return -1
+        if n >= len(data):
+            mv.release()
+            conn._nops += 1
+            conn._bsent += total
+            conn._q_append(AIOResult(conn, context, buff, total, None))
+            return -1
+        self.wbuf = data
+        self.woff = n
+        conn._writable = False
+        return total
+
     def _encrypt_batch(self, sq):
         """Commit up to SEND_BATCH plaintext bytes of the head sends to records."""
         write = self.obj.write
