@@ -36,7 +36,6 @@ connection's lock held: they are queued in ``_later`` and run by the
 ``on_*`` entry points after the lock is released, or from a timer.
 """
 
-import errno
 import socket
 import ssl
 import threading

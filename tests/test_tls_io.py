@@ -14,9 +14,8 @@ import pytest
 
 import goaio
 from goaio import _messages as M
-from support import WAIT, assert_no_result, collect, collect_one, wait_until
-from tls_support import BioPeer, InThread, recv_exactly_ssl
-from test_tls import handshaken, tls_client_pair, tls_server_pair
+from support import WAIT, assert_no_result, collect, collect_one
+from tls_support import BioPeer, InThread, handshaken, recv_exactly_ssl, tls_server_pair
 
 
 def bio_pair(svc, pairs, certs, goaio_server=True, **bind_opts):
