@@ -673,3 +673,28 @@ def test_receive_pending_at_start_tls_gets_tls_plaintext(svc, pairs, tls_certs):
     got = {r.context: r for r in collect(svc, 2)}
     assert got["up"].err is None
     assert got["pending"].err is None and bytes(buf) == b"private"
+
+
+def test_context_callbacks_are_honoured(svc, pairs, tls_certs, tmp_path):
+    """sni_callback (switching to another context by name) and keylog_filename
+    work as with ssl sockets: the context is the user's own."""
+    seen = []
+    other = tls_certs.server_context()
+    other.set_alpn_protocols(["from-sni"])
+
+    def sni(sslobj, name, ctx):
+        seen.append(name)
+        if name == "localhost":
+            sslobj.context = other
+
+    server_ctx = tls_certs.server_context()
+    server_ctx.sni_callback = sni
+    keylog = tmp_path / "keys.log"
+    other.keylog_filename = str(keylog)      # the context in effect after the switch
+    conn, peer = tls_server_pair(svc, pairs, tls_certs, server_ctx=server_ctx,
+                                 client_ctx=tls_certs.client_context(alpn=["from-sni"]))
+    assert seen == ["localhost"]
+    assert conn.tls.selected_alpn_protocol() == "from-sni"
+    roundtrip(svc, conn, peer)
+    text = keylog.read_text()
+    assert "CLIENT_" in text or "SERVER_" in text    # TLS 1.3 traffic secrets were logged
