@@ -247,7 +247,7 @@ cdef object tls_exception_gil(op_t *op):
     if e.kind == GOAIO_TLSE_EOF:
         if where == "read":
             return _tls.eof_in_record_error()
-        return _ssl_error_from(_tls.SSL_ERROR_EOF, None, None, None, where=where)
+        return _ssl_error_from(int(_tls.SSL_ERROR_EOF), None, None, None, where=where)
     library = _lib_names.get(e.lib)
     reason = _err_names.get((e.lib, e.reason))
     text = (<bytes>e.reason_str).decode("utf-8", "replace") or None
@@ -261,7 +261,7 @@ cdef object tls_exception_gil(op_t *op):
             vmsg = f"Hostname mismatch, certificate is not valid for '{host}'."
         elif vcode == 64 and host is not None:     # X509_V_ERR_IP_ADDRESS_MISMATCH
             vmsg = f"IP address mismatch, certificate is not valid for '{host}'."
-    errcode = _tls.SSL_ERROR_SSL if e.ssl_error == GOAIO_SSL_ERROR_SSL or e.ssl_error == 0 else e.ssl_error
+    errcode = GOAIO_SSL_ERROR_SSL if e.ssl_error == 0 else e.ssl_error
     return _ssl_error_from(errcode, library, reason, text, vcode, vmsg, where=where)
 
 
