@@ -98,8 +98,6 @@ cdef class AIOConn:
                 if op.kind == OP_SHUTDOWN:
                     c.shut = 1
                     c.shut_err = 0
-                elif not sending and c.tls_next != NULL:
-                    op.flags |= OPF_AFTERTLS    # waits for the pending start_tls
                 if q.timeout:
                     op.deadline = goaio_now_ns() + q.timeout
                     schedule_timer_locked(s, c, op.deadline)

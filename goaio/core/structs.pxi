@@ -17,7 +17,6 @@ cdef enum:
                          # object for both (key in pool_idx; core/halfclose.pxi)
     OPF_TLSCONN = 16     # an accept/connect completed by a TLS handshake: the
                          # connection is op.pyconn, bound already (core/tls.pxi)
-    OPF_AFTERTLS = 32    # a receive posted after a pending start_tls: waits for it
 
     ERR_EOF = -1
     ERR_RTIMEOUT = -2
@@ -157,6 +156,7 @@ cdef struct conn_t:
     PyObject *stash_exc  # owned: exception raised by share_buff.acquire()
     tls_t *tls           # owned: the TLS layer, NULL for a plain connection
     tls_t *tls_next      # owned: a pending start_tls's layer, until it starts
+    tls_t *tls_dropped   # owned: the layer of a start_tls removed before it started
     conn_t *hsw_next     # in the service's handshake work queue (s.lock)
     char hsw_queued      # queued there (c.lock)
     pthread_mutex_t lock

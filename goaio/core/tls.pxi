@@ -433,14 +433,25 @@ cdef void hsw_discard(svc_t *s) noexcept nogil:
         c = nxt
 
 
+cdef void tls_start_dropped_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogil:
+    """A start_tls left the send queue before it started (a send timeout, a
+    cancel): the connection stays plain; receives go on in plaintext (c.lock
+    held). Its layer is freed later, with the GIL (the next start_tls, or the
+    record)."""
+    if c.tls_next == NULL or c.tls_dropped != NULL:
+        return
+    c.tls_dropped = c.tls_next
+    c.tls_next = NULL
+    if s != NULL and c.rq.head != NULL and (c.readable or c.eof):
+        process_recv_locked(s, c, done)
+
+
 cdef void tls_try_start_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogil:
-    """The head of c.sq is a start_tls: begin once every receive posted before
-    it has completed (c.lock held)."""
+    """The head of c.sq is a start_tls: the sends before it are written, the
+    handshake begins (c.lock held)."""
     cdef op_t *op
     cdef tls_t *t
     if c.tls != NULL or c.tls_next == NULL or c.sq.head == NULL or c.sq.head.kind != OP_STARTTLS:
-        return
-    if c.rq.head != NULL and not (c.rq.head.flags & OPF_AFTERTLS):
         return
     op = opq_pop_locked(&c.sq)
     t = c.tls_next

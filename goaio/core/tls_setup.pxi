@@ -277,9 +277,7 @@ cdef object tls_info_gil(AIOConn conn):
     """conn.tls: a TLSInfo over the connection's SSLObject, or None (GIL)."""
     cdef tls_t *t = conn.c.tls
     if t == NULL:
-        t = conn.c.tls_next
-    if t == NULL:
-        return None
+        return None         # (a start_tls not started yet included)
     if conn._tls_info is None:
         conn._tls_info = _tls.TLSInfo(<object>t.sslobj)
     return conn._tls_info
@@ -302,6 +300,12 @@ cdef object tls_start_gil(AIOConn conn, context, ssl, server_side, server_hostna
         raise ValueError(MSG_TLS_ALREADY)
     if c.shut:
         raise BrokenPipeError(MSG_TLS_AFTER_SHUTDOWN)
+    with nogil:
+        pthread_mutex_lock(&c.lock)
+        t = c.tls_dropped       # an earlier start_tls removed before it started
+        c.tls_dropped = NULL
+        pthread_mutex_unlock(&c.lock)
+    tls_free_nogil(t)
     t = tls_new_gil(params)
     with nogil:
         pthread_mutex_lock(&c.lock)
