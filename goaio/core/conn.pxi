@@ -255,7 +255,7 @@ cdef class AIOConn:
         # ConnClosed made when its result is (no Python code under c.lock)
         opq_fail_locked(c, &c.rq, ERR_CLOSED if reason is None else ERR_OBJ, &done)
         opq_fail_locked(c, &c.sq, ERR_CLOSED if reason is None else ERR_OBJ, &done)
-        tls_close_locked(c, ERR_CLOSED if reason is None else ERR_OBJ, &done)
+        tls_close_locked(s, c, ERR_CLOSED if reason is None else ERR_OBJ, &done)
         if reason is not None:
             op = done.head
             while op != NULL:

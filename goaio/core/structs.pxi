@@ -17,6 +17,10 @@ cdef enum:
                          # object for both (key in pool_idx; core/halfclose.pxi)
     OPF_TLSCONN = 16     # an accept/connect completed by a TLS handshake: the
                          # connection is op.pyconn, bound already (core/tls.pxi)
+    OPF_TLSINNER = 32    # a TLS listener's own op for a connection taken ahead:
+                         # never queued as a result, handed over to an accept
+    OPF_TLSORPHAN = 64   # such an op whose listener closed: the setup runner
+                         # closes its connection and frees it
 
     ERR_EOF = -1
     ERR_RTIMEOUT = -2
@@ -121,6 +125,7 @@ cdef struct tls_t:
     int rd_end           # 0, ERR_EOF, or ERR_TLS (rd_err) once reading ended
     int wlast            # length of a write OpenSSL must see again (a record is half out)
     op_t *hs_op          # owned: completes when the handshake ends (accept, connect, start_tls)
+    conn_t *listener     # a cref: the TLS listener that took the connection ahead, or NULL
     goaio_tlserr_t *err  # owned: why the handshake failed (TLS_FAILED)
     goaio_tlserr_t *rd_err  # owned: why reading failed
     int64_t hs_timeout   # ns, 0: none
