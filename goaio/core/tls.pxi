@@ -146,7 +146,10 @@ cdef void tls_recv_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogil:
         n = goaio_ossl.SSL_read(t.ssl, op.iov.iov_base, <int>want)
         if n > 0:
             op.done += n
-            if op.done >= op.total or (op.kind == OP_RECV and <size_t>n < want):
+            # a recv takes what OpenSSL holds already (several records, read
+            # ahead), then completes
+            if op.done >= op.total or (op.kind == OP_RECV and <size_t>n < want
+                                       and not goaio_ossl.SSL_has_pending(t.ssl)):
                 finish_op_locked(c, opq_pop_locked(&c.rq), 0, done)
             else:
                 advance(op, n)
