@@ -14,56 +14,10 @@ import pytest
 import goaio
 from goaio import _messages as M
 from support import WAIT, assert_no_result, collect, collect_one, recv_until_eof, wait_until
-from tls_support import InThread, recv_exactly_ssl
+from tls_support import InThread, handshaken, recv_exactly_ssl, roundtrip, tls_client_pair, tls_server_pair
 
 
-# --- helpers ------------------------------------------------------------------------
-
-def tls_server_pair(svc, pairs, certs, *, server_ctx=None, client_ctx=None, hostname="localhost",
-                    **bind_opts):
-    """goaio is the TLS server on a bound socket, an ssl socket the client.
-    Returns (conn, client ssl socket), both handshaken."""
-    to_bind, peer = pairs()
-    server_ctx = server_ctx or certs.server_context()
-    client_ctx = client_ctx or certs.client_context()
-    conn = pairs.keep(svc.bind(to_bind, ssl=server_ctx, server_side=True, **bind_opts))
-    client = InThread(client_ctx.wrap_socket, peer, False, True, True, hostname).result(WAIT)
-    pairs._socks.append(client)
-    handshaken(conn)
-    return conn, client
-
-
-def tls_client_pair(svc, pairs, certs, *, server_ctx=None, client_ctx=None, hostname="localhost",
-                    **bind_opts):
-    """goaio is the TLS client on a bound socket, an ssl socket the server."""
-    to_bind, peer = pairs()
-    server_ctx = server_ctx or certs.server_context()
-    client_ctx = client_ctx or certs.client_context()
-    server = InThread(server_ctx.wrap_socket, peer, True)
-    conn = pairs.keep(svc.bind(to_bind, ssl=client_ctx, server_hostname=hostname, **bind_opts))
-    ssock = server.result(WAIT)
-    pairs._socks.append(ssock)
-    handshaken(conn)
-    return conn, ssock
-
-
-def handshaken(conn):
-    """Wait until goaio's side of a bound TLS connection finished its handshake
-    (the peer may finish first: a TLS 1.3 client, a TLS 1.2 server)."""
-    wait_until(lambda: conn.tls.version() is not None, msg="goaio's handshake")
-
-
-def roundtrip(svc, conn, peer, data=b"ping"):
-    """One message each way through a handshaken pair (peer: an ssl socket)."""
-    conn.send("s", data)
-    assert recv_exactly_ssl(peer, len(data)) == data
-    buf = bytearray(len(data))
-    conn.recv_full("r", buf)
-    peer.sendall(data[::-1])
-    got = {r.context: r for r in collect(svc, 2)}
-    assert got["s"].err is None and got["s"].bytes_transferred == len(data)
-    assert got["r"].err is None and bytes(buf) == data[::-1]
-
+# --- helpers (the pair makers are in tls_support) ---------------------------------------
 
 def ssl_listener(pairs):
     lst = socket.socket()
@@ -78,6 +32,7 @@ def ssl_listener(pairs):
 
 def test_bound_server_and_client_roundtrip(svc, pairs, tls_certs):
     conn, peer = tls_server_pair(svc, pairs, tls_certs)
+    assert svc.stats()["timers"] == 0          # the handshake's timer went with it
     assert conn.tls is not None and conn.tls.server_side
     assert conn.tls.version() == peer.version()
     assert conn.tls.cipher() == peer.cipher()
@@ -370,9 +325,11 @@ def test_bind_handshake_timeout_fails_its_ops(svc, pairs, tls_certs):
     to_bind, peer = pairs()
     conn = pairs.keep(svc.bind(to_bind, ssl=tls_certs.server_context(), server_side=True,
                                ssl_handshake_timeout=0.2))
+    assert svc.stats()["timers"] == 1          # the handshake's timeout is a timer
     conn.recv("r", bytearray(4))
     res = collect_one(svc)
     assert isinstance(res.err, goaio.HandshakeTimeout)
+    assert svc.stats()["timers"] == 0
 
 
 def test_version_mismatch_fails(svc, pairs, tls_certs):
@@ -666,3 +623,78 @@ def test_cancel_a_waiting_start_tls(svc, pairs, tls_certs):
     conn.close()
     got = {r.context: r for r in collect(svc, 2)}
     assert isinstance(got["up2"].err, goaio.ConnClosed)
+
+
+def test_connect_timeout_bounds_the_tcp_connect_only(svc, pairs, tls_certs):
+    lst = ssl_listener(pairs)
+
+    def slow_server():
+        s, _ = lst.accept()
+        time.sleep(0.6)                 # longer than the connect's timeout
+        ss = tls_certs.server_context().wrap_socket(s, server_side=True)
+        ss.sendall(b"late")
+        return ss
+
+    peer = InThread(slow_server)
+    svc.connect("c", lst.getsockname(), timeout=0.3, ssl=tls_certs.client_context(),
+                server_hostname="localhost", ssl_handshake_timeout=WAIT)
+    res = collect_one(svc)
+    assert res.err is None, res.err
+    conn = pairs.keep(res.conn)
+    buf = bytearray(4)
+    conn.recv_full("r", buf)
+    assert collect_one(svc).err is None and bytes(buf) == b"late"
+    pairs._socks.append(peer.result(WAIT))
+
+
+@pytest.mark.parametrize("family", ["tcp6", "unix"])
+def test_tls_over_other_families(svc, pairs, tls_certs, family):
+    from support import family_available
+
+    if not family_available(family):
+        pytest.skip(f"{family} is not available here")
+    to_bind, peer = pairs(family)
+    conn = pairs.keep(svc.bind(to_bind, ssl=tls_certs.server_context(), server_side=True))
+    ssock = InThread(tls_certs.client_context().wrap_socket, peer, False, True, True, "localhost").result(WAIT)
+    pairs._socks.append(ssock)
+    handshaken(conn)
+    roundtrip(svc, conn, ssock, b"f" * 70000)
+
+
+def test_receive_pending_at_start_tls_gets_tls_plaintext(svc, pairs, tls_certs):
+    to_bind, peer = pairs()
+    conn = pairs.keep(svc.bind(to_bind))
+    buf = bytearray(7)
+    conn.recv_full("pending", buf)          # posted before the upgrade, nothing read yet
+    conn.start_tls("up", tls_certs.server_context(), server_side=True)
+    ssock = InThread(tls_certs.client_context().wrap_socket, peer, False, True, True, "localhost").result(WAIT)
+    pairs._socks.append(ssock)
+    ssock.sendall(b"private")
+    got = {r.context: r for r in collect(svc, 2)}
+    assert got["up"].err is None
+    assert got["pending"].err is None and bytes(buf) == b"private"
+
+
+def test_context_callbacks_are_honoured(svc, pairs, tls_certs, tmp_path):
+    """sni_callback (switching to another context by name) and keylog_filename
+    work as with ssl sockets: the context is the user's own."""
+    seen = []
+    other = tls_certs.server_context()
+    other.set_alpn_protocols(["from-sni"])
+
+    def sni(sslobj, name, ctx):
+        seen.append(name)
+        if name == "localhost":
+            sslobj.context = other
+
+    server_ctx = tls_certs.server_context()
+    server_ctx.sni_callback = sni
+    keylog = tmp_path / "keys.log"
+    other.keylog_filename = str(keylog)      # the context in effect after the switch
+    conn, peer = tls_server_pair(svc, pairs, tls_certs, server_ctx=server_ctx,
+                                 client_ctx=tls_certs.client_context(alpn=["from-sni"]))
+    assert seen == ["localhost"]
+    assert conn.tls.selected_alpn_protocol() == "from-sni"
+    roundtrip(svc, conn, peer)
+    text = keylog.read_text()
+    assert "CLIENT_" in text or "SERVER_" in text    # TLS 1.3 traffic secrets were logged
