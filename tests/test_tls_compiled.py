@@ -304,6 +304,9 @@ conn = svc.bind(socket.create_connection(ls.getsockname()), ssl=certs.client_con
 stop = []
 calls = [0]
 def reader():
+    import time
+    while conn.tls.version() is None and not stop:     # (getpeercert: after the handshake)
+        time.sleep(0.001)
     while not stop:
         info = conn.tls
         info.version(); info.cipher(); info.getpeercert(); info.session_reused
@@ -319,6 +322,10 @@ while n < len(data) // (1 << 16) + 1:
     assert res is not None, "stuck"
     assert res.err is None, res.err
     n += 1
+import time
+end = time.monotonic() + 10
+while calls[0] == 0 and time.monotonic() < end:
+    time.sleep(0.01)
 stop.append(1); r.join(10); t.join(10)
 assert back == data and calls[0] > 0
 conn.close(); svc.close()
