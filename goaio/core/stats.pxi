@@ -42,6 +42,8 @@ cdef dict svc_stats(AIOService svc):
             if c == NULL or c.closed:
                 continue
             if c.kind == CK_STREAM:
+                if c.tls != NULL and c.tls.connecting and c.tls.state == TLS_HANDSHAKE:
+                    pconnect += 1   # a TLS connect in its handshake, a connection too (core/tls.pxi)
                 conns += 1
                 precv += c.rq.len
                 psend += c.sq.len

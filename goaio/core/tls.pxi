@@ -381,6 +381,7 @@ cdef void tls_activate_locked(svc_t *s, conn_t *c, tls_t *t, op_t *hs_op, oplist
     t.io.writable = &c.writable
     t.io.hup = &c.hup
     t.hs_op = hs_op
+    t.connecting = hs_op != NULL and hs_op.kind == OP_CONNECT
     if t.hs_timeout > 0:
         t.hs_deadline = goaio_now_ns() + t.hs_timeout
         schedule_timer_locked(s, c, t.hs_deadline)
