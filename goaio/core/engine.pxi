@@ -15,6 +15,7 @@
 #   sharebuf   share buffers for recv(ctx, None), the unlock protocol
 #   io         the system calls: process_recv / process_send
 #   tls        the TLS record layer in C (handshake, SSL_read/SSL_write, close_notify)
+#   tls_accept handshakes on idle workers; TLS listeners' connections taken ahead
 #   poll       poll round, worker loop, leader/follower collection
 #   post       pinning buffers into a new op
 #   conn       AIOConn
@@ -44,6 +45,7 @@ include "timers.pxi"
 include "sharebuf.pxi"
 include "io.pxi"
 include "tls.pxi"
+include "tls_accept.pxi"
 include "poll.pxi"
 include "post.pxi"
 include "conn.pxi"
