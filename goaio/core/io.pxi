@@ -28,8 +28,14 @@ cdef void process_recv_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogi
     cdef ssize_t n
     cdef size_t want
     cdef int e, r
+    if c.tls != NULL:
+        tls_process_locked(s, c, done)      # core/tls.pxi
+        return
     while c.rq.head != NULL and not c.closed:
         op = c.rq.head
+        if c.tls_next != NULL:
+            break           # a start_tls is pending: receives get TLS plaintext
+
         if c.eof:
             finish_op_locked(c, opq_pop_locked(&c.rq), ERR_EOF, done)
             continue
@@ -84,8 +90,14 @@ cdef void process_send_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogi
     cdef size_t want
     cdef int e, i, cnt
     cdef msghdr msg
+    if c.tls != NULL:
+        tls_process_locked(s, c, done)      # core/tls.pxi
+        return
     while c.sq.head != NULL and not c.closed:
         op = c.sq.head
+        if op.kind == OP_STARTTLS:
+            tls_try_start_locked(s, c, done)    # (TLS runs from here on, if it started)
+            return
         if op.kind == OP_SHUTDOWN:
             run_shutdown_locked(c, done)    # core/halfclose.pxi
             continue

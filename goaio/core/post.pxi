@@ -206,7 +206,7 @@ cdef int post_queue_nogil(svc_t *s, conn_t *c, op_t *op, bint sending) noexcept 
         if q.head == op:
             if sending:
                 process_send_locked(s, c, &done)
-            elif c.readable or c.eof:
+            elif c.readable or c.eof or c.tls != NULL:
                 process_recv_locked(s, c, &done)
     cq_push(s, &done)
     pthread_mutex_unlock(&c.lock)
@@ -215,7 +215,10 @@ cdef int post_queue_nogil(svc_t *s, conn_t *c, op_t *op, bint sending) noexcept 
 
 cdef inline bint post_keeps_gil(conn_t *c, op_t *op) noexcept nogil:
     """Whether op is small enough to be posted with the GIL kept (see
-    POST_WITH_GIL_MAX); a share-buffer receive counts its pool's buffer size."""
+    POST_WITH_GIL_MAX); a share-buffer receive counts its pool's buffer size.
+    Never on a TLS connection: its record layer runs without the GIL."""
+    if c.tls != NULL:
+        return 0
     if op.flags & OPF_NEEDBUF:
         return c.pool != NULL and c.pool.size <= POST_WITH_GIL_MAX
     return op.total <= POST_WITH_GIL_MAX

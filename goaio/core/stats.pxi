@@ -42,10 +42,14 @@ cdef dict svc_stats(AIOService svc):
             if c == NULL or c.closed:
                 continue
             if c.kind == CK_STREAM:
+                if c.tls != NULL and c.tls.connecting and c.tls.state == TLS_HANDSHAKE:
+                    pconnect += 1   # a TLS connect in its handshake, a connection too (core/tls.pxi)
                 conns += 1
                 precv += c.rq.len
                 psend += c.sq.len
                 timers += timed_ops(&c.rq) + timed_ops(&c.sq)
+                if tls_deadline(c) != 0:
+                    timers += 1         # a handshake's timeout (core/tls.pxi)
             elif c.kind == CK_LISTENER:
                 listeners += 1
                 paccept += c.rq.len
