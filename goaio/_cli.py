@@ -4,7 +4,7 @@
                          [--recv-timeout S] [--buffer-size B] [--quiet]
                          [--tls CERT KEY [--alpn PROTO ...] [--ssl-handshake-timeout S]]
     python -m goaio bench [--conns N] [--size B] [--seconds S] [--servers a,b,...]
-                          [--idle N] [--plot out.png] [--json out.json] ...
+                          [--idle N] [--tls | --tls-handshake] [--plot out.png] [--json out.json] ...
 
 Exit status: 0 on success, also when the echo server is stopped by SIGINT
 (Ctrl-C) or SIGTERM -- stopping is how a server ends, not a failure; 1 when
@@ -334,6 +334,14 @@ def build_parser():
                        "and the client's CPU time per connection")
     bench.add_argument("--storm-size", type=_non_negative_int, default=16, metavar="B",
                        help="bytes of the one round trip of each storm connection (0: none; default 16)")
+    bench.add_argument("--tls", action="store_true",
+                       help="the TLS rows: the echo servers on an ssl.SSLContext (goaio's echo --tls, "
+                       "asyncio and uvloop create_server(ssl=)), driven by the bench's C TLS client "
+                       "(needs a C compiler, OpenSSL headers and the openssl command for the "
+                       "certificate); with --idle, idle TLS connections")
+    bench.add_argument("--tls-handshake", action="store_true",
+                       help="like --tls, but every round trip on a new connection with a full "
+                       "handshake: rps is handshakes/s")
     bench.add_argument("--plot", metavar="FILE.png", help="draw a bar chart (needs matplotlib)")
     bench.add_argument("--json", metavar="FILE.json", help="write the raw figures")
     bench.set_defaults(func=_cmd_bench)

@@ -19,6 +19,7 @@ from . import native
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEERS = os.path.join(HERE, "peers.py")
+TLS_PEERS = os.path.join(HERE, "tls_peers.py")
 #: The directory holding the goaio package the harness itself runs.
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(HERE))
 #: Server processes run here, with -P, so that neither their working
@@ -31,7 +32,9 @@ _READY = re.compile(r"listening on (\S+):(\d+)")
 class Spec:
     """One server of the comparison."""
 
-    def __init__(self, name, label, kind, backend=None, share=False, ceiling=False):
+    def __init__(self, name, label, kind, backend=None, share=False, ceiling=False, tls=False, peer=None):
+        self.tls = tls  # a TLS server: driven by loadgen_tls, with the bench's certificate
+        self.peer = peer or name  # the KIND given to peers.py / tls_peers.py
         self.name = name
         self.label = label
         self.kind = kind  # "goaio", "peer" or "c"
@@ -54,10 +57,21 @@ SPECS = [
     Spec("threads", "thread per connection", "peer"),
     Spec("raw-epoll", "ceiling: raw epoll, Python", "peer", ceiling=True),
     Spec("c-epoll", "C epoll (machine ceiling)", "c", ceiling=True),
+    # TLS (``bench --tls``): the same servers on an ssl.SSLContext
+    Spec("goaio-epoll-tls", "goaio epoll, TLS", "goaio", backend="epoll", tls=True),
+    Spec("goaio-epoll-tls-share", "goaio epoll, TLS, share buffers", "goaio", backend="epoll", share=True,
+         tls=True),
+    Spec("goaio-pure-tls", "goaio pure, TLS", "goaio", backend="pure", tls=True),
+    Spec("goaio-pure-tls-share", "goaio pure, TLS, share buffers", "goaio", backend="pure", share=True,
+         tls=True),
+    Spec("asyncio-tls", "asyncio Protocol, TLS", "peer", tls=True, peer="asyncio"),
+    Spec("uvloop-tls", "uvloop Protocol, TLS", "peer", tls=True, peer="uvloop"),
 ]
 BY_NAME = {s.name: s for s in SPECS}
 #: what runs when no list is given (c-epoll only on request: it is not Python)
-DEFAULT = [s.name for s in SPECS if s.name != "c-epoll"]
+DEFAULT = [s.name for s in SPECS if s.name != "c-epoll" and not s.tls]
+#: what ``bench --tls`` runs when no list is given
+TLS_DEFAULT = [s.name for s in SPECS if s.tls]
 
 _avail_cache = {}
 
@@ -155,20 +169,25 @@ def availability(name):
             elif spec.backend != "pure":
                 hint = f" (not a backend of {sys.platform})"
             why = f"backend {spec.backend!r} not importable: {err}{hint}"
-    elif spec.name == "uvloop":
-        if importlib.util.find_spec("uvloop") is None:
-            why = "uvloop is not installed (pip install 'goaio[bench]')"
-    elif spec.kind == "c":
-        if native.build("echo_epoll") is None:
-            why = native.why_not("echo_epoll")
+    if why is None and spec.tls:
+        from . import tlscert
+
+        if native.build("loadgen_tls") is None:
+            why = f"the TLS load client does not build: {native.why_not('loadgen_tls')}"
+        elif tlscert.ensure() is None:
+            why = tlscert.why_not()
+    if why is None and spec.peer == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        why = "uvloop is not installed (pip install 'goaio[bench]')"
+    if why is None and spec.kind == "c" and native.build("echo_epoll") is None:
+        why = native.why_not("echo_epoll")
     _avail_cache[name] = (why is None, why)
     return _avail_cache[name]
 
 
-def parse_list(text):
+def parse_list(text, tls=False):
     """``"a,b"`` -> ["a", "b"], or ValueError naming the unknown ones."""
     if not text:
-        return list(DEFAULT)
+        return list(TLS_DEFAULT if tls else DEFAULT)
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in BY_NAME]
     if unknown:
@@ -187,6 +206,15 @@ def command(spec, workers=1):
                 "--workers", str(workers), "--quiet"]
         if spec.share:
             argv.append("--share-buff")
+        if spec.tls:
+            from . import tlscert
+
+            argv += ["--tls", *tlscert.ensure()]
+    elif spec.kind == "peer" and spec.tls:
+        from . import tlscert
+
+        argv = [sys.executable, TLS_PEERS, spec.peer, "echo", *tlscert.ensure(), "--host", "127.0.0.1",
+                "--port", "0"]
     elif spec.kind == "peer":
         argv = [sys.executable, PEERS, spec.name, "--host", "127.0.0.1", "--port", "0"]
     else:
@@ -327,5 +355,45 @@ def measure_idle(server, n, host="127.0.0.1", limit=120.0):
     finally:
         for s in socks:
             s.close()
+    return {"conns": n, "rss_before": before, "rss_after": after,
+            "bytes_per_conn": (after - before) / n if before is not None and after is not None else None}
+
+
+def measure_idle_tls(server, n, host="127.0.0.1", limit=180.0):
+    """The TLS twin of :func:`measure_idle`: ``loadgen_tls -i`` opens ``n``
+    connections one after another, handshakes each and echoes one byte on
+    it, then holds them silent; (RSS after - RSS before) / n."""
+    import select
+
+    exe = native.build("loadgen_tls")
+    if exe is None:
+        raise RuntimeError(f"no TLS client: {native.why_not('loadgen_tls')}")
+    time.sleep(0.2)
+    before = server.rss()
+    proc = subprocess.Popen([exe, "-i", host, str(server.port), str(n)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        r, _, _ = select.select([proc.stdout], [], [], limit)
+        line = proc.stdout.readline() if r else ""
+        if line.split() != ["held", str(n)]:
+            proc.kill()
+            raise RuntimeError(f"idle TLS client: {line.strip() or 'no answer'} "
+                               f"{proc.stderr.read().strip()[-300:]}")
+        time.sleep(0.5)
+        after = server.rss()
+        proc.stdin.write("quit\n")
+        proc.stdin.flush()
+    finally:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
     return {"conns": n, "rss_before": before, "rss_after": after,
             "bytes_per_conn": (after - before) / n if before is not None and after is not None else None}
