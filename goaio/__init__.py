@@ -19,6 +19,7 @@ from ._errors import (
     ConnectTimeout,
     EmptyBuffer,
     Error,
+    HandshakeTimeout,
     RecvTimeout,
     SendTimeout,
     ServiceClosed,
@@ -26,6 +27,7 @@ from ._errors import (
 )
 from ._common import DEFAULT_RECV_BUFF_SIZE, AIOConnOption
 from . import _select
+from ._tls import TLSInfo
 
 __version__ = "0.1.0"
 
@@ -72,6 +74,7 @@ __all__ = [
     "AIOConnOption",
     "BufferPool",
     "Listener",
+    "TLSInfo",
     "DEFAULT_RECV_BUFF_SIZE",
     "BACKEND",
     "BACKEND_FALLBACK_REASON",
@@ -83,6 +86,7 @@ __all__ = [
     "RecvTimeout",
     "SendTimeout",
     "ConnectTimeout",
+    "HandshakeTimeout",
     "Cancelled",
     "EmptyBuffer",
     "bind",

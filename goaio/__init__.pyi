@@ -13,6 +13,7 @@
 # `list[collections.abc.Buffer]`).
 
 import socket
+import ssl as _ssl
 from _typeshed import ReadableBuffer, WriteableBuffer
 from collections.abc import Iterator
 from types import TracebackType
@@ -47,6 +48,7 @@ class UnsupportedConn(Error, TypeError): ...
 class RecvTimeout(Error, TimeoutError): ...
 class SendTimeout(Error, TimeoutError): ...
 class ConnectTimeout(Error, TimeoutError): ...
+class HandshakeTimeout(Error, TimeoutError): ...
 class Cancelled(Error): ...
 class EmptyBuffer(Error, ValueError): ...
 
@@ -122,6 +124,18 @@ class AIOConn:
     def peername(self) -> _RetAddress | None: ...
     @property
     def sockname(self) -> _RetAddress | None: ...
+    # ---- issue 11: TLS ----
+    def start_tls(
+        self,
+        context: Any,
+        ssl: _ssl.SSLContext,
+        *,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        ssl_handshake_timeout: float | None = None,
+    ) -> None: ...
+    @property
+    def tls(self) -> TLSInfo | None: ...
 
 # ---------------------------------------------------------------- the service
 
@@ -131,13 +145,26 @@ class AIOService:
     @property
     def closed(self) -> bool: ...
     @overload
-    def bind(self, sock: socket.socket, option: AIOConnOption) -> AIOConn: ...
+    def bind(
+        self,
+        sock: socket.socket,
+        option: AIOConnOption,
+        *,
+        ssl: _ssl.SSLContext | None = None,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        ssl_handshake_timeout: float | None = None,
+    ) -> AIOConn: ...
     @overload
     def bind(
         self,
         sock: socket.socket,
         option: None = None,
         *,
+        ssl: _ssl.SSLContext | None = None,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        ssl_handshake_timeout: float | None = None,
         recvq_size: int = 32,
         sendq_size: int = 32,
         share_buff: _ShareBuffer | None = None,
@@ -160,6 +187,8 @@ class AIOService:
         *,
         reuse_port: bool = False,
         option: AIOConnOption,
+        ssl: _ssl.SSLContext | None = None,
+        ssl_handshake_timeout: float | None = None,
     ) -> Listener: ...
     @overload
     def listen(
@@ -169,6 +198,8 @@ class AIOService:
         *,
         reuse_port: bool = False,
         option: None = None,
+        ssl: _ssl.SSLContext | None = None,
+        ssl_handshake_timeout: float | None = None,
         recvq_size: int = 32,
         sendq_size: int = 32,
         share_buff: _ShareBuffer | None = None,
@@ -183,6 +214,9 @@ class AIOService:
         timeout: _Timeout = None,
         local_address: _Address | None = None,
         option: AIOConnOption,
+        ssl: _ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        ssl_handshake_timeout: float | None = None,
     ) -> None: ...
     @overload
     def connect(
@@ -193,6 +227,9 @@ class AIOService:
         timeout: _Timeout = None,
         local_address: _Address | None = None,
         option: None = None,
+        ssl: _ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        ssl_handshake_timeout: float | None = None,
         recvq_size: int = 32,
         sendq_size: int = 32,
         share_buff: _ShareBuffer | None = None,
@@ -204,12 +241,24 @@ class AIOService:
 
 def default_service() -> AIOService: ...
 @overload
-def bind(sock: socket.socket, option: AIOConnOption) -> AIOConn: ...
+def bind(
+    sock: socket.socket,
+    option: AIOConnOption,
+    *,
+    ssl: _ssl.SSLContext | None = None,
+    server_side: bool = False,
+    server_hostname: str | None = None,
+    ssl_handshake_timeout: float | None = None,
+) -> AIOConn: ...
 @overload
 def bind(
     sock: socket.socket,
     option: None = None,
     *,
+    ssl: _ssl.SSLContext | None = None,
+    server_side: bool = False,
+    server_hostname: str | None = None,
+    ssl_handshake_timeout: float | None = None,
     recvq_size: int = 32,
     sendq_size: int = 32,
     share_buff: _ShareBuffer | None = None,
@@ -245,3 +294,32 @@ class Listener:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None: ...
+
+# ======================================================================
+# ---- issue 11: TLS. conn.tls on a TLS connection: a read-only view of the
+# _ssl.SSLObject the backend drives (made with the user's context).
+
+@final
+class TLSInfo:
+    @property
+    def ssl_object(self) -> _ssl.SSLObject: ...
+    @property
+    def context(self) -> _ssl.SSLContext: ...
+    @property
+    def server_side(self) -> bool: ...
+    @property
+    def server_hostname(self) -> str | None: ...
+    @property
+    def session_reused(self) -> bool: ...
+    @property
+    def session(self) -> _ssl.SSLSession | None: ...
+    def version(self) -> str | None: ...
+    def cipher(self) -> tuple[str, str, int] | None: ...
+    def shared_ciphers(self) -> list[tuple[str, str, int]] | None: ...
+    def compression(self) -> str | None: ...
+    def selected_alpn_protocol(self) -> str | None: ...
+    @overload
+    def getpeercert(self, binary_form: Literal[False] = False) -> Any: ...
+    @overload
+    def getpeercert(self, binary_form: Literal[True]) -> bytes | None: ...
+    def get_channel_binding(self, cb_type: str = "tls-unique") -> bytes | None: ...

@@ -17,6 +17,7 @@ __all__ = [
     "RecvTimeout",
     "SendTimeout",
     "ConnectTimeout",
+    "HandshakeTimeout",
     "Cancelled",
     "EmptyBuffer",
     "oserror",
@@ -53,6 +54,10 @@ class SendTimeout(Error, TimeoutError):
 
 class ConnectTimeout(Error, TimeoutError):
     """A posted connect did not complete within its timeout."""
+
+
+class HandshakeTimeout(Error, TimeoutError):
+    """A TLS handshake did not complete within its ``ssl_handshake_timeout``."""
 
 
 class Cancelled(Error):

@@ -34,6 +34,21 @@ POOL_RESIZED = "a pool buffer must not be resized"                  # ValueError
 NOT_MADE_BY_BIND = "AIOConn objects are made by AIOService.bind()"  # TypeError
 TOO_LARGE = "{} must be <= {}, got {}"  # OverflowError: max_results, buffer_size past sys.maxsize
 
+# --- TLS (goaio/_tls.py checks; both backends) -------------------------------------
+SSL_NOT_CONTEXT = "ssl must be an ssl.SSLContext, not {!r}"                   # TypeError, type name
+SSL_SERVER_SIDE_TYPE = "server_side must be a bool, not {!r}"                 # TypeError, type name
+SSL_HOSTNAME_TYPE = "server_hostname must be a str or None, not {!r}"         # TypeError, type name
+SSL_HOSTNAME_EMPTY = "server_hostname cannot be an empty string or start with a leading dot"  # ValueError
+SSL_HOSTNAME_SERVER = "server_hostname is only meaningful with server_side=False"            # ValueError
+SSL_NEEDS_HOSTNAME = "the context checks the host name (check_hostname): give server_hostname"  # ValueError
+SSL_ONLY_WITH_SSL = "{} is only meaningful with ssl"                           # ValueError, arg name
+SSL_TIMEOUT_TYPE = "ssl_handshake_timeout must be a number or None, not {!r}"  # TypeError, type name
+SSL_TIMEOUT_VALUE = "ssl_handshake_timeout must be > 0, got {}"               # ValueError
+HANDSHAKE_TIMEOUT = "TLS handshake timed out"                                 # HandshakeTimeout in results
+TLS_ALREADY = "the connection already runs TLS"                               # ValueError by start_tls
+TLS_AFTER_SHUTDOWN = "start_tls after shutdown"                               # BrokenPipeError by start_tls
+TLS_UNAVAILABLE = "TLS is not available on the {!r} backend: {}"              # NotImplementedError (compiled)
+
 # --- tunables -------------------------------------------------------------------
 #: A worker thread takes the poll over only after the queue has had no
 #: collecting thread for this long (seconds): shorter robs a collector that is

@@ -217,3 +217,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+# --------------------------------------------------------------------------
+# TLS (tests/tls_support.py)
+# --------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def tls_certs(tmp_path_factory):
+    """The test CA, server, untrusted and client certificates (made once per
+    session with the openssl command line tool): a tls_support.Certs."""
+    import tls_support
+
+    if not tls_support.openssl_available():
+        pytest.fail("the TLS tests need the openssl command line tool")
+    return tls_support.make_certs(str(tmp_path_factory.mktemp("tls-certs")))

@@ -1,0 +1,124 @@
+"""Test certificates and ssl contexts for the TLS tests.
+
+``make_certs(directory)`` runs the ``openssl`` command line tool to write,
+into ``directory``:
+
+* ``ca.pem`` / ``ca.key``: a test certificate authority;
+* ``server.pem`` / ``server.key``: a server certificate for ``localhost``,
+  ``127.0.0.1`` and ``::1``, signed by the CA;
+* ``untrusted.pem`` / ``untrusted.key``: a self-signed server certificate
+  for the same names, which no context here trusts;
+* ``client.pem`` / ``client.key``: a client certificate signed by the CA.
+
+The session fixture ``tls_certs`` (tests/conftest.py) makes them once per
+test session in a temporary directory and yields a :class:`Certs`.
+Children that need them get the directory path (``Certs(path)``).
+"""
+
+import os
+import shutil
+import ssl
+import subprocess
+
+#: One curve for every key: quick to generate and to handshake with.
+_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+_DAYS = ["-days", "3650"]
+SERVER_NAMES = "DNS:localhost,IP:127.0.0.1,IP:::1"
+
+_SERVER_EXT = f"""\
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = {SERVER_NAMES}
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid, issuer
+"""
+_CLIENT_EXT = """\
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid, issuer
+"""
+
+
+def openssl_available():
+    return shutil.which("openssl") is not None
+
+
+def _run(args, cwd):
+    proc = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise RuntimeError(f"openssl {' '.join(args)} failed:\n{proc.stderr}")
+
+
+def _signed(cwd, name, cn, ext_text, serial):
+    with open(os.path.join(cwd, f"{name}.ext"), "w") as f:
+        f.write(ext_text)
+    _run(["req", "-new", *_KEY, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}"], cwd)
+    _run(["x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+          "-set_serial", str(serial), "-out", f"{name}.pem", *_DAYS, "-sha256",
+          "-extfile", f"{name}.ext"], cwd)
+
+
+def make_certs(directory):
+    """Write the CA, server, untrusted and client certificates into directory."""
+    os.makedirs(directory, exist_ok=True)
+    _run(["req", "-x509", *_KEY, "-keyout", "ca.key", "-out", "ca.pem", *_DAYS, "-sha256",
+          "-subj", "/CN=goaio test CA",
+          "-addext", "basicConstraints=critical,CA:TRUE",
+          "-addext", "keyUsage=critical,keyCertSign,cRLSign"], directory)
+    _signed(directory, "server", "localhost", _SERVER_EXT, 1001)
+    _signed(directory, "client", "goaio-test-client", _CLIENT_EXT, 1002)
+    _run(["req", "-x509", *_KEY, "-keyout", "untrusted.key", "-out", "untrusted.pem", *_DAYS,
+          "-sha256", "-subj", "/CN=localhost",
+          "-addext", f"subjectAltName={SERVER_NAMES}",
+          "-addext", "extendedKeyUsage=serverAuth"], directory)
+    return Certs(directory)
+
+
+def _versions(ctx, version):
+    """Pin ``ctx`` to one TLS version: "1.2", "1.3" or None (the default range)."""
+    if version is not None:
+        v = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}[version]
+        ctx.minimum_version = v
+        ctx.maximum_version = v
+    return ctx
+
+
+class Certs:
+    """The certificate files in one directory and the contexts made of them."""
+
+    def __init__(self, directory):
+        self.dir = directory
+        for name in ("ca", "server", "untrusted", "client"):
+            setattr(self, name, os.path.join(directory, f"{name}.pem"))
+            setattr(self, f"{name}_key", os.path.join(directory, f"{name}.key"))
+
+    def server_context(self, cert="server", *, require_client_cert=False, alpn=None, version=None):
+        """A PROTOCOL_TLS_SERVER context with ``cert`` ("server" or "untrusted");
+        ``require_client_cert`` makes it verify clients against the test CA."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(getattr(self, cert), getattr(self, f"{cert}_key"))
+        if require_client_cert:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(self.ca)
+        if alpn:
+            ctx.set_alpn_protocols(alpn)
+        return _versions(ctx, version)
+
+    def client_context(self, *, verify=True, client_cert=False, alpn=None, version=None):
+        """A PROTOCOL_TLS_CLIENT context trusting the test CA (verify=True:
+        certificate and host name checked) or checking nothing."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if verify:
+            ctx.load_verify_locations(self.ca)
+        else:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if client_cert:
+            ctx.load_cert_chain(self.client, self.client_key)
+        if alpn:
+            ctx.set_alpn_protocols(alpn)
+        return _versions(ctx, version)
