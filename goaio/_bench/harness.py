@@ -74,6 +74,8 @@ def _drive(prefix, port, args, procs, cpus, show):
         raise errors[0]
     merged = {k: sum(r[k] for r in results) for k in ("rps", "MBps", "msgs", "bad_bytes", "errors",
                                                        "unfinished")}
+    if all("completed" in r for r in results):
+        merged["completed"] = sum(r["completed"] for r in results)
     # percentiles cannot be merged exactly: with several client processes
     # the worst process's figure is reported
     merged["p50_us"] = max(r["p50_us"] for r in results)
@@ -109,6 +111,9 @@ def table(rows, idle, tls=False):
     ceiling = by.get("raw-epoll", ceilings[0] if ceilings else {}).get("rps")
     head = ["server", "rps", "MB/s", "p50 µs", "p99 µs", "peak RSS MiB", "vs asyncio", "vs uvloop",
             "% of ceiling"]
+    cpu = any(r.get("cpu_us_per_rt") is not None for r in rows)
+    if cpu:
+        head.append("server CPU µs/rt")
     if idle:
         head.append(f"idle B/conn @{idle}")
     out = []
@@ -123,6 +128,9 @@ def table(rows, idle, tls=False):
                       "–" if r.get("peak_rss") is None else f"{r['peak_rss'] / 2**20:.1f}",
                       _fmt_ratio(r["rps"], base_asyncio), _fmt_ratio(r["rps"], base_uvloop),
                       "–" if not ceiling else f"{100 * r['rps'] / ceiling:.0f} %"]
+            if cpu:
+                c = r.get("cpu_us_per_rt")
+                cells.append("–" if c is None else f"{c:.1f}")
             if idle:
                 b = (r.get("idle") or {}).get("bytes_per_conn")
                 cells.append(_fmt_int(b))
@@ -220,7 +228,14 @@ def _run_one(row, tag, idle, args, prefix, server_cpus, client_cpus, progress):
 
     try:
         with srvmod.Server(spec, args.workers, cpus=server_cpus) as server:
+            cpu0 = server.cpu_seconds()
             res = _drive(prefix, server.port, args, args.client_procs, client_cpus, show)
+            cpu1 = server.cpu_seconds()
+            # the TLS client counts every round trip of the run (warm-up and
+            # drain included): the server's CPU time per round trip, steadier
+            # than rps on a shared machine
+            if res.get("completed") and cpu0 is not None and cpu1 is not None:
+                res["cpu_us_per_rt"] = (cpu1 - cpu0) * 1e6 / res["completed"]
             res["peak_rss"] = server.peak_rss()
             res["cpu_s"] = server.cpu_seconds()
             res["server_exit"] = server.stop()

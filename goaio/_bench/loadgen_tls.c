@@ -21,7 +21,9 @@
  * Both timed modes run WARMUP seconds (default 0.5) uncounted, then SECONDS
  * counted; they print "progress t=T msgs=N" four times a second and one
  * "result k=v ..." line at the end (the fields of loadgen.c, plus
- * handshakes=). The harness (goaio/_bench/client.py) reads them.
+ * handshakes= and completed=, the round trips of the warm-up and the drain
+ * included: the server's CPU time over the run divided by it is its CPU
+ * per round trip). The harness (goaio/_bench/client.py) reads them.
  *
  * Idle mode (-i): opens CONNS connections one after another, handshakes
  * each and echoes one byte on it, prints "held N", then holds them silent
@@ -317,9 +319,9 @@ static void print_result(double seconds) {
     }
     double rps = seconds > 0 ? counted / seconds : 0;
     printf("result rps=%.1f MBps=%.3f p50_us=%.1f p99_us=%.1f msgs=%llu bad_bytes=%llu errors=%llu "
-           "unfinished=%d live=%d handshakes=%llu\n",
+           "unfinished=%d live=%d handshakes=%llu completed=%llu\n",
            rps, rps * (double)msg_size / 1e6, p50, p99, counted, bad_bytes, errors, inflight, live,
-           handshakes);
+           handshakes, completed);
     fflush(stdout);
 }
 
