@@ -237,9 +237,21 @@ def _proc_status(pid, key):
 class Server:
     """A running server: ``with Server(spec) as srv: srv.port ...``."""
 
-    def __init__(self, spec, workers=1, cpus=None, start_timeout=20.0):
+    def __init__(self, spec, workers=1, cpus=None, start_timeout=20.0, argv=None, env=None):
+        """``argv``/``env``: run this command instead of the spec's own (for
+        tls_measure.py); a ``"{port}"`` in it is replaced by a free port,
+        and then a bare ``listening`` line is enough to be ready."""
         self.spec = spec
-        argv, env = command(spec, workers)
+        self._fixed_port = None
+        if argv is None:
+            argv, env = command(spec, workers)
+        elif "{port}" in argv:
+            import socket
+
+            with socket.socket() as probe:  # a free port (the server binds it at once)
+                probe.bind(("127.0.0.1", 0))
+                self._fixed_port = probe.getsockname()[1]
+            argv = [str(self._fixed_port) if a == "{port}" else a for a in argv]
         self._log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(argv, env=env, cwd=SERVER_CWD, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, text=True)
@@ -260,9 +272,13 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._log.seek(0)
-            m = _READY.search(self._log.read())
+            text = self._log.read()
+            m = _READY.search(text)
             if m:
                 self.port = int(m.group(2))
+                return
+            if self._fixed_port is not None and "listening" in text:
+                self.port = self._fixed_port
                 return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.spec.name} exited with {self.proc.returncode}: "
