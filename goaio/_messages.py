@@ -65,6 +65,11 @@ MAX_WAIT = 0.050
 MAX_PENDING_ACCEPTS = 1024
 #: Default ``ssl_handshake_timeout`` (seconds), as asyncio's.
 SSL_HANDSHAKE_TIMEOUT = 60.0
+#: A TLS listener with accepts pending takes connections from the kernel and
+#: handshakes them in parallel while (handshakes running + handshaken
+#: connections not yet claimed) < (accepts pending + this): a silent client
+#: never holds up the others, and the work ahead of the accepts is bounded.
+TLS_ACCEPT_AHEAD = 64
 
 # --- introspection --------------------------------------------------------------
 STATS_KEYS = (

@@ -64,6 +64,8 @@ from ._common import (
 from ._pure_ops import SHUTDOWN as _SHUTDOWN, ConnLifecycle, ServiceLifecycle, run_shutdown
 from ._pure_connect import Timer as _Timer
 from ._pure_listen import Listener
+from . import _pure_tls
+from ._tls import check_bind_tls
 from ._errors import (
     Busy,
     ConnClosed,
@@ -104,6 +106,7 @@ _INF = float("inf")
 _RECV = 0
 _RECV_FULL = 1
 _SEND = 2
+_START_TLS = _pure_tls.START_TLS
 
 _new_result = AIOResult
 
@@ -339,7 +342,7 @@ class AIOConn(ConnLifecycle):
         "_svc", "_sock", "_fd", "_lock", "_recvq", "_sendq", "_readable", "_writable",
         "_rdhup", "_eof", "_closed", "_active", "_rq_max", "_sq_max", "_share",
         "_rto", "_sto", "_recv_into", "_send", "_q_append", "_ref", "_level", "_interest",
-        "user_data", "__weakref__",
+        "_tls", "user_data", "__weakref__",
     )
 
     def __init__(self, *args, **kwargs):
@@ -376,6 +379,7 @@ class AIOConn(ConnLifecycle):
         self._ref = weakref.ref(self)   # the poller's token
         self._level = not svc._poller.edge
         self._interest = 0              # level-triggered poller: what it watches for us
+        self._tls = None                # TLS: the _pure_tls.Layer between ops and socket
 
     # -- public attributes --
 
@@ -400,6 +404,21 @@ class AIOConn(ConnLifecycle):
 
     def __exit__(self, *exc):
         self.close()
+
+    # -- TLS (goaio/_pure_tls.py) --
+
+    @property
+    def tls(self):
+        """A :class:`goaio.TLSInfo` on a TLS connection, None on a plain one."""
+        layer = self._tls
+        return None if layer is None or layer.phase == _pure_tls.WAITING else layer.info
+
+    def start_tls(self, context, ssl, *, server_side=False, server_hostname=None,
+                  ssl_handshake_timeout=None):
+        """Upgrade to TLS once the sends posted before are written; completes
+        (``res.conn`` this connection) when the handshake is done."""
+        _pure_tls.start_tls(self, context, ssl, server_side, server_hostname, ssl_handshake_timeout,
+                            _new_start_op)
 
     # -- posting --
 
@@ -460,7 +479,7 @@ class AIOConn(ConnLifecycle):
             try:
                 if self._eof:
                     n = self._fail_recvs_eof()
-                elif self._readable and len(rq) == 1:
+                elif len(rq) == 1 and (self._readable or self._tls is not None):
                     n = self._run_recvs()
             except BaseException:
                 # a signal handler raised here: the poller re-checks readiness,
@@ -514,7 +533,7 @@ class AIOConn(ConnLifecycle):
             raise ConnClosed(M.CONN_CLOSED)
         sq = self._sendq
         done = 0
-        if not sq and self._writable and iov is None and total:
+        if not sq and self._writable and iov is None and total and self._tls is None:
             # fast path: an idle writable socket usually takes it all at
             # once, and then no _Op is needed
             try:
@@ -575,7 +594,10 @@ class AIOConn(ConnLifecycle):
     def _want(self):
         """Level-triggered poller: have it watch for what this connection now
         waits for, and nothing else (an idle ready socket would spin it)."""
-        want = (READ if self._recvq else 0) | (WRITE if self._sendq else 0)
+        if self._tls is None:
+            want = (READ if self._recvq else 0) | (WRITE if self._sendq else 0)
+        else:
+            want = self._tls.want(self)
         if want != self._interest:
             self._interest = want
             try:
@@ -602,6 +624,8 @@ class AIOConn(ConnLifecycle):
 
     def _run_recvs(self):
         """Serve pending receives while the socket is readable; returns results made."""
+        if self._tls is not None:
+            return self._tls.run_recvs(self)
         rq = self._recvq
         count = 0
         while rq:
@@ -737,6 +761,9 @@ class AIOConn(ConnLifecycle):
 
     def _run_sends(self):
         """Write pending sends while the socket is writable; returns results made."""
+        tls = self._tls
+        if tls is not None and tls.phase != _pure_tls.WAITING:
+            return tls.run_sends(self)
         sq = self._sendq
         count = 0
         while sq:
@@ -746,6 +773,9 @@ class AIOConn(ConnLifecycle):
                 sq.pop(0)
                 if op.kind == _SHUTDOWN:
                     run_shutdown(self, op)
+                elif op.kind == _START_TLS:
+                    # the sends before it are written: the rest waits for the handshake
+                    return count + _pure_tls.begin_start(self, op)
                 else:
                     self._finish(op, 0, EmptyBuffer(M.EMPTY_SEND))
                 count += 1
@@ -823,6 +853,8 @@ class AIOConn(ConnLifecycle):
                 o = sq.pop(i)
                 if o.kind == _SHUTDOWN:
                     self._shut = 0
+                elif o.kind == _START_TLS:
+                    _pure_tls.drop_start(self)
                 self._finish(o, o.done, SendTimeout(M.SEND_TIMEOUT))
                 count += 1
             return count
@@ -889,8 +921,13 @@ class AIOConn(ConnLifecycle):
             if self._active:
                 self._active = False
                 svc._active.discard(self)
+            tls = self._tls
+            if tls is not None:
+                n += tls.closed(self, reason)
             self._fold()
             self._release_fd()
+        if tls is not None:
+            tls.run_later()
         if armed:
             svc._drop_timers(armed)
         if n and (svc._cwaiters or svc._pcoll):
@@ -1001,10 +1038,20 @@ class AIOService(ServiceLifecycle):
 
     # -- binding --
 
-    def bind(self, sock, option=None, **kwargs):
-        """Bind a connected stream socket; returns its :class:`AIOConn`."""
+    def bind(self, sock, option=None, *, ssl=None, server_side=False, server_hostname=None,
+             ssl_handshake_timeout=None, **kwargs):
+        """Bind a connected stream socket; returns its :class:`AIOConn`. With
+        ``ssl`` (an ``ssl.SSLContext``) the connection runs TLS: operations
+        may be posted at once and run after the handshake."""
         if self._closed:
             raise ServiceClosed(M.SERVICE_CLOSED)
+        tls = check_bind_tls(ssl, server_side, server_hostname, ssl_handshake_timeout)
+        conn = self._bind(sock, option, kwargs)
+        if tls is not None:
+            _pure_tls.attach(conn, tls)
+        return conn
+
+    def _bind(self, sock, option, kwargs):
         fd = check_socket(sock)
         bound_fds.add(fd)
         try:
@@ -1270,6 +1317,9 @@ class AIOService(ServiceLifecycle):
                 continue
             if c.__class__ is not AIOConn:   # a listener or a connect in progress
                 c._on_event(ev)
+                continue
+            if c._tls is not None:
+                _pure_tls.on_event(c, ev)
                 continue
             lock = c._lock
             lock.acquire()
@@ -1622,6 +1672,10 @@ class AIOService(ServiceLifecycle):
         self._active.clear()
         self._timers.clear()
         self._close_poller()
+
+
+def _new_start_op(conn, context):
+    return _Op(conn, context, None, None, None, 0, _START_TLS)
 
 
 def _close_all():

@@ -22,8 +22,9 @@ import weakref
 from time import monotonic
 
 from . import _messages as M
+from . import _pure_tls
 from ._common import AIOResult, check_timeout, make_option
-from ._errors import ConnectTimeout, ServiceClosed, oserror
+from ._errors import ConnClosed, ConnectTimeout, ServiceClosed, oserror
 
 __all__ = ["Connect", "Resolver", "Timer", "connect"]
 
@@ -111,7 +112,7 @@ def _same_family(local, fam):
     return num is None or num[0][0] == fam
 
 
-def connect(svc, context, address, timeout, local_address, option, options):
+def connect(svc, context, address, timeout, local_address, option, options, tls=None):
     """``AIOService.connect`` of the pure backend."""
     if svc._closed:
         raise ServiceClosed(M.SERVICE_CLOSED)
@@ -121,6 +122,7 @@ def connect(svc, context, address, timeout, local_address, option, options):
         timeout = check_timeout(timeout)
     opt = make_option(option, options)
     op = Connect(svc, context, opt, local)
+    op.tls = tls
     svc._add_connect(op)   # ServiceClosed if closed meanwhile
     with op.lock:
         if op.done:   # the service closed meanwhile and dropped it
@@ -151,7 +153,7 @@ class Connect:
     """One pending connect."""
 
     __slots__ = ("svc", "ctx", "option", "local", "lock", "addrs", "name", "sock", "fd",
-                 "deadline", "timer", "first_err", "done", "_ref", "__weakref__")
+                 "deadline", "timer", "first_err", "done", "tls", "hs_conn", "_ref", "__weakref__")
 
     def __init__(self, svc, ctx, option, local):
         self.svc = svc
@@ -167,6 +169,8 @@ class Connect:
         self.timer = None
         self.first_err = None
         self.done = False
+        self.tls = None           # TLSParams: after the TCP connect, the handshake
+        self.hs_conn = None       # the connection in its handshake (held alive here)
         self._ref = weakref.ref(self)
 
     # -- steps (lock held) --
@@ -245,7 +249,38 @@ class Connect:
             s.close()
             self._finish(None, exc)
             return
+        if self.tls is not None:
+            # the TCP connect is done: its timeout is over, the handshake's begins
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            self.deadline = None
+            self.hs_conn = conn
+            try:
+                _pure_tls.attach(conn, self.tls, self._handshaken)
+            except Exception as exc:  # noqa: BLE001 - delivered in the result
+                self.hs_conn = None
+                conn.close()
+                self._finish(None, exc)
+            return
         self._finish(conn, None)
+
+    def _handshaken(self, conn, err):
+        """The TLS handshake of the connected socket ended (no lock held):
+        complete with the connection, or with the error (the socket closed)."""
+        with self.lock:
+            self.hs_conn = None
+            if self.done:          # abandoned: the service is closing
+                close = True
+            elif err is not None:
+                self._finish(None, err)
+                close = True
+            else:
+                self._finish(conn, None)
+                close = False
+        if close:
+            conn.close()
+        self.svc._results_ready()
 
     def _finish(self, conn, err):
         self.done = True

@@ -29,6 +29,7 @@ from time import monotonic
 
 from . import _messages as M
 from ._common import AIOResult, _check_int, bound_fds, make_option
+from . import _pure_tls
 from ._errors import Busy, ConnClosed, ServiceClosed, UnsupportedConn, oserror
 
 __all__ = ["Listener", "listen"]
@@ -127,7 +128,7 @@ def check_listening(sock):
         raise UnsupportedConn("listen needs a listening socket (call sock.listen() first)")
 
 
-def listen(svc, address, backlog, reuse_port, option, options):
+def listen(svc, address, backlog, reuse_port, option, options, tls=None):
     """``AIOService.listen`` of the pure backend."""
     if svc._closed:
         raise ServiceClosed(M.SERVICE_CLOSED)
@@ -151,7 +152,7 @@ def listen(svc, address, backlog, reuse_port, option, options):
         raise ValueError("the socket is already listening in a service") from None
     try:
         sock.setblocking(False)
-        ln = Listener(svc, sock, opt, created)
+        ln = Listener(svc, sock, opt, created, tls)
         svc._add_listener(ln)
     except BaseException:
         bound_fds.discard(fd)
@@ -167,9 +168,9 @@ class Listener:
 
     __slots__ = ("_svc", "_sock", "_fd", "_lock", "_accepts", "_option", "_created",
                  "_closed", "_address", "_backoff", "_paused", "_timer", "_ref",
-                 "_level", "_interest", "__weakref__")
+                 "_level", "_interest", "_tls", "_handshaking", "_ready", "__weakref__")
 
-    def __init__(self, svc, sock, option, created):
+    def __init__(self, svc, sock, option, created, tls=None):
         self._svc = svc
         self._sock = sock
         self._fd = sock.fileno()
@@ -185,6 +186,10 @@ class Listener:
         self._ref = weakref.ref(self)   # the poller token
         self._level = not svc._poller.edge
         self._interest = 0
+        # TLS: accepted connections handshake here before an accept gets them
+        self._tls = tls                 # TLSParams, or None for a plain listener
+        self._handshaking = set()       # connections in their handshake
+        self._ready = collections.deque()   # (conn, None) or (None, err) no accept took yet
 
     # -- public attributes --
 
@@ -227,7 +232,14 @@ class Listener:
             if len(q) >= M.MAX_PENDING_ACCEPTS:
                 raise Busy(M.ACCEPTQ_FULL)
             q.append(context)
-            n = 0 if self._paused else self._run()
+            n = 0
+            ready = self._ready
+            while ready and q:
+                conn, err = ready.popleft()
+                self._complete(q.popleft(), conn, err)
+                n += 1
+            if q and not self._paused:
+                n += self._run()
             if self._level:
                 self._want()
         if n:
@@ -245,7 +257,7 @@ class Listener:
         q = self._accepts
         svc = self._svc
         count = 0
-        while q:
+        while q and self._room():
             try:
                 s, _ = self._sock.accept()
             except BlockingIOError:
@@ -285,9 +297,52 @@ class Listener:
                 count += 1
                 continue
             self._backoff = 0.0
+            if self._tls is not None:
+                try:
+                    _pure_tls.attach(conn, self._tls, self._handshaken)
+                except Exception as exc:  # noqa: BLE001 - delivered in the result
+                    conn.close()
+                    self._complete(q.popleft(), None, exc)
+                    count += 1
+                    continue
+                self._handshaking.add(conn)
+                continue
             self._complete(q.popleft(), conn, None)
             count += 1
         return count
+
+    def _room(self):
+        """TLS: may another connection start its handshake now? (lock held)"""
+        if self._tls is None:
+            return True
+        return len(self._handshaking) + len(self._ready) < len(self._accepts) + M.TLS_ACCEPT_AHEAD
+
+    def _handshaken(self, conn, err):
+        """A TLS handshake ended (no lock held): one pending accept completes
+        with the connection or the error (its socket closed); the listener
+        goes on."""
+        close = err is not None
+        n = 0
+        with self._lock:
+            self._handshaking.discard(conn)
+            if self._closed:
+                close = True
+            else:
+                entry = (None, err) if err is not None else (conn, None)
+                q = self._accepts
+                if q:
+                    self._complete(q.popleft(), *entry)
+                    n = 1
+                else:
+                    self._ready.append(entry)
+                if q and not self._paused:
+                    n += self._run()
+                if self._level:
+                    self._want()
+        if close:
+            conn.close()
+        if n:
+            self._svc._results_ready()
 
     def _pause(self):
         """No descriptor to give: stop accepting for a while (lock held)."""
@@ -311,7 +366,7 @@ class Listener:
 
     def _want(self):
         """Level-triggered poller: watch for READ only while it is of use."""
-        want = 1 if self._accepts and not self._paused else 0   # _purepoll.READ
+        want = 1 if self._accepts and not self._paused and self._room() else 0   # _purepoll.READ
         if want != self._interest:
             self._interest = want
             try:
@@ -358,6 +413,12 @@ class Listener:
             except OSError:
                 pass
             _unlink_if_same(self._created)
+            # TLS: connections no accept took go with the listener
+            drop = list(self._handshaking) + [c for c, _ in self._ready if c is not None]
+            self._handshaking.clear()
+            self._ready.clear()
+        for conn in drop:   # (unlocked: a close runs the handshake's callback)
+            conn.close()
         if n:
             svc._results_ready()
 

@@ -20,7 +20,9 @@ import threading
 from time import monotonic
 
 from . import _messages as M
-from . import _pure_connect, _pure_listen
+from . import _pure_connect, _pure_listen, _pure_tls
+from ._pure_tls import START_TLS
+from ._tls import check_connect_tls, check_listen_tls
 from ._errors import Busy, Cancelled, ConnClosed, ServiceClosed, oserror
 
 __all__ = ["SHUTDOWN", "cancel", "run_shutdown", "shutdown", "stats"]
@@ -108,12 +110,16 @@ def cancel(conn, context, reason):
                 for o in ops:
                     if o.kind == SHUTDOWN:
                         conn._shut = 0
+                    elif o.kind == START_TLS:
+                        _pure_tls.drop_start(conn)
                     conn._finish(o, o.done, Cancelled(M.CANCELLED) if reason is None else reason)
                 n += len(ops)
                 break
             del sq[i]
             if op.kind == SHUTDOWN:
                 conn._shut = 0
+            elif op.kind == START_TLS:
+                _pure_tls.drop_start(conn)
             conn._finish(op, op.done, Cancelled(M.CANCELLED) if reason is None else reason)
             n += 1
         if n and sq and (conn._writable or sq[0].kind == SHUTDOWN or not sq[0].total):
@@ -256,15 +262,26 @@ class ServiceLifecycle:
 
     # -- public --
 
-    def listen(self, address, backlog=1024, *, reuse_port=False, option=None, **options):
+    def listen(self, address, backlog=1024, *, reuse_port=False, option=None, ssl=None,
+               ssl_handshake_timeout=None, **options):
         """Listen on ``address`` ((host, port) or a Unix path), or take an already
-        listening ``socket.socket``; returns a :class:`Listener`."""
-        return _pure_listen.listen(self, address, backlog, reuse_port, option, options)
+        listening ``socket.socket``; returns a :class:`Listener`. With ``ssl``
+        accepts complete once the TLS handshake (server side) is done."""
+        if self._closed:
+            raise ServiceClosed(M.SERVICE_CLOSED)
+        tls = check_listen_tls(ssl, ssl_handshake_timeout)
+        return _pure_listen.listen(self, address, backlog, reuse_port, option, options, tls)
 
-    def connect(self, context, address, *, timeout=None, local_address=None, option=None, **options):
+    def connect(self, context, address, *, timeout=None, local_address=None, option=None,
+                ssl=None, server_hostname=None, ssl_handshake_timeout=None, **options):
         """Connect to ``address`` without blocking; completes with ``res.conn``
-        the connected, bound connection (or ``res.conn`` None and ``err``)."""
-        _pure_connect.connect(self, context, address, timeout, local_address, option, options)
+        the connected, bound connection (or ``res.conn`` None and ``err``).
+        With ``ssl``, once the TLS handshake is done too (``timeout`` bounds
+        the TCP connect, ``ssl_handshake_timeout`` the handshake)."""
+        if self._closed:
+            raise ServiceClosed(M.SERVICE_CLOSED)
+        tls = check_connect_tls(ssl, server_hostname, ssl_handshake_timeout, address)
+        _pure_connect.connect(self, context, address, timeout, local_address, option, options, tls)
 
     def stats(self):
         """Counts of connections, pending operations, threads and totals (a dict
