@@ -10,6 +10,7 @@ cdef class AIOConn:
     cdef public object user_data
     cdef dict _shared_errs       # key -> the exception a failed send shares with a shutdown
     cdef object _peername        # getpeername() read at bind (core/halfclose.pxi)
+    cdef object _tls_info        # conn.tls, once asked for (core/tls_setup.pxi)
     cdef object __weakref__
 
     def __init__(self):
@@ -75,7 +76,7 @@ cdef class AIOConn:
         C lock; takes c.lock without the GIL)."""
         cdef conn_t *c = self.c
         cdef svc_t *s = self._svc.s
-        cdef bint sending = op.kind == OP_SEND or op.kind == OP_SHUTDOWN
+        cdef bint sending = op.kind == OP_SEND or op.kind == OP_SHUTDOWN or op.kind == OP_STARTTLS
         cdef opq_t *q = &c.sq if sending else &c.rq
         cdef oplist_t done
         cdef int rc = 0
@@ -97,6 +98,8 @@ cdef class AIOConn:
                 if op.kind == OP_SHUTDOWN:
                     c.shut = 1
                     c.shut_err = 0
+                elif not sending and c.tls_next != NULL:
+                    op.flags |= OPF_AFTERTLS    # waits for the pending start_tls
                 if q.timeout:
                     op.deadline = goaio_now_ns() + q.timeout
                     schedule_timer_locked(s, c, op.deadline)
@@ -105,7 +108,7 @@ cdef class AIOConn:
                 if q.head == op:
                     if sending:
                         process_send_locked(s, c, &done)
-                    elif c.readable or c.eof:
+                    elif c.readable or c.eof or c.tls != NULL:
                         process_recv_locked(s, c, &done)
             cq_push(s, &done)
             pthread_mutex_unlock(&c.lock)
@@ -204,6 +207,18 @@ cdef class AIOConn:
         (`is`) with `reason` or Cancelled(); returns how many."""
         return conn_cancel(self, context, reason)
 
+    # issue 11: TLS (core/tls.pxi, core/tls_setup.pxi)
+    def start_tls(self, context, ssl, *, server_side=False, server_hostname=None,
+                  ssl_handshake_timeout=None):
+        """Upgrade to TLS once the operations posted before have completed;
+        completes (res.conn this connection) when the handshake is done."""
+        tls_start_gil(self, context, ssl, server_side, server_hostname, ssl_handshake_timeout)
+
+    @property
+    def tls(self):
+        """A goaio.TLSInfo on a TLS connection, None on a plain one."""
+        return tls_info_gil(self)
+
     @property
     def peername(self):
         """getpeername() of the socket; None once closed (or unknown to the OS)."""
@@ -242,6 +257,7 @@ cdef class AIOConn:
         # ConnClosed made when its result is (no Python code under c.lock)
         opq_fail_locked(c, &c.rq, ERR_CLOSED if reason is None else ERR_OBJ, &done)
         opq_fail_locked(c, &c.sq, ERR_CLOSED if reason is None else ERR_OBJ, &done)
+        tls_close_locked(c, ERR_CLOSED if reason is None else ERR_OBJ, &done)
         if reason is not None:
             op = done.head
             while op != NULL:

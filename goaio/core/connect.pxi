@@ -41,6 +41,7 @@ cdef struct crec_t:
     int family           # of the attempt in progress
     int first_err        # errno of the first failed attempt
     addrs_t local        # owned; local_address (one per family, for a name), n 0: none
+    char tls             # a TLS connect: the handshake follows (core/tls_setup.pxi)
 
 
 cdef inline void addrs_free(addrs_t *a) noexcept nogil:
@@ -113,7 +114,10 @@ cdef void connect_done_locked(svc_t *s, crec_t *cr, int fd, int err, oplist_t *d
         if goaio_is_inet(cr.family):
             goaio_set_nodelay(fd)
         op.newfd = fd
-    finish_op_locked(c, op, err, done)
+    if err == 0 and cr.tls:
+        tls_setup_push_locked(s, op)    # its handshake first (core/tls_setup.pxi)
+    else:
+        finish_op_locked(c, op, err, done)
     addrs_free(&cr.addrs)
     addrs_free(&cr.local)
     if timer_remove_locked(s, c):   # its deadline leaves with it
@@ -227,7 +231,7 @@ cdef void connect_abandon_gil(svc_t *s, conn_t *c):
         op_release_gil(op, False)
 
 
-cdef svc_connect(AIOService svc, context, address, timeout, local_address, option, options):
+cdef svc_connect(AIOService svc, context, address, timeout, local_address, option, options, params):
     """svc.connect(...) (GIL held, no C lock)."""
     cdef svc_t *s = svc.s
     cdef crec_t *cr
@@ -285,7 +289,8 @@ cdef svc_connect(AIOService svc, context, address, timeout, local_address, optio
     op.newfd = -1
     op.context = <PyObject *>context
     Py_INCREF(context)
-    spec = (svc, opt)
+    spec = (svc, opt) if params is None else (svc, opt, params)
+    cr.tls = params is not None
     op.buffobj = <PyObject *>spec
     Py_INCREF(spec)
     if ns >= 0:
@@ -326,6 +331,8 @@ cdef svc_connect(AIOService svc, context, address, timeout, local_address, optio
         poller_use_end(s)
         if retire:
             record_retire(s, &cr.c)
+    if s.tls_setup_head != NULL:
+        tls_setup_run_nogil(s)      # connected at once (a Unix path): the handshake starts here
     if name is not None:
         try:
             svc_resolver(svc).submit(<size_t>cr, name[0], name[1], local_name)

@@ -14,6 +14,7 @@
 #   timers     the deadline heap and expiry
 #   sharebuf   share buffers for recv(ctx, None), the unlock protocol
 #   io         the system calls: process_recv / process_send
+#   tls        the TLS record layer in C (handshake, SSL_read/SSL_write, close_notify)
 #   poll       poll round, worker loop, leader/follower collection
 #   post       pinning buffers into a new op
 #   conn       AIOConn
@@ -23,6 +24,7 @@
 #   connect    svc.connect: the connect record and its attempts
 #   resolver   the resolver thread
 #   halfclose  conn.shutdown, conn.cancel, peername/sockname
+#   tls_setup  TLS with the GIL: SSLObject, setup queue, exceptions, conn.tls
 #   stats      svc.stats(), pool.stats()
 #   fork       fork and exit handling of live services
 #
@@ -41,6 +43,7 @@ include "registry.pxi"
 include "timers.pxi"
 include "sharebuf.pxi"
 include "io.pxi"
+include "tls.pxi"
 include "poll.pxi"
 include "post.pxi"
 include "conn.pxi"
@@ -50,5 +53,6 @@ include "listener.pxi"
 include "connect.pxi"
 include "resolver.pxi"
 include "halfclose.pxi"
+include "tls_setup.pxi"
 include "stats.pxi"
 include "fork.pxi"

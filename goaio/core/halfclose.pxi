@@ -73,6 +73,8 @@ cdef int cancel_queue_locked(conn_t *c, opq_t *q, PyObject *ctx, int err, bint s
             prev = op
             op = nxt
             continue
+        if sends and op == q.head and c.tls != NULL:
+            tls_keep_half_record_locked(c, op)  # (core/tls.pxi)
         if sends and op == q.head and op.done > 0:
             n += q.len
             if c.shut == 1:

@@ -28,8 +28,13 @@ cdef void process_recv_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogi
     cdef ssize_t n
     cdef size_t want
     cdef int e, r
+    if c.tls != NULL:
+        tls_process_locked(s, c, done)      # core/tls.pxi
+        return
     while c.rq.head != NULL and not c.closed:
         op = c.rq.head
+        if c.tls_next != NULL and (op.flags & OPF_AFTERTLS):
+            break           # posted after a pending start_tls: waits for it
         if c.eof:
             finish_op_locked(c, opq_pop_locked(&c.rq), ERR_EOF, done)
             continue
@@ -75,6 +80,8 @@ cdef void process_recv_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogi
             return
         opq_fail_locked(c, &c.rq, e, done)
         return
+    if c.tls_next != NULL and not c.closed:
+        tls_try_start_locked(s, c, done)    # the receives before a start_tls are done
 
 
 cdef void process_send_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogil:
@@ -84,8 +91,14 @@ cdef void process_send_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogi
     cdef size_t want
     cdef int e, i, cnt
     cdef msghdr msg
+    if c.tls != NULL:
+        tls_process_locked(s, c, done)      # core/tls.pxi
+        return
     while c.sq.head != NULL and not c.closed:
         op = c.sq.head
+        if op.kind == OP_STARTTLS:
+            tls_try_start_locked(s, c, done)    # (TLS runs from here on, if it started)
+            return
         if op.kind == OP_SHUTDOWN:
             run_shutdown_locked(c, done)    # core/halfclose.pxi
             continue

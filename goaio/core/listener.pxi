@@ -34,6 +34,7 @@ cdef struct lrec_t:
     conn_t c             # first: the registry and the timer heap see a conn_t
     char inet            # TCP: skip connections reset in the queue, set TCP_NODELAY
     char paused          # backing off after EMFILE & co.
+    char tls             # a TLS listener: accepts complete after the handshake
     int64_t backoff_ns
     int64_t resume_at
 
@@ -54,7 +55,10 @@ cdef void process_accept_locked(svc_t *s, lrec_t *lr, oplist_t *done) noexcept n
             op = opq_pop_locked(&c.rq)
             op.newfd = fd
             lr.backoff_ns = 0
-            finish_op_locked(c, op, 0, done)
+            if lr.tls:
+                tls_setup_push_locked(s, op)    # its handshake first (core/tls_setup.pxi)
+            else:
+                finish_op_locked(c, op, 0, done)
             continue
         e = errno
         if e == EINTR or goaio_accept_aborted(e):
@@ -143,6 +147,17 @@ cdef AIOResult make_new_conn_result_gil(svc_t *s, op_t *op):
     r.buff = None
     r.bytes_transferred = 0
     r.conn = None
+    if op.flags & OPF_TLSCONN:
+        # a TLS accept/connect: bound at setup, completed by its handshake
+        r.err = make_err_gil(op)
+        if r.err is None:
+            r.conn = <object>op.pyconn
+            if op.kind == OP_ACCEPT:
+                s.accepted += 1
+        else:
+            (<AIOConn><object>op.pyconn)._close(None)   # a failed TLS accept closes its socket
+        op_release_gil(op, False)
+        return r
     if op.err != 0 or op.newfd < 0:
         r.err = connect_err_gil(op.err)
         if r.err is None:
@@ -169,7 +184,7 @@ cdef AIOResult make_new_conn_result_gil(svc_t *s, op_t *op):
 
 # --- the Python side ---------------------------------------------------------------
 
-cdef listener_from_socket(AIOService svc, sock, option, created):
+cdef listener_from_socket(AIOService svc, sock, option, created, params):
     """Register a listening socket (non-blocking already) as a new Listener."""
     cdef Listener ln = Listener.__new__(Listener)
     cdef lrec_t *lr = <lrec_t *>PyMem_RawMalloc(sizeof(lrec_t))
@@ -188,7 +203,8 @@ cdef listener_from_socket(AIOService svc, sock, option, created):
     ln.c = &lr.c
     ln._svc = svc
     ln._sock = sock
-    ln._spec = (svc, option)
+    ln._spec = (svc, option) if params is None else (svc, option, params)
+    lr.tls = params is not None
     ln._created = created
     ln._address = sock.getsockname()
     # registered and added to the poller only while the service is open (as bind)
@@ -213,7 +229,7 @@ cdef listener_from_socket(AIOService svc, sock, option, created):
     return ln
 
 
-cdef svc_listen(AIOService svc, address, backlog, reuse_port, option, options):
+cdef svc_listen(AIOService svc, address, backlog, reuse_port, option, options, params):
     """svc.listen(...) (GIL held): bind and listen at the call (errors raised),
     then register the listener."""
     if svc.s.closed:
@@ -238,7 +254,7 @@ cdef svc_listen(AIOService svc, address, backlog, reuse_port, option, options):
         raise ValueError("the socket is already listening in a service") from None
     try:
         sock.setblocking(False)
-        return listener_from_socket(svc, sock, opt, created)
+        return listener_from_socket(svc, sock, opt, created, params)
     except BaseException:
         _bound_fds.discard(fd)
         if sock is not address:
@@ -326,6 +342,8 @@ cdef class Listener:
             if rc == 1:
                 raise ConnClosed(MSG_LISTENER_CLOSED)
             raise Busy(MSG_ACCEPTQ_FULL)
+        if s.tls_setup_head != NULL:
+            tls_setup_run_nogil(s)      # accepted at once: its handshake starts here
 
     def close(self, reason=None):
         """Close the listener: pending accepts complete with `reason` (or a fresh

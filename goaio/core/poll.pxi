@@ -50,7 +50,9 @@ cdef int poll_once(svc_t *s, int64_t until) noexcept nogil:
             c.writable = 1
         if evs[i].flags & PF_HUP:
             c.hup = 1
-        if c.rq.head != NULL:
+        if c.tls != NULL:
+            tls_process_locked(s, c, &done)     # (a handshake runs with no op queued)
+        elif c.rq.head != NULL:
             process_recv_locked(s, c, &done)
         if c.sq.head != NULL:
             process_send_locked(s, c, &done)
@@ -60,6 +62,8 @@ cdef int poll_once(svc_t *s, int64_t until) noexcept nogil:
         pthread_mutex_unlock(&c.lock)
         conn_decref_nogil(c)
     expire_timers(s, &done)
+    if s.tls_setup_head != NULL:
+        tls_setup_run_nogil(s)      # TLS accepts/connects: their SSLObjects (core/tls_setup.pxi)
     return n == -EINTR
 
 

@@ -47,6 +47,8 @@ cdef object make_err_gil(op_t *op):
         return ConnectTimeout(MSG_CONNECT_TIMEOUT)
     if e == ERR_CANCELLED:
         return Cancelled(MSG_CANCELLED)
+    if e == ERR_TLS:
+        return tls_exception_gil(op)        # core/tls_setup.pxi
     return _oserror(e)
 
 
@@ -73,6 +75,7 @@ cdef void op_release_gil(op_t *op, bint give_back):
     elif st == NULL:
         Py_XDECREF(op.buffobj)      # (a stash owns the buffer it lends to buffobj)
     Py_XDECREF(op.errobj)
+    PyMem_RawFree(op.tlserr)
     Py_XDECREF(op.context)
     Py_XDECREF(op.pyconn)
     if op.views != &op.view0 and op.stash == NULL:

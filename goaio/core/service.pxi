@@ -90,8 +90,23 @@ cdef class AIOService:
     def closed(self):
         return bool(self.s.closed)
 
-    def bind(self, sock, option=None, **kwargs):
-        """Bind a connected stream socket; returns its AIOConn."""
+    def bind(self, sock, option=None, *, ssl=None, server_side=False, server_hostname=None,
+             ssl_handshake_timeout=None, **kwargs):
+        """Bind a connected stream socket; returns its AIOConn (with ssl: a TLS
+        connection; operations posted meanwhile run after the handshake)."""
+        params = _tls_check_bind(ssl, server_side, server_hostname, ssl_handshake_timeout)
+        if params is not None:
+            tls_require()
+        conn = self._bind(sock, option, kwargs)
+        if params is not None:
+            try:
+                tls_attach_gil(self, conn, params, NULL)      # core/tls_setup.pxi
+            except BaseException:
+                conn._close(None)
+                raise
+        return conn
+
+    cdef AIOConn _bind(self, sock, option, dict kwargs):
         cdef AIOConn conn
         cdef conn_t *c
         cdef int err
@@ -236,16 +251,25 @@ cdef class AIOService:
 
     # issue 10: listening, connecting, introspection (core/listener.pxi,
     # core/connect.pxi, core/stats.pxi)
-    def listen(self, address, backlog=1024, *, reuse_port=False, option=None, **options):
+    def listen(self, address, backlog=1024, *, reuse_port=False, option=None, ssl=None,
+               ssl_handshake_timeout=None, **options):
         """Listen on `address` ((host, port) or a Unix path), or take an already
-        listening socket.socket; returns a Listener."""
-        return svc_listen(self, address, backlog, reuse_port, option, options)
+        listening socket.socket; returns a Listener (with ssl: accepts complete
+        after the TLS handshake)."""
+        params = _tls_check_listen(ssl, ssl_handshake_timeout)
+        if params is not None:
+            tls_require()
+        return svc_listen(self, address, backlog, reuse_port, option, options, params)
 
     def connect(self, context, address, *, timeout=None, local_address=None, option=None,
-                **options):
+                ssl=None, server_hostname=None, ssl_handshake_timeout=None, **options):
         """Connect to `address` without blocking; completes with res.conn the
-        connected, bound connection (or res.conn None and err)."""
-        svc_connect(self, context, address, timeout, local_address, option, options)
+        connected, bound connection (or res.conn None and err); with ssl, once
+        the TLS handshake after the TCP connect is done."""
+        params = _tls_check_connect(ssl, server_hostname, ssl_handshake_timeout, address)
+        if params is not None:
+            tls_require()
+        svc_connect(self, context, address, timeout, local_address, option, options, params)
 
     def stats(self):
         """Counts of connections, pending operations, threads and totals (the
@@ -321,6 +345,7 @@ cdef class AIOService:
                 wait_quiet_locked(s)
                 pthread_mutex_unlock(&s.lock)
             close_lifecycle(self)       # listeners, resolver, connects (core/connect.pxi)
+            tls_setup_discard_gil(s)    # TLS sockets not bound yet (core/tls_setup.pxi)
             conns = []
             pthread_mutex_lock(&s.reg_lock)
             for i in range(s.nslots):

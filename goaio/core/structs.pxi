@@ -6,6 +6,7 @@ cdef enum:
     OP_RECV_FULL = 2
     OP_SEND = 3
     OP_SHUTDOWN = 4      # half-close, an entry of the send queue (core/halfclose.pxi)
+    OP_STARTTLS = 5      # conn.start_tls: an entry of the send queue (core/tls.pxi)
     OP_ACCEPT = 8        # ops of listener and connect records (core/listener.pxi,
     OP_CONNECT = 9       #   core/connect.pxi): op.newfd is the new socket
 
@@ -14,6 +15,9 @@ cdef enum:
     OPF_POOLBUF = 4      # buffobj is a BufferPool buffer (borrowed, index in pool_idx)
     OPF_SHAREDERR = 8    # a failed send and the shutdown behind it: one exception
                          # object for both (key in pool_idx; core/halfclose.pxi)
+    OPF_TLSCONN = 16     # an accept/connect completed by a TLS handshake: the
+                         # connection is op.pyconn, bound already (core/tls.pxi)
+    OPF_AFTERTLS = 32    # a receive posted after a pending start_tls: waits for it
 
     ERR_EOF = -1
     ERR_RTIMEOUT = -2
@@ -24,6 +28,7 @@ cdef enum:
     ERR_LCLOSED = -7     # listener closed without a reason: a fresh ConnClosed(LISTENER_CLOSED)
     ERR_CTIMEOUT = -8    # ConnectTimeout
     ERR_CANCELLED = -9   # conn.cancel() without a reason: a fresh Cancelled
+    ERR_TLS = -10        # op.tlserr holds the captured TLS failure (core/tls.pxi)
 
     # conn_t.kind: what a registered record is (the poller and the timer heap
     # see them all as conn_t; a listener/connect record starts with a conn_t)
@@ -62,6 +67,7 @@ cdef struct op_t:
     PyObject *buffobj    # owned (borrowed for OPF_POOLBUF)
     PyObject *errobj     # owned or NULL
     stash_t *stash
+    goaio_tlserr_t *tlserr   # owned: with ERR_TLS, why (core/tls.pxi)
     Py_buffer *views
     iovec *iov           # current position
     iovec *iovs          # heap array for lists, else NULL
@@ -103,6 +109,27 @@ cdef struct pool_t:
     Py_ssize_t size
 
 
+cdef struct tls_t:
+    # the TLS state of a connection (core/tls.pxi), guarded by c.lock
+    SSL *ssl             # the SSL of sslobj, driven from C
+    PyObject *sslobj     # owned: the ssl.SSLObject made by the user's context
+    goaio_tlsio_t io     # the socket BIO's state (record framing, EOF, errors)
+    int state            # TLS_HANDSHAKE, TLS_OPEN, TLS_FAILED
+    char server_side
+    char need_gil        # context callbacks: 1 during the handshake, 2 always
+    char busy            # a thread runs a step with c.lock dropped (GIL path)
+    char again           # something happened meanwhile: run again
+    int rd_end           # 0, ERR_EOF, or ERR_TLS (rd_err) once reading ended
+    int wlast            # length of a write OpenSSL must see again (a record is half out)
+    op_t *hs_op          # owned: completes when the handshake ends (accept, connect, start_tls)
+    goaio_tlserr_t *err  # owned: why the handshake failed (TLS_FAILED)
+    goaio_tlserr_t *rd_err  # owned: why reading failed
+    int64_t hs_timeout   # ns, 0: none
+    int64_t hs_deadline
+    char *wpend          # owned: the plaintext of a record half written when its
+    int wpend_len        #   send left the queue (timeout, cancel): sent on later
+
+
 cdef struct conn_t:
     long cref            # atomic: the AIOConn, poll dispatches and timer entries
     uint64_t id
@@ -128,6 +155,8 @@ cdef struct conn_t:
     PyObject *pyobj      # borrowed: the AIOConn, NULL once it is closed
     stash_t *stash       # owned: buffer taken from a Python share_buff, not yet used
     PyObject *stash_exc  # owned: exception raised by share_buff.acquire()
+    tls_t *tls           # owned: the TLS layer, NULL for a plain connection
+    tls_t *tls_next      # owned: a pending start_tls's layer, until it starts
     pthread_mutex_t lock
 
 
@@ -175,4 +204,6 @@ cdef struct svc_t:
     int64_t polls
     int notify_fd        # goaio.aio hook: written after a worker's poll round queued results (-1: none)
     int external_collector  # goaio.aio hook: a loop polls when the poller fd is readable (workers defer)
+    op_t *tls_setup_head # accepted/connected TLS sockets waiting for their SSLObject (s.lock)
+    op_t *tls_setup_tail
 

@@ -121,11 +121,14 @@ cdef bint timer_remove_locked(svc_t *s, conn_t *c) noexcept nogil:
 cdef void expire_conn_locked(svc_t *s, conn_t *c, int64_t now, oplist_t *done) noexcept nogil:
     """Complete the ops of c whose deadline passed (c.lock held)."""
     cdef int64_t nxt = 0
+    if c.tls != NULL:
+        tls_expire_locked(s, c, now, done)      # the handshake's deadline (core/tls.pxi)
     while c.rq.head != NULL and c.rq.head.deadline != 0 and c.rq.head.deadline <= now:
         finish_op_locked(c, opq_pop_locked(&c.rq), ERR_RTIMEOUT, done)
     if c.sq.head != NULL and c.sq.head.deadline != 0 and c.sq.head.deadline <= now:
         # Every send queued behind a timed-out one fails too, so the stream
         # holds exactly the bytes reported and the user can resend in order.
+        tls_keep_half_record_locked(c, c.sq.head)    # (a TLS record half out is finished later)
         opq_fail_locked(c, &c.sq, ERR_STIMEOUT, done)
         if c.shut == 1:
             c.shut = 0      # a pending shutdown went with them: nothing was shut down
@@ -133,8 +136,12 @@ cdef void expire_conn_locked(svc_t *s, conn_t *c, int64_t now, oplist_t *done) n
         nxt = c.rq.head.deadline
     if c.sq.head != NULL and c.sq.head.deadline != 0 and (nxt == 0 or c.sq.head.deadline < nxt):
         nxt = c.sq.head.deadline
+    if tls_deadline(c) != 0 and (nxt == 0 or tls_deadline(c) < nxt):
+        nxt = tls_deadline(c)
     if nxt != 0:
         schedule_timer_locked(s, c, nxt)
+    if c.tls_next != NULL and c.sq.head != NULL and c.sq.head.kind == OP_STARTTLS:
+        tls_try_start_locked(s, c, done)        # a receive before it timed out
 
 
 cdef void expire_timers(svc_t *s, oplist_t *done) noexcept nogil:

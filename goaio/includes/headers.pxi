@@ -1,6 +1,6 @@
 # Declarations included first by every compiled backend module.
 from libc.stdint cimport int64_t, uint32_t, uint64_t
-from libc.string cimport memset
+from libc.string cimport memset, memcpy
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_DECREF, Py_XDECREF
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyObject_CheckBuffer,
@@ -19,3 +19,4 @@ cdef extern from "includes/compat.h" nogil:
     uint64_t GOAIO_WAKE_ID
     bint goaio_would_block(int e)
 from goaio.includes.net cimport *
+from goaio.includes.openssl cimport *
