@@ -301,6 +301,8 @@ class Listener:
 
 @final
 class TLSInfo:
+    # made by the backends (conn.tls); wraps the connection's SSLObject
+    def __init__(self, sslobj: _ssl.SSLObject) -> None: ...
     @property
     def ssl_object(self) -> _ssl.SSLObject: ...
     @property

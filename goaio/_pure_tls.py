@@ -407,8 +407,8 @@ class Layer:
         rq = conn._recvq
         ops = rq[:]
         rq.clear()
-        for i, op in enumerate(ops):
-            conn._finish(op, op.done, exc if i == 0 else _clone(exc))
+        for op in ops:      # each its own instance; self.end keeps the first
+            conn._finish(op, op.done, _clone(exc))
         return -(len(ops) + 1)
 
     def _serve(self, conn, op):
@@ -587,16 +587,31 @@ class Layer:
                         if view is not mv:
                             view.release()
                 else:
-                    head = op.iov[0]
-                    k = min(head.nbytes, MAX_PLAINTEXT_RECORD, budget)
-                    view = head[:k]
-                    try:
-                        write(view)
-                    finally:
-                        view.release()
-                    _advance_iov(op, k)
+                    k = self._write_gather(op, min(MAX_PLAINTEXT_RECORD, budget))
                 op.done += k
                 budget -= k
+
+    def _write_gather(self, op, limit):
+        """One record of a gather send: the head views' bytes up to ``limit``
+        (small views joined, so a list of small parts is not one record
+        each). Returns the plaintext bytes committed."""
+        parts = []
+        k = 0
+        for m in op.iov:
+            take = m.nbytes if m.nbytes <= limit - k else limit - k
+            parts.append(m[:take] if take < m.nbytes else m)
+            k += take
+            if k >= limit:
+                break
+        try:
+            self.obj.write(parts[0] if len(parts) == 1 else b"".join(parts))
+        finally:
+            for p, m in zip(parts, op.iov):
+                if p is not m:
+                    p.release()
+        if op.done + k < op.total:
+            _advance_iov(op, k)
+        return k
 
     def _send_failed(self, conn, exc):
         """Writing failed: the stream is broken; every pending send gets the error."""

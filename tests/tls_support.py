@@ -122,3 +122,152 @@ class Certs:
         if alpn:
             ctx.set_alpn_protocols(alpn)
         return _versions(ctx, version)
+
+
+# --- peers: Python's ssl module on the other end ------------------------------------
+
+import threading as _threading  # noqa: E402
+
+
+class InThread:
+    """Run ``fn(*args)`` in a daemon thread; ``result()`` joins and returns
+    its value or raises its exception."""
+
+    def __init__(self, fn, *args):
+        self._value = None
+        self._error = None
+        self._t = _threading.Thread(target=self._run, args=(fn, args), daemon=True)
+        self._t.start()
+
+    def _run(self, fn, args):
+        try:
+            self._value = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by result()
+            self._error = exc
+
+    def result(self, timeout=30.0):
+        self._t.join(timeout)
+        if self._t.is_alive():
+            raise AssertionError(f"peer thread still running after {timeout}s")
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def recv_exactly_ssl(ssock, n):
+    """Read exactly n plaintext bytes from a blocking ssl socket."""
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = ssock.recv(min(n - len(buf), 1 << 20))
+        if not chunk:
+            raise AssertionError(f"EOF after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+class BioPeer:
+    """A TLS peer on a plain blocking socket through ssl.SSLObject + MemoryBIO,
+    so that a test controls every encrypted byte (cut a record, corrupt one)."""
+
+    def __init__(self, sock, ctx, server_side=False, server_hostname=None):
+        self.sock = sock
+        self.inc = ssl.MemoryBIO()
+        self.out = ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.inc, self.out, server_side=server_side,
+                                server_hostname=server_hostname)
+
+    def _pump_out(self):
+        data = self.out.read()
+        if data:
+            self.sock.sendall(data)
+
+    def handshake(self):
+        while True:
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._pump_out()
+                data = self.sock.recv(65536)
+                if not data:
+                    self.inc.write_eof()
+                else:
+                    self.inc.write(data)
+        self._pump_out()
+
+    def records(self, data):
+        """Encrypt ``data`` (one record per 16 KiB) and return the ciphertext
+        without sending it."""
+        self.obj.write(data)
+        return self.out.read()
+
+    def send(self, data):
+        self.sock.sendall(self.records(data))
+
+    def recv(self, n):
+        """Up to n plaintext bytes (b'' at close_notify)."""
+        while True:
+            try:
+                return self.obj.read(n)
+            except ssl.SSLWantReadError:
+                data = self.sock.recv(65536)
+                if not data:
+                    self.inc.write_eof()
+                else:
+                    self.inc.write(data)
+            finally:
+                self._pump_out()
+
+    def duplex(self, data, expect, seed=7, timeout=60.0):
+        """Send ``data`` in random-sized writes while reading ``expect`` bytes,
+        in this one thread (an SSL object must not be used by two threads at
+        once): select() on the socket, SSLObject + BIOs in between. Returns
+        the plaintext read."""
+        import random
+        import select
+        import time
+
+        rnd = random.Random(seed)
+        sock = self.sock
+        sock.setblocking(False)
+        got = bytearray()
+        pending = b""
+        i = 0
+        deadline = time.monotonic() + timeout
+        try:
+            while len(got) < expect or i < len(data) or pending:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"duplex: {len(got)} of {expect} read, {i} of {len(data)} sent")
+                if not pending and i < len(data):
+                    n = rnd.randint(1, 100000)
+                    self.obj.write(data[i:i + n])
+                    i += n
+                    pending = self.out.read()
+                r, w, _ = select.select([sock] if len(got) < expect else [], [sock] if pending else [], [], 1.0)
+                if r:
+                    try:
+                        chunk = sock.recv(65536)
+                    except BlockingIOError:
+                        chunk = None
+                    if chunk == b"":
+                        raise AssertionError(f"duplex: EOF after {len(got)} of {expect}")
+                    if chunk:
+                        self.inc.write(chunk)
+                        while True:
+                            try:
+                                plain = self.obj.read(65536)
+                            except ssl.SSLWantReadError:
+                                break
+                            if not plain:
+                                break
+                            got += plain
+                        pending += self.out.read()
+                if w and pending:
+                    try:
+                        k = sock.send(pending)
+                    except BlockingIOError:
+                        k = 0
+                    pending = pending[k:]
+        finally:
+            sock.setblocking(True)
+        return bytes(got)
