@@ -51,7 +51,8 @@ cdef int poll_once(svc_t *s, int64_t until) noexcept nogil:
         if evs[i].flags & PF_HUP:
             c.hup = 1
         if c.tls != NULL:
-            tls_process_locked(s, c, &done)     # (a handshake runs with no op queued)
+            if not hsw_offload_locked(s, c):    # a handshake step to an idle worker
+                tls_process_locked(s, c, &done)     # (a handshake runs with no op queued)
         elif c.rq.head != NULL:
             process_recv_locked(s, c, &done)
         if c.sq.head != NULL:
@@ -74,15 +75,24 @@ cdef void worker_loop(svc_t *s) noexcept nogil:
     cdef int64_t now, t
     pthread_mutex_lock(&s.lock)
     while not s.closed:
+        if s.hsw_head != NULL:
+            hsw_run_one_locked(s)       # a TLS handshake step (core/tls.pxi)
+            continue
         now = goaio_now_ns()
         if s.polling:
+            s.widle += 1
             cond_wait_until(&s.w_cond, &s.lock, now + 20 * WORKER_GRACE_NS)
+            s.widle -= 1
             continue
         if now - s.last_collector < WORKER_GRACE_NS:
+            s.widle += 1
             cond_wait_until(&s.w_cond, &s.lock, s.last_collector + WORKER_GRACE_NS)
+            s.widle -= 1
             continue
         if worker_defers_locked(s):
+            s.widle += 1
             cond_wait_until(&s.w_cond, &s.lock, now + 4 * WORKER_GRACE_NS)
+            s.widle -= 1
             continue
         s.polling = 1
         s.poller_tid = PyThread_get_thread_ident()

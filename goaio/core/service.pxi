@@ -306,6 +306,7 @@ cdef class AIOService:
             "threads": sum(1 for t in self._threads if t.is_alive()),
             "queued": self.s.cq_len,
             "timers": self.s.heap_len,
+            "tls_offloaded": self.s.hsw_runs,
         }
 
     def close(self):
@@ -346,6 +347,8 @@ cdef class AIOService:
                 pthread_mutex_unlock(&s.lock)
             close_lifecycle(self)       # listeners, resolver, connects (core/connect.pxi)
             tls_setup_discard_gil(s)    # TLS sockets not bound yet (core/tls_setup.pxi)
+            with nogil:
+                hsw_discard(s)          # handshake steps no worker took (core/tls.pxi)
             conns = []
             pthread_mutex_lock(&s.reg_lock)
             for i in range(s.nslots):

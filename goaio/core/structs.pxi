@@ -157,6 +157,8 @@ cdef struct conn_t:
     PyObject *stash_exc  # owned: exception raised by share_buff.acquire()
     tls_t *tls           # owned: the TLS layer, NULL for a plain connection
     tls_t *tls_next      # owned: a pending start_tls's layer, until it starts
+    conn_t *hsw_next     # in the service's handshake work queue (s.lock)
+    char hsw_queued      # queued there (c.lock)
     pthread_mutex_t lock
 
 
@@ -206,4 +208,9 @@ cdef struct svc_t:
     int external_collector  # goaio.aio hook: a loop polls when the poller fd is readable (workers defer)
     op_t *tls_setup_head # accepted/connected TLS sockets waiting for their SSLObject (s.lock)
     op_t *tls_setup_tail
+    conn_t *hsw_head     # TLS handshake steps handed to idle workers (core/tls.pxi; s.lock)
+    conn_t *hsw_tail
+    int hsw_len
+    int widle            # workers waiting on w_cond, free to take one (s.lock)
+    int64_t hsw_runs     # handshake steps workers took from the queue (s.lock; _stats)
 

@@ -358,7 +358,79 @@ cdef void tls_activate_locked(svc_t *s, conn_t *c, tls_t *t, op_t *hs_op, oplist
     if t.hs_timeout > 0:
         t.hs_deadline = goaio_now_ns() + t.hs_timeout
         schedule_timer_locked(s, c, t.hs_deadline)
-    tls_process_locked(s, c, done)
+    if not hsw_offload_locked(s, c):
+        tls_process_locked(s, c, done)
+
+
+# --- handshakes in parallel: steps handed to idle workers ------------------------------
+#
+# One thread polls at a time; a handshake step costs a signature or a key
+# exchange (the expensive part of TLS). So a handshake step the poll round (or
+# a setup) finds goes to the service's handshake work queue when a worker is
+# idle (waiting on w_cond): that worker runs it under c.lock, without the GIL,
+# while the poller goes on. With no idle worker it runs where it was found.
+
+cdef bint hsw_offload_locked(svc_t *s, conn_t *c) noexcept nogil:
+    """Hand c's handshake step to an idle worker (c.lock held; takes s.lock).
+    True when it is (or already was) queued; False: run it here."""
+    cdef bint ok = False
+    if c.tls == NULL or c.tls.state != TLS_HANDSHAKE or c.tls.need_gil:
+        return False
+    if c.hsw_queued:
+        return True
+    pthread_mutex_lock(&s.lock)
+    if s.widle > s.hsw_len and not s.closed:
+        goaio_atomic_inc(&c.cref)       # the queue's reference
+        c.hsw_queued = 1
+        c.hsw_next = NULL
+        if s.hsw_tail == NULL:
+            s.hsw_head = c
+        else:
+            s.hsw_tail.hsw_next = c
+        s.hsw_tail = c
+        s.hsw_len += 1
+        pthread_cond_signal(&s.w_cond)
+        ok = True
+    pthread_mutex_unlock(&s.lock)
+    return ok
+
+
+cdef void hsw_run_one_locked(svc_t *s) noexcept nogil:
+    """A worker takes the first queued handshake step and runs it (s.lock held
+    on entry and on return; dropped meanwhile)."""
+    cdef conn_t *c = s.hsw_head
+    cdef oplist_t done
+    oplist_init(&done)
+    s.hsw_head = c.hsw_next
+    if s.hsw_head == NULL:
+        s.hsw_tail = NULL
+    s.hsw_len -= 1
+    s.hsw_runs += 1
+    pthread_mutex_unlock(&s.lock)
+    pthread_mutex_lock(&c.lock)
+    c.hsw_queued = 0
+    if not c.closed and c.tls != NULL:
+        tls_process_locked(s, c, &done)
+    cq_push(s, &done)
+    pthread_mutex_unlock(&c.lock)
+    conn_decref_nogil(c)
+    pthread_mutex_lock(&s.lock)
+
+
+cdef void hsw_discard(svc_t *s) noexcept nogil:
+    """svc.close(), the workers gone: drop the queued steps (no lock held)."""
+    cdef conn_t *c
+    cdef conn_t *nxt
+    pthread_mutex_lock(&s.lock)
+    c = s.hsw_head
+    s.hsw_head = s.hsw_tail = NULL
+    s.hsw_len = 0
+    pthread_mutex_unlock(&s.lock)
+    while c != NULL:
+        nxt = c.hsw_next
+        c.hsw_queued = 0
+        conn_decref_nogil(c)
+        c = nxt
 
 
 cdef void tls_try_start_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogil:
