@@ -165,13 +165,14 @@ def _env():
 
 def _tls_servers():
     """The TLS rows of this machine: asyncio's always; goaio's on each
-    backend whose TLS starts (so the test runs before and after TLS lands)."""
+    backend built here, uvloop's and the C ceiling's where available."""
     names = ["asyncio-tls"]
     for name in ("goaio-pure-tls-share", "goaio-epoll-tls-share"):
         if srvmod.availability(name)[0]:
             names.append(name)
-    if srvmod.availability("uvloop-tls")[0]:
-        names.append("uvloop-tls")
+    for name in ("uvloop-tls", "c-epoll-tls"):
+        if srvmod.availability(name)[0]:
+            names.append(name)
     return names
 
 

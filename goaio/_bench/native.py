@@ -1,5 +1,5 @@
 """Compiles the bench's C helpers (``loadgen.c``, ``echo_epoll.c``, ``storm.c``,
-``loadgen_tls.c``) on demand.
+``loadgen_tls.c``, ``echo_tls_epoll.c``) on demand.
 
 They are built with the system C compiler (``$CC``, else ``cc``) into a cache
 directory (``$GOAIO_BENCH_CACHE``, else ``$XDG_CACHE_HOME/goaio``, else
@@ -23,7 +23,7 @@ _why = {}
 
 #: extra link flags per helper (the TLS client links the system's OpenSSL;
 #: without its headers it does not build and the TLS rows say why)
-LIBS = {"loadgen_tls": ["-lssl", "-lcrypto"]}
+LIBS = {"loadgen_tls": ["-lssl", "-lcrypto"], "echo_tls_epoll": ["-lssl", "-lcrypto"]}
 
 
 def cache_dir():
@@ -48,7 +48,7 @@ def why_not(name):
 
 def build(name):
     """Path of the compiled ``name`` (``"loadgen"``, ``"echo_epoll"``, ``"storm"`` or
-    ``"loadgen_tls"``), or None."""
+    ``"loadgen_tls"``, ``"echo_tls_epoll"``), or None."""
     if not sys.platform.startswith("linux"):
         _why[name] = "the C helpers use epoll (Linux only)"
         return None

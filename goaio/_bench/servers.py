@@ -66,12 +66,13 @@ SPECS = [
          tls=True),
     Spec("asyncio-tls", "asyncio Protocol, TLS", "peer", tls=True, peer="asyncio"),
     Spec("uvloop-tls", "uvloop Protocol, TLS", "peer", tls=True, peer="uvloop"),
+    Spec("c-epoll-tls", "C epoll on OpenSSL (TLS ceiling)", "c", ceiling=True, tls=True),
 ]
 BY_NAME = {s.name: s for s in SPECS}
 #: what runs when no list is given (c-epoll only on request: it is not Python)
-DEFAULT = [s.name for s in SPECS if s.name != "c-epoll" and not s.tls]
-#: what ``bench --tls`` runs when no list is given
-TLS_DEFAULT = [s.name for s in SPECS if s.tls]
+DEFAULT = [s.name for s in SPECS if s.kind != "c" and not s.tls]
+#: what ``bench --tls`` runs when no list is given (the C server on request)
+TLS_DEFAULT = [s.name for s in SPECS if s.tls and s.kind != "c"]
 
 _avail_cache = {}
 
@@ -178,8 +179,9 @@ def availability(name):
             why = tlscert.why_not()
     if why is None and spec.peer == "uvloop" and importlib.util.find_spec("uvloop") is None:
         why = "uvloop is not installed (pip install 'goaio[bench]')"
-    if why is None and spec.kind == "c" and native.build("echo_epoll") is None:
-        why = native.why_not("echo_epoll")
+    c_server = "echo_tls_epoll" if spec.tls else "echo_epoll"
+    if why is None and spec.kind == "c" and native.build(c_server) is None:
+        why = native.why_not(c_server)
     _avail_cache[name] = (why is None, why)
     return _avail_cache[name]
 
@@ -217,6 +219,10 @@ def command(spec, workers=1):
                 "--port", "0"]
     elif spec.kind == "peer":
         argv = [sys.executable, PEERS, spec.name, "--host", "127.0.0.1", "--port", "0"]
+    elif spec.tls:
+        from . import tlscert
+
+        argv = [native.build("echo_tls_epoll"), "0", *tlscert.ensure()]
     else:
         argv = [native.build("echo_epoll"), "0"]
     return argv, env
