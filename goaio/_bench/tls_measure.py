@@ -22,7 +22,8 @@ Servers: goaio's ``echo --tls`` (compiled and pure, share buffers and own
 buffers), uvloop's and asyncio's TLS Protocol servers (tls_peers.py, run by
 ``--peer-python``, the interpreter that has uvloop), and ``--c-server EXE``,
 a C TLS echo server started as ``EXE PORT CERT KEY`` that prints
-``listening`` (the yardstick's echo_tls_c.c is one). Client and server are
+``listening`` (the yardstick's echo_tls_c.c is one; without it, the bench's
+own echo_tls_epoll.c). Client and server are
 unpinned unless ``--pin``. The certificate is the bench's (RSA 2048).
 """
 
@@ -71,6 +72,9 @@ def _servers(args, cert, key):
                                                      "--port", "0"], None)
     if args.c_server:
         out["c"] = ("C epoll on OpenSSL (--c-server)", [args.c_server, "{port}", cert, key], None)
+    elif native.build("echo_tls_epoll"):
+        out["c"] = ("C epoll on OpenSSL (echo_tls_epoll.c)", [native.build("echo_tls_epoll"), "0", cert, key],
+                    None)
     return out
 
 
