@@ -58,6 +58,8 @@ def _servers(args, cert, key):
         env = dict(goaio_env, GOAIO_BACKEND=backend)
         base = [sys.executable, "-P", "-m", "goaio", "echo", "--port", "0", "--quiet", "--tls", cert, key]
         out[f"goaio-{backend}-share"] = (f"goaio {backend}, share buffers", base + ["--share-buff"], env)
+        out[f"goaio-{backend}-share-w2"] = (f"goaio {backend}, share buffers, 2 workers",
+                                            base + ["--share-buff", "--workers", "2"], env)
         out[f"goaio-{backend}"] = (f"goaio {backend}", base, env)
         out[f"https-goaio-{backend}"] = (f"goaio {backend} (examples/https_server.py)",
                                          [sys.executable, "-P", os.path.join(EXAMPLES, "https_server.py"),
@@ -128,7 +130,7 @@ def _wrk(server, args, client_cpus):
 MEASURES = {
     "echo": ["goaio-epoll-share", "goaio-epoll", "goaio-pure-share", "uvloop", "asyncio", "c"],
     "idle": ["goaio-epoll-share", "goaio-pure-share", "uvloop", "asyncio", "c"],
-    "handshake": ["goaio-epoll-share", "goaio-pure-share", "uvloop", "asyncio", "c"],
+    "handshake": ["goaio-epoll-share", "goaio-epoll-share-w2", "goaio-pure-share", "uvloop", "asyncio", "c"],
     "https": ["https-goaio-epoll", "https-goaio-pure", "https-uvloop", "https-asyncio"],
 }
 
