@@ -150,6 +150,9 @@ def stats(svc):
                 for op in list(q):
                     if op.deadline is not None:
                         timers += 1
+        tls = c._tls
+        if tls is not None and tls.timer is not None:   # a handshake's timeout
+            timers += 1
         ops += c._nops
         brecv += c._brecv
         bsent += c._bsent

@@ -63,8 +63,11 @@ SEND_BATCH = 4 * MAX_PLAINTEXT_RECORD
 READ_CHUNK = 65536
 
 _MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
-_READ = 1    # _purepoll.READ / WRITE / HUP / ERR
-_WRITE = 2
+from ._purepoll import ERR as _ERR, HUP as _HUP, READ as _READ, WRITE as _WRITE  # noqa: E402
+
+_IN_EV = _READ | _HUP | _ERR     # as _pure's: a read is worth trying
+_OUT_EV = _WRITE | _ERR
+_HUP_EV = _HUP | _ERR
 _local = threading.local()
 
 
@@ -287,13 +290,11 @@ class Layer:
         return n
 
     def _drain_after_handshake(self):
-        mv = _scratch()
-        try:
-            got = self.obj.read(mv.nbytes, mv)
-        except ssl.SSLError:
-            return   # (want read: tickets only; an error shows at the first receive)
+        """Read what came with the last flight: tickets (consumed), early
+        plaintext (stashed for the first receive), or the stream's end."""
+        got, stop = self._read_step(_scratch())
         if got:
-            self.stash = memoryview(bytes(mv[:got]))
+            self.stash = memoryview(bytes(_scratch()[:got]))
 
     def _end_handshake(self, conn, err):
         """The handshake ended (lock held): the timer goes, the start_tls op
@@ -756,11 +757,11 @@ def on_event(conn, ev):
         layer = conn._tls
         if conn._closed or layer is None:
             return
-        if ev & 13:    # READ | HUP | ERR
+        if ev & _IN_EV:
             conn._readable = True
-            if ev & 12:
+            if ev & _HUP_EV:
                 conn._rdhup = True
-        if ev & 10:    # WRITE | ERR
+        if ev & _OUT_EV:
             conn._writable = True
         phase = layer.phase
         if phase == HANDSHAKE:

@@ -78,6 +78,7 @@ def ssl_listener(pairs):
 
 def test_bound_server_and_client_roundtrip(svc, pairs, tls_certs):
     conn, peer = tls_server_pair(svc, pairs, tls_certs)
+    assert svc.stats()["timers"] == 0          # the handshake's timer went with it
     assert conn.tls is not None and conn.tls.server_side
     assert conn.tls.version() == peer.version()
     assert conn.tls.cipher() == peer.cipher()
@@ -370,9 +371,11 @@ def test_bind_handshake_timeout_fails_its_ops(svc, pairs, tls_certs):
     to_bind, peer = pairs()
     conn = pairs.keep(svc.bind(to_bind, ssl=tls_certs.server_context(), server_side=True,
                                ssl_handshake_timeout=0.2))
+    assert svc.stats()["timers"] == 1          # the handshake's timeout is a timer
     conn.recv("r", bytearray(4))
     res = collect_one(svc)
     assert isinstance(res.err, goaio.HandshakeTimeout)
+    assert svc.stats()["timers"] == 0
 
 
 def test_version_mismatch_fails(svc, pairs, tls_certs):
@@ -579,3 +582,140 @@ def test_infinite_handshake_timeout_means_no_limit(svc, pairs, tls_certs):
     conn2, peer2 = tls_server_pair(svc, pairs, tls_certs, ssl_handshake_timeout=10 ** 400)
     roundtrip(svc, conn2, peer2)
     assert svc.stats()["timers"] == 0
+
+
+# --- closing during handshakes ----------------------------------------------------------------
+
+def test_close_during_the_handshake(svc, pairs, tls_certs):
+    to_bind, peer = pairs()
+    conn = pairs.keep(svc.bind(to_bind, ssl=tls_certs.server_context(), server_side=True))
+    conn.recv("r", bytearray(4))
+    conn.send("s", b"x")
+    reason = RuntimeError("closing")
+    conn.close(reason)
+    got = collect(svc, 2)
+    assert all(r.err is reason for r in got)
+    assert peer.recv(10) == b""
+
+
+def test_listener_close_closes_handshaking_connections(svc, pairs, tls_certs):
+    ln = svc.listen(("127.0.0.1", 0), ssl=tls_certs.server_context())
+    ln.accept("a")
+    silent = socket.create_connection(ln.address, timeout=WAIT)
+    pairs._socks.append(silent)
+    wait_until(lambda: svc.stats()["connections"] == 1, msg="the silent client's handshake")
+    ln.close()
+    res = collect_one(svc)
+    assert res.context == "a" and isinstance(res.err, goaio.ConnClosed)
+    assert silent.recv(10) == b""
+    wait_until(lambda: svc.stats()["connections"] == 0, msg="the handshaking connection closed")
+
+
+def test_service_close_with_handshakes_pending(backend, tls_certs):
+    from support import assert_service_drained, close_service
+
+    svc = backend.AIOService()
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(4)
+    try:
+        ln = svc.listen(("127.0.0.1", 0), ssl=tls_certs.server_context())
+        ln.accept("a")
+        silent = socket.create_connection(ln.address, timeout=WAIT)
+        svc.connect("c", lst.getsockname(), ssl=tls_certs.client_context(), server_hostname="localhost")
+        wait_until(lambda: svc.stats()["connections"] == 2, msg="two handshakes running")
+        close_service(svc)
+        assert_service_drained(svc)
+        silent.settimeout(WAIT)
+        assert silent.recv(10) == b""
+        silent.close()
+    finally:
+        lst.close()
+
+
+def test_start_tls_removed_by_a_send_timeout_stays_plain(svc, pairs, tls_certs):
+    to_bind, peer = pairs(small=True)
+    conn = pairs.keep(svc.bind(to_bind))
+    conn.set_send_timeout(0.3)
+    big = b"z" * (8 << 20)
+    conn.send("big", big)               # the peer does not read: it times out
+    conn.start_tls("up", tls_certs.client_context(verify=False))
+    got = {r.context: r for r in collect(svc, 2)}
+    assert isinstance(got["big"].err, goaio.SendTimeout)
+    assert isinstance(got["up"].err, goaio.SendTimeout) and got["up"].bytes_transferred == 0
+    assert conn.tls is None
+    conn.set_send_timeout(None)
+    k = got["big"].bytes_transferred
+    conn.send("plain", b"END")
+    data = bytearray()
+    peer.settimeout(WAIT)
+    while len(data) < k + 3:
+        data += peer.recv(1 << 20)
+    assert bytes(data[k:]) == b"END"       # still plain
+    assert collect_one(svc).err is None
+
+
+def test_cancel_a_waiting_start_tls(svc, pairs, tls_certs):
+    to_bind, peer = pairs(small=True)
+    conn = pairs.keep(svc.bind(to_bind))
+    conn.send("big", b"q" * (8 << 20))       # ahead of it, not yet written
+    conn.start_tls("up", tls_certs.client_context(verify=False))
+    assert conn.cancel("up") == 1
+    res = collect_one(svc)
+    assert res.context == "up" and isinstance(res.err, goaio.Cancelled)
+    assert conn.tls is None
+    # the upgrade can be asked again later
+    conn.start_tls("up2", tls_certs.client_context(verify=False))
+    conn.close()
+    got = {r.context: r for r in collect(svc, 2)}
+    assert isinstance(got["up2"].err, goaio.ConnClosed)
+
+
+def test_connect_timeout_bounds_the_tcp_connect_only(svc, pairs, tls_certs):
+    lst = ssl_listener(pairs)
+
+    def slow_server():
+        s, _ = lst.accept()
+        time.sleep(0.6)                 # longer than the connect's timeout
+        ss = tls_certs.server_context().wrap_socket(s, server_side=True)
+        ss.sendall(b"late")
+        return ss
+
+    peer = InThread(slow_server)
+    svc.connect("c", lst.getsockname(), timeout=0.3, ssl=tls_certs.client_context(),
+                server_hostname="localhost", ssl_handshake_timeout=WAIT)
+    res = collect_one(svc)
+    assert res.err is None, res.err
+    conn = pairs.keep(res.conn)
+    buf = bytearray(4)
+    conn.recv_full("r", buf)
+    assert collect_one(svc).err is None and bytes(buf) == b"late"
+    pairs._socks.append(peer.result(WAIT))
+
+
+@pytest.mark.parametrize("family", ["tcp6", "unix"])
+def test_tls_over_other_families(svc, pairs, tls_certs, family):
+    from support import family_available
+
+    if not family_available(family):
+        pytest.skip(f"{family} is not available here")
+    to_bind, peer = pairs(family)
+    conn = pairs.keep(svc.bind(to_bind, ssl=tls_certs.server_context(), server_side=True))
+    ssock = InThread(tls_certs.client_context().wrap_socket, peer, False, True, True, "localhost").result(WAIT)
+    pairs._socks.append(ssock)
+    handshaken(conn)
+    roundtrip(svc, conn, ssock, b"f" * 70000)
+
+
+def test_receive_pending_at_start_tls_gets_tls_plaintext(svc, pairs, tls_certs):
+    to_bind, peer = pairs()
+    conn = pairs.keep(svc.bind(to_bind))
+    buf = bytearray(7)
+    conn.recv_full("pending", buf)          # posted before the upgrade, nothing read yet
+    conn.start_tls("up", tls_certs.server_context(), server_side=True)
+    ssock = InThread(tls_certs.client_context().wrap_socket, peer, False, True, True, "localhost").result(WAIT)
+    pairs._socks.append(ssock)
+    ssock.sendall(b"private")
+    got = {r.context: r for r in collect(svc, 2)}
+    assert got["up"].err is None
+    assert got["pending"].err is None and bytes(buf) == b"private"
