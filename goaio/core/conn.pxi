@@ -98,8 +98,6 @@ cdef class AIOConn:
                 if op.kind == OP_SHUTDOWN:
                     c.shut = 1
                     c.shut_err = 0
-                elif not sending and c.tls_next != NULL:
-                    op.flags |= OPF_AFTERTLS    # waits for the pending start_tls
                 if q.timeout:
                     op.deadline = goaio_now_ns() + q.timeout
                     schedule_timer_locked(s, c, op.deadline)
@@ -257,7 +255,7 @@ cdef class AIOConn:
         # ConnClosed made when its result is (no Python code under c.lock)
         opq_fail_locked(c, &c.rq, ERR_CLOSED if reason is None else ERR_OBJ, &done)
         opq_fail_locked(c, &c.sq, ERR_CLOSED if reason is None else ERR_OBJ, &done)
-        tls_close_locked(c, ERR_CLOSED if reason is None else ERR_OBJ, &done)
+        tls_close_locked(s, c, ERR_CLOSED if reason is None else ERR_OBJ, &done)
         if reason is not None:
             op = done.head
             while op != NULL:

@@ -90,6 +90,8 @@ cdef int cancel_queue_locked(conn_t *c, opq_t *q, PyObject *ctx, int err, bint s
         q.len -= 1
         if op.kind == OP_SHUTDOWN:
             c.shut = 0
+        elif op.kind == OP_STARTTLS:
+            tls_start_dropped_locked(NULL, c, done)     # stays plain (core/tls.pxi)
         finish_op_locked(c, op, err, done)
         n += 1
         op = nxt
@@ -122,6 +124,8 @@ cdef int conn_cancel(AIOConn conn, context, reason) except -1:
                 op = op.next
         if n and c.sq.head != NULL:
             process_send_locked(s, c, &done)    # a new head that can go now (a shutdown, say)
+        if n and c.tls == NULL and c.rq.head != NULL and (c.readable or c.eof):
+            process_recv_locked(s, c, &done)    # a cancelled start_tls: reading goes on plain
         cq_push(s, &done)
     pthread_mutex_unlock(&c.lock)
     return n

@@ -33,8 +33,9 @@ cdef void process_recv_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogi
         return
     while c.rq.head != NULL and not c.closed:
         op = c.rq.head
-        if c.tls_next != NULL and (op.flags & OPF_AFTERTLS):
-            break           # posted after a pending start_tls: waits for it
+        if c.tls_next != NULL:
+            break           # a start_tls is pending: receives get TLS plaintext
+
         if c.eof:
             finish_op_locked(c, opq_pop_locked(&c.rq), ERR_EOF, done)
             continue
@@ -80,8 +81,6 @@ cdef void process_recv_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogi
             return
         opq_fail_locked(c, &c.rq, e, done)
         return
-    if c.tls_next != NULL and not c.closed:
-        tls_try_start_locked(s, c, done)    # the receives before a start_tls are done
 
 
 cdef void process_send_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogil:

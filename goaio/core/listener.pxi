@@ -26,6 +26,7 @@ cdef str MSG_CANCELLED = _messages.CANCELLED
 cdef str MSG_ACCEPTQ_FULL = _messages.ACCEPTQ_FULL
 cdef str MSG_SEND_AFTER_SHUTDOWN = _messages.SEND_AFTER_SHUTDOWN
 cdef int MAX_PENDING_ACCEPTS = _messages.MAX_PENDING_ACCEPTS
+cdef int TLS_ACCEPT_AHEAD = _messages.TLS_ACCEPT_AHEAD
 cdef int64_t BACKOFF_MIN_NS = 100000000      # as the pure backend's 0.1 s .. 1 s
 cdef int64_t BACKOFF_MAX_NS = 1000000000
 
@@ -35,6 +36,10 @@ cdef struct lrec_t:
     char inet            # TCP: skip connections reset in the queue, set TCP_NODELAY
     char paused          # backing off after EMFILE & co.
     char tls             # a TLS listener: accepts complete after the handshake
+    int hs_count         # TLS: connections taken ahead and not handed out yet
+    op_t *ready_head     # TLS: their ops whose handshake ended, waiting for an accept
+    op_t *ready_tail
+    PyObject *spec       # owned (TLS): (service, option, params) for those connections
     int64_t backoff_ns
     int64_t resume_at
 
@@ -44,7 +49,9 @@ cdef void process_accept_locked(svc_t *s, lrec_t *lr, oplist_t *done) noexcept n
     cdef conn_t *c = &lr.c
     cdef int fd, e
     cdef op_t *op
-    while c.rq.head != NULL and not c.closed and not lr.paused and c.readable:
+    while (c.rq.head != NULL or lr.tls) and not c.closed and not lr.paused and c.readable:
+        if lr.tls and lr.hs_count >= c.rq.len + TLS_ACCEPT_AHEAD:
+            return          # enough taken ahead (core/tls.pxi)
         fd = goaio_accept(c.fd)
         if fd >= 0:
             if lr.inet:
@@ -52,13 +59,19 @@ cdef void process_accept_locked(svc_t *s, lrec_t *lr, oplist_t *done) noexcept n
                     close(fd)       # reset while it waited in the queue: skip it
                     continue
                 goaio_set_nodelay(fd)
-            op = opq_pop_locked(&c.rq)
-            op.newfd = fd
             lr.backoff_ns = 0
             if lr.tls:
-                tls_setup_push_locked(s, op)    # its handshake first (core/tls_setup.pxi)
-            else:
-                finish_op_locked(c, op, 0, done)
+                # its handshake first, in parallel with the others (core/tls.pxi)
+                op = tls_inner_op_nogil(c, fd)
+                if op == NULL:
+                    close(fd)
+                    return
+                lr.hs_count += 1
+                tls_setup_push_locked(s, op)
+                continue
+            op = opq_pop_locked(&c.rq)
+            op.newfd = fd
+            finish_op_locked(c, op, 0, done)
             continue
         e = errno
         if e == EINTR or goaio_accept_aborted(e):
@@ -66,7 +79,8 @@ cdef void process_accept_locked(svc_t *s, lrec_t *lr, oplist_t *done) noexcept n
         if goaio_would_block(e):
             c.readable = 0
             return
-        finish_op_locked(c, opq_pop_locked(&c.rq), e, done)
+        if c.rq.head != NULL:
+            finish_op_locked(c, opq_pop_locked(&c.rq), e, done)
         if goaio_accept_exhausted(e):
             lr.backoff_ns = lr.backoff_ns * 2 if lr.backoff_ns else BACKOFF_MIN_NS
             if lr.backoff_ns > BACKOFF_MAX_NS:
@@ -154,7 +168,7 @@ cdef AIOResult make_new_conn_result_gil(svc_t *s, op_t *op):
             r.conn = <object>op.pyconn
             if op.kind == OP_ACCEPT:
                 s.accepted += 1
-        else:
+        elif op.pyconn != NULL:
             (<AIOConn><object>op.pyconn)._close(None)   # a failed TLS accept closes its socket
         op_release_gil(op, False)
         return r
@@ -203,8 +217,12 @@ cdef listener_from_socket(AIOService svc, sock, option, created, params):
     ln.c = &lr.c
     ln._svc = svc
     ln._sock = sock
-    ln._spec = (svc, option) if params is None else (svc, option, params)
+    ln._spec = (svc, option)
     lr.tls = params is not None
+    if lr.tls:
+        spec = (svc, option, params)
+        Py_INCREF(spec)
+        lr.spec = <PyObject *>spec      # (dropped with the record: conn_decref_nogil)
     ln._created = created
     ln._address = sock.getsockname()
     # registered and added to the poller only while the service is open (as bind)
@@ -332,8 +350,11 @@ cdef class Listener:
             elif c.rq.len >= c.rq.max:
                 rc = 2
             else:
-                opq_push_locked(&c.rq, op)
                 goaio_atomic_inc(&s.live_ops)
+                if (<lrec_t *>c).ready_head != NULL:
+                    tls_accept_ready_locked(<lrec_t *>c, op, &done)     # a handshake already ended
+                else:
+                    opq_push_locked(&c.rq, op)
                 process_accept_locked(s, <lrec_t *>c, &done)
                 cq_push(s, &done)
             pthread_mutex_unlock(&c.lock)
@@ -352,6 +373,7 @@ cdef class Listener:
         cdef svc_t *s = self._svc.s
         cdef oplist_t done
         cdef op_t *op
+        cdef op_t *ready
         if reason is not None and not isinstance(reason, BaseException):
             raise TypeError(MSG_REASON_TYPE)
         oplist_init(&done)
@@ -370,7 +392,10 @@ cdef class Listener:
         cq_push(s, &done)
         if timer_remove_locked(s, c):       # a back-off's entry leaves with it
             goaio_atomic_dec(&c.cref)       # (the Listener still holds one)
+        ready = (<lrec_t *>c).ready_head
+        (<lrec_t *>c).ready_head = (<lrec_t *>c).ready_tail = NULL
         pthread_mutex_unlock(&c.lock)
+        tls_listener_closed_gil(s, c, ready)    # its TLS connections not handed out (core/tls_setup.pxi)
         with nogil:
             reg_remove(s, c)
             if poller_use_begin(s, False):  # (never a closed poller)

@@ -359,6 +359,7 @@ cdef class AIOService:
             for conn in conns:
                 (<AIOConn>conn)._close(ServiceClosed(MSG_SERVICE_CLOSED))
             conns = None
+            tls_setup_discard_gil(s)    # (TLS connections those closes gave back)
             # discard what nobody collected (share buffers go back to their pools)
             discard_queued_gil(s)
             with nogil:

@@ -17,7 +17,10 @@ cdef enum:
                          # object for both (key in pool_idx; core/halfclose.pxi)
     OPF_TLSCONN = 16     # an accept/connect completed by a TLS handshake: the
                          # connection is op.pyconn, bound already (core/tls.pxi)
-    OPF_AFTERTLS = 32    # a receive posted after a pending start_tls: waits for it
+    OPF_TLSINNER = 32    # a TLS listener's own op for a connection taken ahead:
+                         # never queued as a result, handed over to an accept
+    OPF_TLSORPHAN = 64   # such an op whose listener closed: the setup runner
+                         # closes its connection and frees it
 
     ERR_EOF = -1
     ERR_RTIMEOUT = -2
@@ -122,6 +125,7 @@ cdef struct tls_t:
     int rd_end           # 0, ERR_EOF, or ERR_TLS (rd_err) once reading ended
     int wlast            # length of a write OpenSSL must see again (a record is half out)
     op_t *hs_op          # owned: completes when the handshake ends (accept, connect, start_tls)
+    conn_t *listener     # a cref: the TLS listener that took the connection ahead, or NULL
     goaio_tlserr_t *err  # owned: why the handshake failed (TLS_FAILED)
     goaio_tlserr_t *rd_err  # owned: why reading failed
     int64_t hs_timeout   # ns, 0: none
@@ -157,6 +161,7 @@ cdef struct conn_t:
     PyObject *stash_exc  # owned: exception raised by share_buff.acquire()
     tls_t *tls           # owned: the TLS layer, NULL for a plain connection
     tls_t *tls_next      # owned: a pending start_tls's layer, until it starts
+    tls_t *tls_dropped   # owned: the layer of a start_tls removed before it started
     conn_t *hsw_next     # in the service's handshake work queue (s.lock)
     char hsw_queued      # queued there (c.lock)
     pthread_mutex_t lock

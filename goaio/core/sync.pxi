@@ -39,10 +39,14 @@ cdef void conn_decref_nogil(conn_t *c) noexcept nogil:
     if goaio_atomic_dec(&c.cref) == 0:
         if c.share_buff != NULL:
             decref_nogil(c.share_buff)
+        if c.kind == CK_LISTENER and (<lrec_t *>c).spec != NULL:
+            decref_nogil((<lrec_t *>c).spec)
         if c.tls != NULL:
             tls_free_nogil(c.tls)           # core/tls.pxi
         if c.tls_next != NULL:
             tls_free_nogil(c.tls_next)
+        if c.tls_dropped != NULL:
+            tls_free_nogil(c.tls_dropped)
         pthread_mutex_destroy(&c.lock)
         PyMem_RawFree(c)
 

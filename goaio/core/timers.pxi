@@ -140,8 +140,8 @@ cdef void expire_conn_locked(svc_t *s, conn_t *c, int64_t now, oplist_t *done) n
         nxt = tls_deadline(c)
     if nxt != 0:
         schedule_timer_locked(s, c, nxt)
-    if c.tls_next != NULL and c.sq.head != NULL and c.sq.head.kind == OP_STARTTLS:
-        tls_try_start_locked(s, c, done)        # a receive before it timed out
+    if c.tls_next != NULL and (c.sq.head == NULL or c.sq.head.kind != OP_STARTTLS):
+        tls_start_dropped_locked(s, c, done)    # a pending start_tls timed out with the sends
 
 
 cdef void expire_timers(svc_t *s, oplist_t *done) noexcept nogil:

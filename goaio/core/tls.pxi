@@ -63,7 +63,8 @@ cdef void tls_fail_locked(svc_t *s, conn_t *c, const goaio_tlserr_t *e, oplist_t
     op = t.hs_op
     t.hs_op = NULL
     if op != NULL:
-        finish_tls_err_locked(c, op, e, done)
+        op.tlserr = tls_err_copy(e)
+        tls_hs_finish_locked(s, c, op, ERR_TLS if op.tlserr != NULL else ENOMEM, done)
     fail_queue_tls_locked(c, &c.rq, e, done)
     fail_queue_tls_locked(c, &c.sq, e, done)
     if c.shut == 1:
@@ -84,7 +85,7 @@ cdef void tls_handshake_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nog
         op = t.hs_op
         t.hs_op = NULL
         if op != NULL:
-            finish_op_locked(c, op, 0, done)
+            tls_hs_finish_locked(s, c, op, 0, done)
         return
     err = goaio_ossl.SSL_get_error(t.ssl, r)
     if (err == GOAIO_SSL_ERROR_WANT_READ or err == GOAIO_SSL_ERROR_WANT_WRITE) and not t.io.eof:
@@ -433,14 +434,25 @@ cdef void hsw_discard(svc_t *s) noexcept nogil:
         c = nxt
 
 
+cdef void tls_start_dropped_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogil:
+    """A start_tls left the send queue before it started (a send timeout, a
+    cancel): the connection stays plain; receives go on in plaintext (c.lock
+    held). Its layer is freed later, with the GIL (the next start_tls, or the
+    record)."""
+    if c.tls_next == NULL or c.tls_dropped != NULL:
+        return
+    c.tls_dropped = c.tls_next
+    c.tls_next = NULL
+    if s != NULL and c.rq.head != NULL and (c.readable or c.eof):
+        process_recv_locked(s, c, done)
+
+
 cdef void tls_try_start_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogil:
-    """The head of c.sq is a start_tls: begin once every receive posted before
-    it has completed (c.lock held)."""
+    """The head of c.sq is a start_tls: the sends before it are written, the
+    handshake begins (c.lock held)."""
     cdef op_t *op
     cdef tls_t *t
     if c.tls != NULL or c.tls_next == NULL or c.sq.head == NULL or c.sq.head.kind != OP_STARTTLS:
-        return
-    if c.rq.head != NULL and not (c.rq.head.flags & OPF_AFTERTLS):
         return
     op = opq_pop_locked(&c.sq)
     t = c.tls_next
@@ -448,13 +460,95 @@ cdef void tls_try_start_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nog
     tls_activate_locked(s, c, t, op, done)
 
 
-cdef void tls_close_locked(conn_t *c, int err, oplist_t *done) noexcept nogil:
+cdef void tls_close_locked(svc_t *s, conn_t *c, int err, oplist_t *done) noexcept nogil:
     """AIOConn._close: the op waiting for the handshake completes with the
-    close's error, as the queued ops do (c.lock held; the caller sets it)."""
+    close's error, as the queued ops do (c.lock held; the caller sets it;
+    a listener's own op goes back to its listener, closed)."""
     cdef op_t *op
     if c.tls != NULL and c.tls.hs_op != NULL:
         op = c.tls.hs_op
         c.tls.hs_op = NULL
+        if op.flags & OPF_TLSINNER:
+            tls_hs_finish_locked(s, c, op, ERR_CLOSED, done)
+        else:
+            finish_op_locked(c, op, err, done)
+
+
+# --- TLS listeners: connections taken ahead, handed over as their handshakes end ---
+#
+# A TLS listener accepts from the kernel while (connections taken ahead and not
+# handed out) < (accepts pending + TLS_ACCEPT_AHEAD), each with an op of its own
+# (OPF_TLSINNER, malloc'd without the GIL, holding a cref on the listener
+# record). Its connection is bound by the setup runner and handshakes like any
+# other; when the handshake ends (tls_hs_finish_locked) the op goes back to
+# the listener (tls_deliver_locked: the connection's c.lock, then the
+# listener's -- the one place the two nest, always in that order): it
+# completes the first pending accept (its connection or its error moved
+# into the user's op), or waits in lr.ready for the next accept(). A closed
+# listener's returning op becomes an orphan: the setup runner closes its
+# connection.
+
+cdef op_t *tls_inner_op_nogil(conn_t *lc, int fd) noexcept nogil:
+    """A TLS listener's own op for an accepted fd (NULL: no memory)."""
+    cdef op_t *op = <op_t *>PyMem_RawMalloc(sizeof(op_t) - sizeof(Py_buffer))
+    if op == NULL:
+        return NULL
+    memset(op, 0, sizeof(op_t) - sizeof(Py_buffer))
+    op.kind = OP_ACCEPT
+    op.flags = OPF_TLSINNER
+    op.views = &op.view0            # (never dereferenced: nviews 0)
+    op.iov = &op.iov0
+    op.newfd = fd
+    op.conn = lc
+    goaio_atomic_inc(&lc.cref)      # (moves to tls_t.listener at the setup)
+    return op
+
+
+cdef void tls_hand_over_locked(lrec_t *lr, op_t *inner, op_t *user, oplist_t *done) noexcept nogil:
+    """A listener's op completes the user's accept (the listener's c.lock held):
+    the connection or the error moves over; the shell is freed."""
+    user.pyconn = inner.pyconn
+    inner.pyconn = NULL
+    user.errobj = inner.errobj
+    inner.errobj = NULL
+    user.tlserr = inner.tlserr
+    inner.tlserr = NULL
+    user.conn = inner.conn
+    user.flags |= OPF_TLSCONN
+    lr.hs_count -= 1
+    finish_op_locked(&lr.c, user, inner.err, done)
+    PyMem_RawFree(inner)
+
+
+cdef void tls_deliver_locked(svc_t *s, conn_t *lc, op_t *op, oplist_t *done) noexcept nogil:
+    """A listener's op whose handshake ended goes back to its listener (the
+    connection's c.lock held; takes the listener's c.lock, then s.lock)."""
+    cdef lrec_t *lr = <lrec_t *>lc
+    pthread_mutex_lock(&lc.lock)
+    if lc.closed:
+        pthread_mutex_unlock(&lc.lock)
+        op.flags |= OPF_TLSORPHAN
+        tls_setup_push_locked(s, op)        # its connection is closed with the GIL
+        return
+    if lc.rq.head != NULL:
+        tls_hand_over_locked(lr, op, opq_pop_locked(&lc.rq), done)
+    else:
+        op.next = NULL
+        if lr.ready_tail == NULL:
+            lr.ready_head = op
+        else:
+            lr.ready_tail.next = op
+        lr.ready_tail = op
+    process_accept_locked(s, lr, done)      # room for one more
+    pthread_mutex_unlock(&lc.lock)
+
+
+cdef void tls_hs_finish_locked(svc_t *s, conn_t *c, op_t *op, int err, oplist_t *done) noexcept nogil:
+    """The op waiting for c's handshake completes with err (c.lock held)."""
+    if op.flags & OPF_TLSINNER and c.tls != NULL and c.tls.listener != NULL:
+        op.err = err
+        tls_deliver_locked(s, c.tls.listener, op, done)
+    else:
         finish_op_locked(c, op, err, done)
 
 
@@ -466,6 +560,8 @@ cdef void tls_free_nogil(tls_t *t) noexcept with gil:
     if t.ssl != NULL:
         goaio_ossl.BIO_set_data(goaio_ossl.SSL_get_rbio(t.ssl), NULL)
     Py_XDECREF(t.sslobj)
+    if t.listener != NULL:
+        conn_decref_nogil(t.listener)
     PyMem_RawFree(t.err)
     PyMem_RawFree(t.rd_err)
     PyMem_RawFree(t.wpend)

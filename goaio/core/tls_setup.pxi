@@ -122,6 +122,9 @@ cdef int tls_attach_gil(AIOService svc, AIOConn conn, object params, op_t *hs_op
     cdef oplist_t done
     cdef bint closed = False
     oplist_init(&done)
+    if hs_op != NULL and (hs_op.flags & OPF_TLSINNER):
+        t.listener = hs_op.conn         # (a cref of its own: dropped with t)
+        goaio_atomic_inc(&t.listener.cref)
     if hs_op != NULL:
         hs_op.conn = c
         hs_op.flags |= OPF_TLSCONN
@@ -176,7 +179,21 @@ cdef void tls_setup_one_gil(svc_t *s, op_t *op):
     with the error (GIL held, no C lock)."""
     cdef AIOConn conn = None
     cdef oplist_t done
-    svc, option, params = <tuple>op.buffobj
+    cdef conn_t *lc = NULL
+    if op.flags & OPF_TLSORPHAN:
+        if op.pyconn != NULL:
+            (<AIOConn><object>op.pyconn)._close(None)
+        op_release_gil(op, False)
+        return
+    if op.flags & OPF_TLSINNER:
+        lc = op.conn                    # (the op's cref is ours now: dropped below)
+        if lc.closed:
+            op_release_gil(op, False)   # (closes the fd)
+            conn_decref_nogil(lc)
+            return
+        svc, option, params = <tuple>(<lrec_t *>lc).spec
+    else:
+        svc, option, params = <tuple>op.buffobj
     try:
         sock = _socket.socket(fileno=op.newfd)
         op.newfd = -1                       # the socket object owns it now
@@ -186,19 +203,81 @@ cdef void tls_setup_one_gil(svc_t *s, op_t *op):
             sock.close()
             raise
         tls_attach_gil(<AIOService>svc, conn, params, op)
+        if lc != NULL:
+            conn_decref_nogil(lc)
         return
     except BaseException as e:
         if conn is not None:
             conn._close(None)
         if op.flags & OPF_TLSCONN:
             op.flags &= ~OPF_TLSCONN
+            Py_XDECREF(op.pyconn)
+            op.pyconn = NULL
         op.err = ERR_OBJ
         Py_XDECREF(op.errobj)
         op.errobj = <PyObject *>e
         Py_INCREF(e)
     oplist_init(&done)
+    if lc != NULL:
+        op.conn = lc
+        with nogil:
+            tls_deliver_locked_from_gil(s, lc, op, &done)
+            cq_push(s, &done)
+        conn_decref_nogil(lc)
+        return
     oplist_add(&done, op)
     cq_push(s, &done)
+
+
+cdef void tls_deliver_locked_from_gil(svc_t *s, conn_t *lc, op_t *op, oplist_t *done) noexcept nogil:
+    """tls_deliver_locked for an op whose connection could not be made (no
+    connection lock to hold: the listener's is the only one taken)."""
+    tls_deliver_locked(s, lc, op, done)
+
+
+cdef void tls_accept_ready_locked(lrec_t *lr, op_t *user, oplist_t *done) noexcept nogil:
+    """accept() on a TLS listener with a handshake already ended: it completes
+    at once (the listener's c.lock held)."""
+    cdef op_t *inner = lr.ready_head
+    lr.ready_head = inner.next
+    if lr.ready_head == NULL:
+        lr.ready_tail = NULL
+    inner.next = NULL
+    tls_hand_over_locked(lr, inner, user, done)
+
+
+cdef void tls_listener_closed_gil(svc_t *s, conn_t *lc, op_t *ready):
+    """Listener.close() (GIL held, no C lock): the connections it took ahead
+    close, handshaken (ready) or still handshaking."""
+    cdef op_t *nxt
+    cdef PyObject **objs = NULL
+    cdef uint32_t i, n = 0
+    cdef conn_t *c
+    while ready != NULL:
+        nxt = ready.next
+        ready.next = NULL
+        if ready.pyconn != NULL:
+            (<AIOConn><object>ready.pyconn)._close(None)
+        op_release_gil(ready, False)
+        ready = nxt
+    if not (<lrec_t *>lc).tls:
+        return
+    # (GIL held: fine, no reg_lock holder waits for it; no Python code runs under it)
+    pthread_mutex_lock(&s.reg_lock)
+    objs = <PyObject **>PyMem_RawMalloc((s.nslots + 1) * sizeof(PyObject *))
+    if objs != NULL:
+        for i in range(s.nslots):
+            c = s.slots[i]
+            if (c != NULL and c.kind == CK_STREAM and c.pyobj != NULL and c.tls != NULL
+                    and c.tls.listener == lc and c.tls.hs_op != NULL):
+                objs[n] = c.pyobj
+                n += 1
+                Py_INCREF(<object>c.pyobj)
+    pthread_mutex_unlock(&s.reg_lock)
+    for i in range(n):
+        (<AIOConn><object>objs[i])._close(None)
+        Py_DECREF(<object>objs[i])
+    PyMem_RawFree(objs)
 
 
 cdef void tls_setup_run_nogil(svc_t *s) noexcept with gil:
@@ -221,7 +300,13 @@ cdef void tls_setup_discard_gil(svc_t *s):
     cdef op_t *nxt
     while op != NULL:
         nxt = op.next
-        goaio_atomic_sub(&s.live_ops, 1)
+        if op.flags & OPF_TLSORPHAN:
+            if op.pyconn != NULL:
+                (<AIOConn><object>op.pyconn)._close(None)
+        elif op.flags & OPF_TLSINNER:
+            conn_decref_nogil(op.conn)      # (a listener's own op: not a live op)
+        else:
+            goaio_atomic_sub(&s.live_ops, 1)
         op_release_gil(op, False)
         op = nxt
 
@@ -277,9 +362,7 @@ cdef object tls_info_gil(AIOConn conn):
     """conn.tls: a TLSInfo over the connection's SSLObject, or None (GIL)."""
     cdef tls_t *t = conn.c.tls
     if t == NULL:
-        t = conn.c.tls_next
-    if t == NULL:
-        return None
+        return None         # (a start_tls not started yet included)
     if conn._tls_info is None:
         conn._tls_info = _tls.TLSInfo(<object>t.sslobj)
     return conn._tls_info
@@ -302,6 +385,12 @@ cdef object tls_start_gil(AIOConn conn, context, ssl, server_side, server_hostna
         raise ValueError(MSG_TLS_ALREADY)
     if c.shut:
         raise BrokenPipeError(MSG_TLS_AFTER_SHUTDOWN)
+    with nogil:
+        pthread_mutex_lock(&c.lock)
+        t = c.tls_dropped       # an earlier start_tls removed before it started
+        c.tls_dropped = NULL
+        pthread_mutex_unlock(&c.lock)
+    tls_free_nogil(t)
     t = tls_new_gil(params)
     with nogil:
         pthread_mutex_lock(&c.lock)

@@ -3,6 +3,9 @@
 # loaded, so no OpenSSL header or -lssl is needed to build), the socket BIO
 # and the error capture (includes/tlsbio.h).
 
+cdef extern from "includes/openssl.h" nogil:
+    pass    # (named here too, so a build directory gets a copy: tlsbio.h includes it)
+
 cdef extern from "includes/tlsbio.h" nogil:
     ctypedef struct SSL:
         pass
