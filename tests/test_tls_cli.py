@@ -161,6 +161,31 @@ def test_echo_tls_with_python_ssl_and_a_failed_handshake(backend, tls_certs):
     assert "TLS handshake failed" in err, err
 
 
+def test_echo_tls_handshake_timeout_drops_a_silent_client(backend, tls_certs):
+    """--ssl-handshake-timeout reaches the listener: a client that never
+    speaks is dropped after it (its socket closed, the timeout reported),
+    while a client connected after it is served at once."""
+    proc, _, port = _start_echo(backend.name, tls_certs, "--ssl-handshake-timeout", "1.5")
+    try:
+        silent = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        t0 = time.monotonic()
+        ctx = tls_certs.client_context()
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(b"not delayed")
+                assert recv_exactly(s, 11) == b"not delayed"
+        assert time.monotonic() - t0 < 1.4, "the silent client delayed the other one"
+        with silent:
+            try:
+                assert silent.recv(1) == b""  # closed by the server, no byte sent
+            except ConnectionResetError:
+                pass
+        assert time.monotonic() - t0 >= 1.3
+    finally:
+        err = _stop(proc, signal.SIGINT)
+    assert "TLS handshake failed" in err and "HandshakeTimeout" in err, err
+
+
 @pytest.mark.parametrize("which", ["cert", "key"])
 def test_echo_tls_missing_file_is_a_clear_error(backend, tls_certs, tmp_path, which):
     missing = str(tmp_path / "nothing-here.pem")
