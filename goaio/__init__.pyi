@@ -15,7 +15,8 @@
 import socket
 import ssl as _ssl
 from _typeshed import ReadableBuffer, WriteableBuffer
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, Final, Literal, Protocol, Self, TypeAlias, final, overload, type_check_only
 
@@ -302,7 +303,9 @@ class Listener:
 @final
 class TLSInfo:
     # made by the backends (conn.tls); wraps the connection's SSLObject
-    def __init__(self, sslobj: _ssl.SSLObject) -> None: ...
+    def __init__(
+        self, sslobj: _ssl.SSLObject, guard: Callable[[], AbstractContextManager[Any]] | None = None
+    ) -> None: ...
     @property
     def ssl_object(self) -> _ssl.SSLObject: ...
     @property

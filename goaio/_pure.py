@@ -533,7 +533,13 @@ class AIOConn(ConnLifecycle):
             raise ConnClosed(M.CONN_CLOSED)
         sq = self._sendq
         done = 0
-        if not sq and self._writable and iov is None and total and self._tls is None:
+        tls = self._tls
+        if tls is not None and not sq and self._writable and iov is None and total and tls.fast_ok(total):
+            # TLS fast path: encrypt and write at once (_pure_tls.Layer.fast_send)
+            done = tls.fast_send(self, context, buff, mv, total)
+            if done < 0:
+                return 1
+        elif not sq and self._writable and iov is None and total and tls is None:
             # fast path: an idle writable socket usually takes it all at
             # once, and then no _Op is needed
             try:

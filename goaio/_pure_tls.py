@@ -36,7 +36,6 @@ connection's lock held: they are queued in ``_later`` and run by the
 ``on_*`` entry points after the lock is released, or from a timer.
 """
 
-import errno
 import socket
 import ssl
 import threading
@@ -105,12 +104,12 @@ class Layer:
                  "wbuf", "woff", "stash", "need_read", "on_done", "start_op", "timer",
                  "later", "notify_sent", "info", "__weakref__")
 
-    def __init__(self, params, phase):
+    def __init__(self, params, phase, guard=None):
         self.params = params
         self.inc = ssl.MemoryBIO()
         self.out = ssl.MemoryBIO()
         self.obj = params.wrap(self.inc, self.out)
-        self.info = TLSInfo(self.obj)
+        self.info = TLSInfo(self.obj, guard)
         self.phase = phase
         self.err = None          # the handshake's error (FAILED)
         self.end = None          # (exc,) once the plaintext ended: exc None for close_notify
@@ -564,6 +563,59 @@ class Layer:
                 continue
             self._take_output()
 
+    def fast_ok(self, total):
+        """May a send skip the queue? (lock held; the queue is empty and the
+        socket writable): an open stream with nothing waiting to be written."""
+        return self.phase == OPEN and self.wbuf is None and total <= SEND_BATCH
+
+    def fast_send(self, conn, context, buff, mv, total):
+        """Encrypt all of a small send and write it now. Returns -1 when it
+        completed (its result queued, ``mv`` released), else the plaintext
+        committed (the rest of its ciphertext waits in wbuf: the caller
+        queues the send with that ``done``, and it completes once written)."""
+        from ._pure import AIOResult
+
+        try:
+            if total <= MAX_PLAINTEXT_RECORD:
+                self.obj.write(mv)
+            else:
+                for i in range(0, total, MAX_PLAINTEXT_RECORD):
+                    view = mv[i:i + MAX_PLAINTEXT_RECORD]
+                    try:
+                        self.obj.write(view)
+                    finally:
+                        view.release()
+        except ssl.SSLError as exc:
+            mv.release()
+            conn._nops += 1
+            conn._q_append(AIOResult(conn, context, buff, 0, exc))
+            return -1
+        data = self.out.read()
+        try:
+            while True:
+                try:
+                    n = conn._send(data, _MSG_NOSIGNAL)
+                except InterruptedError:
+                    continue
+                break
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            mv.release()
+            conn._nops += 1
+            conn._q_append(AIOResult(conn, context, buff, 0, _os_error(exc)))
+            return -1
+        if n >= len(data):
+            mv.release()
+            conn._nops += 1
+            conn._bsent += total
+            conn._q_append(AIOResult(conn, context, buff, total, None))
+            return -1
+        self.wbuf = data
+        self.woff = n
+        conn._writable = False
+        return total
+
     def _encrypt_batch(self, sq):
         """Commit up to SEND_BATCH plaintext bytes of the head sends to records."""
         write = self.obj.write
@@ -671,6 +723,30 @@ class Layer:
             fn()
 
 
+class _NoGuard:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NO_GUARD = _NoGuard()
+
+
+def _guard_of(conn):
+    """TLSInfo's guard: the connection's lock (IO on the SSLObject runs under
+    it), except inside a share_buff callback, which may run with that very
+    lock held by this thread."""
+    lock = conn._lock
+    from ._pure import _in_callback
+
+    def guard():
+        return _NO_GUARD if _in_callback() else lock
+
+    return guard
+
+
 def _advance_iov(op, n):
     from ._pure import _advance
     _advance(op, n)
@@ -686,7 +762,7 @@ def attach(conn, params, on_done=None):
     with conn._lock:
         if conn._closed:
             raise ConnClosed(M.CONN_CLOSED)
-        layer = Layer(params, HANDSHAKE)
+        layer = Layer(params, HANDSHAKE, _guard_of(conn))
         conn._tls = layer
         n = layer.begin(conn, on_done)
         if conn._level:
@@ -719,7 +795,7 @@ def start_tls(conn, context, ssl_ctx, server_side, server_hostname, ssl_handshak
         from ._errors import Busy
         if len(sq) >= conn._sq_max:
             raise Busy(M.SENDQ_FULL)
-        layer = Layer(params, WAITING)
+        layer = Layer(params, WAITING, _guard_of(conn))
         op = new_op(conn, context)
         conn._tls = layer
         sq.append(op)

@@ -184,13 +184,25 @@ class TLSInfo:
 
     A read-only view of the connection's ``ssl.SSLObject``; before the
     handshake has completed ``version()``/``cipher()`` return None as
-    ``ssl`` does.
+    ``ssl`` does. ``guard``, if given, is a context manager factory the
+    backend provides: each call runs inside it, so that no OpenSSL call on
+    the object runs while an IO thread drives it (OpenSSL objects are not
+    thread-safe, and a TLS 1.3 client replaces its session when a ticket
+    arrives).
     """
 
-    __slots__ = ("_obj",)
+    __slots__ = ("_obj", "_guard")
 
-    def __init__(self, sslobj):
+    def __init__(self, sslobj, guard=None):
         self._obj = sslobj
+        self._guard = guard
+
+    def _call(self, name, *args):
+        guard = self._guard
+        if guard is None:
+            return getattr(self._obj, name)(*args)
+        with guard():
+            return getattr(self._obj, name)(*args)
 
     @property
     def ssl_object(self):
@@ -212,36 +224,37 @@ class TLSInfo:
 
     @property
     def session_reused(self):
-        return self._obj.session_reused
+        return self._call("__getattribute__", "session_reused")
 
     @property
     def session(self):
-        return self._obj.session
+        return self._call("__getattribute__", "session")
 
     def version(self):
-        return self._obj.version()
+        return self._call("version")
 
     def cipher(self):
-        return self._obj.cipher()
+        return self._call("cipher")
 
     def shared_ciphers(self):
-        return self._obj.shared_ciphers()
+        return self._call("shared_ciphers")
 
     def compression(self):
-        return self._obj.compression()
+        return self._call("compression")
 
     def selected_alpn_protocol(self):
-        return self._obj.selected_alpn_protocol()
+        return self._call("selected_alpn_protocol")
 
     def getpeercert(self, binary_form=False):
-        return self._obj.getpeercert(binary_form)
+        return self._call("getpeercert", binary_form)
 
     def get_channel_binding(self, cb_type="tls-unique"):
-        return self._obj.get_channel_binding(cb_type)
+        return self._call("get_channel_binding", cb_type)
 
     def __repr__(self):
+        cipher = self.cipher()
         return (f"<TLSInfo {'server' if self.server_side else 'client'} "
-                f"version={self.version()!r} cipher={(self.cipher() or (None,))[0]!r}>")
+                f"version={self.version()!r} cipher={(cipher or (None,))[0]!r}>")
 
 
 # --- errors built from C parts ----------------------------------------------------

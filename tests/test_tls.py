@@ -14,56 +14,10 @@ import pytest
 import goaio
 from goaio import _messages as M
 from support import WAIT, assert_no_result, collect, collect_one, recv_until_eof, wait_until
-from tls_support import InThread, recv_exactly_ssl
+from tls_support import InThread, handshaken, recv_exactly_ssl, roundtrip, tls_client_pair, tls_server_pair
 
 
-# --- helpers ------------------------------------------------------------------------
-
-def tls_server_pair(svc, pairs, certs, *, server_ctx=None, client_ctx=None, hostname="localhost",
-                    **bind_opts):
-    """goaio is the TLS server on a bound socket, an ssl socket the client.
-    Returns (conn, client ssl socket), both handshaken."""
-    to_bind, peer = pairs()
-    server_ctx = server_ctx or certs.server_context()
-    client_ctx = client_ctx or certs.client_context()
-    conn = pairs.keep(svc.bind(to_bind, ssl=server_ctx, server_side=True, **bind_opts))
-    client = InThread(client_ctx.wrap_socket, peer, False, True, True, hostname).result(WAIT)
-    pairs._socks.append(client)
-    handshaken(conn)
-    return conn, client
-
-
-def tls_client_pair(svc, pairs, certs, *, server_ctx=None, client_ctx=None, hostname="localhost",
-                    **bind_opts):
-    """goaio is the TLS client on a bound socket, an ssl socket the server."""
-    to_bind, peer = pairs()
-    server_ctx = server_ctx or certs.server_context()
-    client_ctx = client_ctx or certs.client_context()
-    server = InThread(server_ctx.wrap_socket, peer, True)
-    conn = pairs.keep(svc.bind(to_bind, ssl=client_ctx, server_hostname=hostname, **bind_opts))
-    ssock = server.result(WAIT)
-    pairs._socks.append(ssock)
-    handshaken(conn)
-    return conn, ssock
-
-
-def handshaken(conn):
-    """Wait until goaio's side of a bound TLS connection finished its handshake
-    (the peer may finish first: a TLS 1.3 client, a TLS 1.2 server)."""
-    wait_until(lambda: conn.tls.version() is not None, msg="goaio's handshake")
-
-
-def roundtrip(svc, conn, peer, data=b"ping"):
-    """One message each way through a handshaken pair (peer: an ssl socket)."""
-    conn.send("s", data)
-    assert recv_exactly_ssl(peer, len(data)) == data
-    buf = bytearray(len(data))
-    conn.recv_full("r", buf)
-    peer.sendall(data[::-1])
-    got = {r.context: r for r in collect(svc, 2)}
-    assert got["s"].err is None and got["s"].bytes_transferred == len(data)
-    assert got["r"].err is None and bytes(buf) == data[::-1]
-
+# --- helpers (the pair makers are in tls_support) ---------------------------------------
 
 def ssl_listener(pairs):
     lst = socket.socket()
@@ -719,3 +673,28 @@ def test_receive_pending_at_start_tls_gets_tls_plaintext(svc, pairs, tls_certs):
     got = {r.context: r for r in collect(svc, 2)}
     assert got["up"].err is None
     assert got["pending"].err is None and bytes(buf) == b"private"
+
+
+def test_context_callbacks_are_honoured(svc, pairs, tls_certs, tmp_path):
+    """sni_callback (switching to another context by name) and keylog_filename
+    work as with ssl sockets: the context is the user's own."""
+    seen = []
+    other = tls_certs.server_context()
+    other.set_alpn_protocols(["from-sni"])
+
+    def sni(sslobj, name, ctx):
+        seen.append(name)
+        if name == "localhost":
+            sslobj.context = other
+
+    server_ctx = tls_certs.server_context()
+    server_ctx.sni_callback = sni
+    keylog = tmp_path / "keys.log"
+    other.keylog_filename = str(keylog)      # the context in effect after the switch
+    conn, peer = tls_server_pair(svc, pairs, tls_certs, server_ctx=server_ctx,
+                                 client_ctx=tls_certs.client_context(alpn=["from-sni"]))
+    assert seen == ["localhost"]
+    assert conn.tls.selected_alpn_protocol() == "from-sni"
+    roundtrip(svc, conn, peer)
+    text = keylog.read_text()
+    assert "CLIENT_" in text or "SERVER_" in text    # TLS 1.3 traffic secrets were logged

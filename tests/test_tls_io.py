@@ -14,9 +14,8 @@ import pytest
 
 import goaio
 from goaio import _messages as M
-from support import WAIT, assert_no_result, collect, collect_one, wait_until
-from tls_support import BioPeer, InThread, recv_exactly_ssl
-from test_tls import handshaken, tls_client_pair, tls_server_pair
+from support import WAIT, assert_no_result, collect, collect_one
+from tls_support import BioPeer, InThread, handshaken, recv_exactly_ssl, tls_server_pair
 
 
 def bio_pair(svc, pairs, certs, goaio_server=True, **bind_opts):
@@ -281,13 +280,19 @@ def test_queue_limits(svc, pairs, tls_certs):
     assert all(r.err is None for r in got)
 
 
-def test_send_timeout_reports_whole_records(svc, pairs, tls_certs):
+@pytest.mark.parametrize("goaio_server, gather", [(False, False), (True, True)],
+                         ids=["goaio-client", "goaio-server-gather"])
+def test_send_timeout_reports_whole_records(svc, pairs, tls_certs, goaio_server, gather):
     """The peer does not read: the send times out with k bytes reported; the
     peer then decrypts exactly k bytes, and a later send follows them."""
-    conn, bio = bio_pair(svc, pairs, tls_certs, goaio_server=False, small=True)
+    conn, bio = bio_pair(svc, pairs, tls_certs, goaio_server=goaio_server, small=True)
     data = random.Random(3).randbytes(8 << 20)
     conn.set_send_timeout(0.5)
-    conn.send("big", data)
+    if gather:   # odd-sized parts: records do not line up with them
+        cuts = [0] + sorted(random.Random(4).sample(range(1, len(data)), 300)) + [len(data)]
+        conn.send("big", [memoryview(data)[i:j] for i, j in zip(cuts, cuts[1:])])
+    else:
+        conn.send("big", data)
     res = collect_one(svc)
     assert isinstance(res.err, goaio.SendTimeout)
     k = res.bytes_transferred
@@ -401,3 +406,85 @@ def test_empty_send_on_tls(svc, pairs, tls_certs):
     assert isinstance(res.err, goaio.EmptyBuffer)
     with pytest.raises(goaio.EmptyBuffer):
         conn.recv("z", bytearray(0))
+
+
+def test_pingpong_many_connections_several_threads(backend, tls_certs):
+    """Twenty TLS connection pairs (goaio on both ends), two workers, two
+    collector threads, 100 round trips each: every byte arrives, in order."""
+    import threading
+
+    from support import assert_service_drained, close_service
+
+    svc = backend.AIOService(workers=2)
+    conns = []
+    try:
+        ln = svc.listen(("127.0.0.1", 0), ssl=tls_certs.server_context())
+        n = 20
+        for i in range(n):
+            ln.accept("a")
+            svc.connect("c", ln.address, ssl=tls_certs.client_context(), server_hostname="localhost")
+        rounds = 100
+        state = {}
+        lock = threading.Lock()
+        errors = []
+        done = threading.Event()
+        finished = [0]
+
+        def handle(r):
+            if r.err is not None:
+                errors.append(r.err)
+                done.set()
+                return
+            if r.context in ("a", "c"):
+                with lock:
+                    conns.append(r.conn)
+                    if r.context == "c":
+                        state[r.conn] = 0
+                        r.conn.send(("ping", 0), b"%08d" % 0)
+                    r.conn.recv_full(("in", r.context), bytearray(8))
+                return
+            kind, side = r.context if isinstance(r.context, tuple) else (r.context, None)
+            if kind == "in":
+                msg = int(bytes(r.buff))
+                if side == "a":            # the server echoes
+                    r.conn.send(("echo", msg), bytes(r.buff))
+                    r.conn.recv_full(("in", "a"), bytearray(8))
+                else:
+                    with lock:
+                        assert msg == state[r.conn], (msg, state[r.conn])
+                        state[r.conn] = msg + 1
+                    if msg + 1 == rounds:
+                        with lock:
+                            finished[0] += 1
+                            if finished[0] == n:
+                                done.set()
+                        return
+                    r.conn.send(("ping", msg + 1), b"%08d" % (msg + 1))
+                    r.conn.recv_full(("in", "c"), bytearray(8))
+
+        def collector():
+            while not done.is_set():
+                try:
+                    r = svc.get_complete_status(timeout=0.05)
+                except goaio.ServiceClosed:
+                    return
+                if r is not None:
+                    try:
+                        handle(r)
+                    except BaseException as exc:  # noqa: BLE001
+                        errors.append(exc)
+                        done.set()
+
+        threads = [threading.Thread(target=collector, daemon=True) for _ in range(2)]
+        for t in threads:
+            t.start()
+        assert done.wait(WAIT * 4), f"stalled: {finished[0]} of {n} finished"
+        for t in threads:
+            t.join(WAIT)
+        assert not errors, errors[:3]
+        assert finished[0] == n
+        st = svc.stats()
+        assert st["bytes_sent"] == st["bytes_received"] == 2 * n * rounds * 8
+    finally:
+        close_service(svc)
+        assert_service_drained(svc)

@@ -13,6 +13,11 @@ into ``directory``:
 The session fixture ``tls_certs`` (tests/conftest.py) makes them once per
 test session in a temporary directory and yields a :class:`Certs`.
 Children that need them get the directory path (``Certs(path)``).
+
+Peers: ``InThread`` (a blocking ssl socket's calls in a thread), ``BioPeer``
+(SSLObject + MemoryBIO on a plain socket: the test controls every encrypted
+byte), and the pair makers ``tls_server_pair`` / ``tls_client_pair``
+(goaio on a bound socket, an ssl socket on the other end, both handshaken).
 """
 
 import os
@@ -127,6 +132,8 @@ class Certs:
 # --- peers: Python's ssl module on the other end ------------------------------------
 
 import threading as _threading  # noqa: E402
+
+from support import WAIT as _WAIT, collect as _collect, wait_until as _wait_until  # noqa: E402
 
 
 class InThread:
@@ -271,3 +278,53 @@ class BioPeer:
         finally:
             sock.setblocking(True)
         return bytes(got)
+
+
+# --- pairs: goaio on one end, an ssl socket on the other ------------------------------------------------------------------------
+
+def tls_server_pair(svc, pairs, certs, *, server_ctx=None, client_ctx=None, hostname="localhost",
+                    **bind_opts):
+    """goaio is the TLS server on a bound socket, an ssl socket the client.
+    Returns (conn, client ssl socket), both handshaken."""
+    to_bind, peer = pairs()
+    server_ctx = server_ctx or certs.server_context()
+    client_ctx = client_ctx or certs.client_context()
+    conn = pairs.keep(svc.bind(to_bind, ssl=server_ctx, server_side=True, **bind_opts))
+    client = InThread(client_ctx.wrap_socket, peer, False, True, True, hostname).result(_WAIT)
+    pairs._socks.append(client)
+    handshaken(conn)
+    return conn, client
+
+
+def tls_client_pair(svc, pairs, certs, *, server_ctx=None, client_ctx=None, hostname="localhost",
+                    **bind_opts):
+    """goaio is the TLS client on a bound socket, an ssl socket the server."""
+    to_bind, peer = pairs()
+    server_ctx = server_ctx or certs.server_context()
+    client_ctx = client_ctx or certs.client_context()
+    server = InThread(server_ctx.wrap_socket, peer, True)
+    conn = pairs.keep(svc.bind(to_bind, ssl=client_ctx, server_hostname=hostname, **bind_opts))
+    ssock = server.result(_WAIT)
+    pairs._socks.append(ssock)
+    handshaken(conn)
+    return conn, ssock
+
+
+def handshaken(conn):
+    """Wait until goaio's side of a bound TLS connection finished its handshake
+    (the peer may finish first: a TLS 1.3 client, a TLS 1.2 server)."""
+    _wait_until(lambda: conn.tls.version() is not None, msg="goaio's handshake")
+
+
+def roundtrip(svc, conn, peer, data=b"ping"):
+    """One message each way through a handshaken pair (peer: an ssl socket)."""
+    conn.send("s", data)
+    assert recv_exactly_ssl(peer, len(data)) == data
+    buf = bytearray(len(data))
+    conn.recv_full("r", buf)
+    peer.sendall(data[::-1])
+    got = {r.context: r for r in _collect(svc, 2)}
+    assert got["s"].err is None and got["s"].bytes_transferred == len(data)
+    assert got["r"].err is None and bytes(buf) == data[::-1]
+
+
