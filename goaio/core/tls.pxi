@@ -146,7 +146,10 @@ cdef void tls_recv_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogil:
         n = goaio_ossl.SSL_read(t.ssl, op.iov.iov_base, <int>want)
         if n > 0:
             op.done += n
-            if op.done >= op.total or (op.kind == OP_RECV and <size_t>n < want):
+            # a recv takes what OpenSSL holds already (several records, read
+            # ahead), then completes
+            if op.done >= op.total or (op.kind == OP_RECV and <size_t>n < want
+                                       and not goaio_ossl.SSL_has_pending(t.ssl)):
                 finish_op_locked(c, opq_pop_locked(&c.rq), 0, done)
             else:
                 advance(op, n)
@@ -187,6 +190,19 @@ cdef bint tls_flush_pending_locked(conn_t *c, oplist_t *done) noexcept nogil:
     return True
 
 
+cdef int tls_gather(op_t *op, char *buf, int cap) noexcept nogil:
+    """Copy up to cap bytes of op's plaintext from its current position (the
+    iovecs left, in order) into buf; the count. The op does not move."""
+    cdef int i, k, n = 0
+    for i in range(op.iovcnt):
+        if n >= cap:
+            break
+        k = <int>(op.iov[i].iov_len if op.iov[i].iov_len < <size_t>(cap - n) else cap - n)
+        memcpy(buf + n, op.iov[i].iov_base, k)
+        n += k
+    return n
+
+
 cdef void tls_keep_half_record_locked(conn_t *c, op_t *op) noexcept nogil:
     """The head send leaves the queue unfinished (timeout, cancel) while OpenSSL
     holds a record of it half written (c.lock held): keep that record's
@@ -198,8 +214,7 @@ cdef void tls_keep_half_record_locked(conn_t *c, op_t *op) noexcept nogil:
     t.wpend = <char *>PyMem_RawMalloc(t.wlast)
     if t.wpend == NULL:
         return
-    memcpy(t.wpend, op.iov.iov_base, t.wlast)
-    t.wpend_len = t.wlast
+    t.wpend_len = tls_gather(op, t.wpend, t.wlast)
     op.done += t.wlast
     t.wlast = 0
 
@@ -231,6 +246,7 @@ cdef void tls_send_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogil:
     cdef goaio_tlserr_t e
     cdef op_t *op
     cdef int n, err, want
+    cdef char gbuf[TLS_WRITE_MAX]
     if not tls_flush_pending_locked(c, done):
         return
     while c.sq.head != NULL and not c.closed:
@@ -246,9 +262,15 @@ cdef void tls_send_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogil:
         if op.iovcnt == 0:
             finish_op_locked(c, opq_pop_locked(&c.sq), 0, done)
             continue
-        want = <int>(op.iov.iov_len if op.iov.iov_len < TLS_WRITE_MAX else TLS_WRITE_MAX)
         goaio_ossl.ERR_clear_error()
-        n = goaio_ossl.SSL_write(t.ssl, op.iov.iov_base, want)
+        if op.iovcnt > 1 and op.iov.iov_len < TLS_WRITE_MAX:
+            # the small parts of a gather list share a record (the same
+            # bytes again on a retry: the op moves only once they are written)
+            want = tls_gather(op, gbuf, TLS_WRITE_MAX)
+            n = goaio_ossl.SSL_write(t.ssl, gbuf, want)
+        else:
+            want = <int>(op.iov.iov_len if op.iov.iov_len < TLS_WRITE_MAX else TLS_WRITE_MAX)
+            n = goaio_ossl.SSL_write(t.ssl, op.iov.iov_base, want)
         if n > 0:
             t.wlast = 0
             op.done += n

@@ -24,8 +24,21 @@ cdef object _tls_check_start = _tls.check_start_tls
 cdef object _tls_check_listen = _tls.check_listen_tls
 cdef object _tls_check_connect = _tls.check_connect_tls
 cdef object _ssl_error_from = _tls.ssl_error_from
+# The mnemonics of OpenSSL's error codes, as _ssl words them ("[SSL:
+# CERTIFICATE_VERIFY_FAILED]"): _ssl's own tables on CPython 3.11; 3.12+ keep
+# them private, so there the library comes from OpenSSL's ERR_LIB_* numbers
+# (stable ABI) and the reason from its reason string (upper case, "_" for " ":
+# how OpenSSL derives those strings from the same names, true of 97% of them
+# and of every SSL-library one checked).
 cdef dict _err_names = getattr(_ssl_ext, "err_codes_to_names", {})
-cdef dict _lib_names = getattr(_ssl_ext, "lib_codes_to_names", {})
+cdef dict _lib_names = getattr(_ssl_ext, "lib_codes_to_names", None) or {
+    1: "NONE", 2: "SYS", 3: "BN", 4: "RSA", 5: "DH", 6: "EVP", 7: "BUF", 8: "OBJ", 9: "PEM",
+    10: "DSA", 11: "X509", 13: "ASN1", 14: "CONF", 15: "CRYPTO", 16: "EC", 20: "SSL",
+    32: "BIO", 33: "PKCS7", 34: "X509V3", 35: "PKCS12", 36: "RAND", 37: "DSO", 38: "ENGINE",
+    39: "OCSP", 40: "UI", 41: "COMP", 42: "ECDSA", 43: "ECDH", 44: "OSSL_STORE", 45: "FIPS",
+    46: "CMS", 47: "TS", 48: "HMAC", 50: "CT", 51: "ASYNC", 52: "KDF", 53: "SM2", 54: "ESS",
+    55: "PROP", 56: "CRMF", 57: "PROV", 58: "CMP", 59: "OSSL_ENCODER", 60: "OSSL_DECODER",
+    61: "HTTP", 128: "USER"}
 
 
 cdef object tls_resolve():
@@ -334,8 +347,10 @@ cdef object tls_exception_gil(op_t *op):
             return _tls.eof_in_record_error()
         return _ssl_error_from(int(_tls.SSL_ERROR_EOF), None, None, None, where=where)
     library = _lib_names.get(e.lib)
-    reason = _err_names.get((e.lib, e.reason))
     text = (<bytes>e.reason_str).decode("utf-8", "replace") or None
+    reason = _err_names.get((e.lib, e.reason))
+    if reason is None and text is not None and not _err_names:
+        reason = text.upper().replace(" ", "_")
     vcode = None
     vmsg = None
     if e.lib == GOAIO_ERR_LIB_SSL and e.reason == GOAIO_SSL_R_CERTIFICATE_VERIFY_FAILED:
