@@ -275,3 +275,62 @@ print("ok")
     here = os.path.dirname(os.path.abspath(__file__))
     p = run_python(code, argv=(compiled.name, here, tls_certs.dir), timeout=60)
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-3000:]
+
+
+def test_tls_info_calls_beside_a_transfer(compiled, tls_certs):
+    """TLSInfo calls from one thread while workers and a collector move 2 MiB
+    both ways: the guard keeps them off the SSL while IO runs, nothing is lost
+    or stuck (in a child: a deadlock would hang it)."""
+    code = r"""
+import os, socket, ssl, sys, threading
+sys.path.insert(0, sys.argv[2])
+import tls_support
+mod = __import__("goaio._" + sys.argv[1], fromlist=["x"])
+certs = tls_support.Certs(sys.argv[3])
+sctx = certs.server_context()
+ls = socket.create_server(("127.0.0.1", 0))
+data = os.urandom(2 << 20)
+def peer():
+    s, _ = ls.accept()
+    with sctx.wrap_socket(s, server_side=True) as ss:
+        got = bytearray()
+        while len(got) < len(data):
+            got += ss.recv(1 << 16)
+        ss.sendall(bytes(got))
+t = threading.Thread(target=peer); t.start()
+svc = mod.AIOService(workers=2)
+conn = svc.bind(socket.create_connection(ls.getsockname()), ssl=certs.client_context(),
+                server_hostname="localhost")
+stop = []
+calls = [0]
+def reader():
+    import time
+    while conn.tls.version() is None and not stop:     # (getpeercert: after the handshake)
+        time.sleep(0.001)
+    while not stop:
+        info = conn.tls
+        info.version(); info.cipher(); info.getpeercert(); info.session_reused
+        calls[0] += 1
+r = threading.Thread(target=reader); r.start()
+back = bytearray(len(data))
+for i in range(0, len(data), 1 << 16):
+    conn.send("s", data[i:i + (1 << 16)])
+conn.recv_full("r", back)
+n = 0
+while n < len(data) // (1 << 16) + 1:
+    res = svc.get_complete_status(timeout=20)
+    assert res is not None, "stuck"
+    assert res.err is None, res.err
+    n += 1
+import time
+end = time.monotonic() + 10
+while calls[0] == 0 and time.monotonic() < end:
+    time.sleep(0.01)
+stop.append(1); r.join(10); t.join(10)
+assert back == data and calls[0] > 0
+conn.close(); svc.close()
+print("ok")
+"""
+    here = os.path.dirname(os.path.abspath(__file__))
+    p = run_python(code, argv=(compiled.name, here, tls_certs.dir), timeout=60)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-3000:]

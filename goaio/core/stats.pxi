@@ -46,6 +46,8 @@ cdef dict svc_stats(AIOService svc):
                 precv += c.rq.len
                 psend += c.sq.len
                 timers += timed_ops(&c.rq) + timed_ops(&c.sq)
+                if tls_deadline(c) != 0:
+                    timers += 1         # a handshake's timeout (core/tls.pxi)
             elif c.kind == CK_LISTENER:
                 listeners += 1
                 paccept += c.rq.len

@@ -122,6 +122,7 @@ cdef struct tls_t:
     char need_gil        # context callbacks: 1 during the handshake, 2 always
     char busy            # a thread runs a step with c.lock dropped (GIL path)
     char again           # something happened meanwhile: run again
+    int info_busy        # TLSInfo calls in progress (core/tls_setup.pxi): no SSL call meanwhile
     int rd_end           # 0, ERR_EOF, or ERR_TLS (rd_err) once reading ended
     int wlast            # length of a write OpenSSL must see again (a record is half out)
     op_t *hs_op          # owned: completes when the handshake ends (accept, connect, start_tls)

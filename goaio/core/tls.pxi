@@ -321,7 +321,10 @@ cdef void tls_step_with_gil_nogil(svc_t *s, conn_t *c) noexcept with gil:
     cdef oplist_t done
     oplist_init(&done)
     pthread_mutex_lock(&c.lock)     # GIL held: fine, no c.lock holder waits for it
-    tls_run_locked(s, c, &done)
+    if c.tls.info_busy:
+        c.tls.again = 1             # a TLSInfo call reads the SSL: its end runs us
+    else:
+        tls_run_locked(s, c, &done)
     cq_push(s, &done)
     pthread_mutex_unlock(&c.lock)
 
@@ -330,8 +333,8 @@ cdef void tls_process_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogil
     """The entry of the IO path for a TLS connection (c.lock held): called by
     process_recv_locked / process_send_locked and for every poller event."""
     cdef tls_t *t = c.tls
-    if t.busy:
-        t.again = 1         # the thread running it runs it again
+    if t.busy or t.info_busy:
+        t.again = 1         # the thread running it (or the TLSInfo call's end) runs it again
         return
     if t.need_gil == 0 or (t.need_gil == 1 and t.state != TLS_HANDSHAKE):
         tls_run_locked(s, c, done)
@@ -344,7 +347,7 @@ cdef void tls_process_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogil
         tls_step_with_gil_nogil(s, c)
         pthread_mutex_lock(&c.lock)
         t.busy = 0
-        if c.closed or not t.again:
+        if c.closed or not t.again or t.info_busy:
             break
     if not c.closed and t.need_gil == 1 and t.state != TLS_HANDSHAKE:
         tls_run_locked(s, c, done)

@@ -379,8 +379,47 @@ cdef object tls_info_gil(AIOConn conn):
     if t == NULL:
         return None         # (a start_tls not started yet included)
     if conn._tls_info is None:
-        conn._tls_info = _tls.TLSInfo(<object>t.sslobj)
+        guard = TLSGuard.__new__(TLSGuard)
+        (<TLSGuard>guard).conn = conn
+        conn._tls_info = _tls.TLSInfo(<object>t.sslobj, guard)
     return conn._tls_info
+
+
+@cython.final
+cdef class TLSGuard:
+    """TLSInfo's guard on the compiled backends: while a TLSInfo call reads
+    the SSLObject, no IO thread makes an SSL call on it (t.info_busy, set
+    and cleared under c.lock; c.lock itself is not held during the call,
+    which runs Python code). IO that came meanwhile runs at the end of the
+    call, in the caller's thread (as a post's IO does)."""
+    cdef AIOConn conn
+
+    def __call__(self):
+        return self
+
+    def __enter__(self):
+        cdef conn_t *c = self.conn.c
+        with nogil:
+            pthread_mutex_lock(&c.lock)
+            c.tls.info_busy += 1
+            pthread_mutex_unlock(&c.lock)
+        return self
+
+    def __exit__(self, *exc):
+        cdef conn_t *c = self.conn.c
+        cdef svc_t *s = self.conn._svc.s
+        cdef tls_t *t = c.tls
+        cdef oplist_t done
+        oplist_init(&done)
+        with nogil:
+            pthread_mutex_lock(&c.lock)
+            t.info_busy -= 1
+            if t.info_busy == 0 and t.again and not t.busy and not c.closed:
+                t.again = 0
+                tls_process_locked(s, c, &done)
+            cq_push(s, &done)
+            pthread_mutex_unlock(&c.lock)
+        return False
 
 
 # --- the calls with ssl= -------------------------------------------------------------
