@@ -2,8 +2,9 @@
 
     python -m goaio echo [--host 127.0.0.1] [--port 8110] [--workers N] [--share-buff]
                          [--recv-timeout S] [--buffer-size B] [--quiet]
+                         [--tls CERT KEY [--alpn PROTO ...] [--ssl-handshake-timeout S]]
     python -m goaio bench [--conns N] [--size B] [--seconds S] [--servers a,b,...]
-                          [--idle N] [--plot out.png] [--json out.json] ...
+                          [--idle N] [--tls | --tls-handshake] [--plot out.png] [--json out.json] ...
 
 Exit status: 0 on success, also when the echo server is stopped by SIGINT
 (Ctrl-C) or SIGTERM -- stopping is how a server ends, not a failure; 1 when
@@ -37,6 +38,13 @@ def _port(text):
     value = int(text)
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be 0..65535, got {value}")
+    return value
+
+
+def _positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
 
 
@@ -95,6 +103,7 @@ def _serve(svc, ln, pool, args, stopping, goaio):
     Returns when a signal has asked to stop or the service is closed.
     """
     warned_accept = False
+    tls = args.tls is not None
     for _ in range(PENDING_ACCEPTS):
         ln.accept(ACCEPT)
     size = args.buffer_size
@@ -113,6 +122,14 @@ def _serve(svc, ln, pool, args, stopping, goaio):
                     if res.err is not None:
                         if isinstance(res.err, (goaio.ConnClosed, goaio.ServiceClosed)):
                             continue  # the listener is closing
+                        if tls and _is_handshake_failure(res.err):
+                            # one client's failed or timed-out handshake: its
+                            # socket is closed already, the listener goes on
+                            if not args.quiet:
+                                print(f"goaio echo: TLS handshake failed: {res.err!r}",
+                                      file=sys.stderr, flush=True)
+                            ln.accept(ACCEPT)
+                            continue
                         # EMFILE & co.: goaio pauses the listener by itself
                         # (no thread spins); the accept is posted again
                         if not warned_accept and not args.quiet:
@@ -147,18 +164,63 @@ def _serve(svc, ln, pool, args, stopping, goaio):
                     conn.close()
 
 
+def _is_handshake_failure(err):
+    """An accept's error that is one client's TLS handshake (failed, or timed
+    out), not the listener's: the next accept is simply posted."""
+    import ssl
+
+    return isinstance(err, (ssl.SSLError, TimeoutError, ConnectionError, EOFError))
+
+
+def _tls_context(args):
+    """The server's ssl.SSLContext from --tls CERT KEY (and --alpn), or a
+    message saying why it cannot be made."""
+    import ssl
+
+    import os
+
+    cert, key = args.tls
+    for what, path in (("certificate", cert), ("key", key)):
+        if not os.path.isfile(path):
+            return None, f"cannot load the TLS {what}: no such file: {path!r}"
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        return None, f"cannot load the TLS certificate {cert!r} and key {key!r}: {exc}"
+    if args.alpn:
+        ctx.set_alpn_protocols(args.alpn)
+    return ctx, None
+
+
 def cmd_echo(args):
     import goaio
 
     _raise_nofile_limit()
+    tls_options = {}
+    if args.tls is not None:
+        ctx, why = _tls_context(args)
+        if ctx is None:
+            print(f"goaio echo: {why}", file=sys.stderr)
+            return 1
+        tls_options["ssl"] = ctx
+        if args.ssl_handshake_timeout is not None:
+            tls_options["ssl_handshake_timeout"] = args.ssl_handshake_timeout
+    elif args.alpn or args.ssl_handshake_timeout is not None:
+        print("goaio echo: --alpn and --ssl-handshake-timeout need --tls CERT KEY", file=sys.stderr)
+        return 2
     svc = goaio.AIOService(args.workers)
     pool = goaio.BufferPool(args.buffer_size) if args.share_buff else None
     try:
-        ln = svc.listen((args.host, args.port), backlog=4096,
+        ln = svc.listen((args.host, args.port), backlog=4096, **tls_options,
                         **({"share_buff": pool} if pool is not None else {}))
     except OSError as exc:
         svc.close()
         print(f"goaio echo: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    except (TypeError, ValueError) as exc:  # a backend without TLS, a bad option value
+        svc.close()
+        print(f"goaio echo: cannot listen with TLS: {exc}", file=sys.stderr)
         return 1
     host, port = ln.address[:2]
 
@@ -181,7 +243,7 @@ def cmd_echo(args):
             pass
 
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    mode = ", share buffers" if pool is not None else ""
+    mode = (", TLS" if tls_options else "") + (", share buffers" if pool is not None else "")
     print(f"goaio echo server (backend {goaio.BACKEND}{mode}) listening on {host}:{port}", flush=True)
     try:
         _serve(svc, ln, pool, args, stopping, goaio)
@@ -224,6 +286,14 @@ def build_parser():
     echo.add_argument("--buffer-size", type=_positive_int, default=65536, metavar="B",
                       help="receive buffer size (default 65536)")
     echo.add_argument("--quiet", "-q", action="store_true", help="do not report connection errors")
+    echo.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"), default=None,
+                      help="serve TLS: the certificate chain and private key files (PEM); "
+                      "goaio runs the handshake and the records, the echo sees plaintext")
+    echo.add_argument("--alpn", action="append", default=None, metavar="PROTO",
+                      help="with --tls: an ALPN protocol to offer (repeatable)")
+    echo.add_argument("--ssl-handshake-timeout", type=_positive_float, default=None, metavar="S",
+                      help="with --tls: a client whose handshake takes longer than S seconds is "
+                      "dropped (default: goaio's, 60)")
     echo.set_defaults(func=cmd_echo)
 
     bench = sub.add_parser("bench", help="compare echo servers on goaio and its peers",
@@ -264,6 +334,14 @@ def build_parser():
                        "and the client's CPU time per connection")
     bench.add_argument("--storm-size", type=_non_negative_int, default=16, metavar="B",
                        help="bytes of the one round trip of each storm connection (0: none; default 16)")
+    bench.add_argument("--tls", action="store_true",
+                       help="the TLS rows: the echo servers on an ssl.SSLContext (goaio's echo --tls, "
+                       "asyncio and uvloop create_server(ssl=)), driven by the bench's C TLS client "
+                       "(needs a C compiler, OpenSSL headers and the openssl command for the "
+                       "certificate); with --idle, idle TLS connections")
+    bench.add_argument("--tls-handshake", action="store_true",
+                       help="like --tls, but every round trip on a new connection with a full "
+                       "handshake: rps is handshakes/s")
     bench.add_argument("--plot", metavar="FILE.png", help="draw a bar chart (needs matplotlib)")
     bench.add_argument("--json", metavar="FILE.json", help="write the raw figures")
     bench.set_defaults(func=_cmd_bench)

@@ -74,6 +74,8 @@ def _drive(prefix, port, args, procs, cpus, show):
         raise errors[0]
     merged = {k: sum(r[k] for r in results) for k in ("rps", "MBps", "msgs", "bad_bytes", "errors",
                                                        "unfinished")}
+    if all("completed" in r for r in results):
+        merged["completed"] = sum(r["completed"] for r in results)
     # percentiles cannot be merged exactly: with several client processes
     # the worst process's figure is reported
     merged["p50_us"] = max(r["p50_us"] for r in results)
@@ -98,15 +100,20 @@ def _fmt_ratio(v, base):
     return f"{v / base:.2f}×"
 
 
-def table(rows, idle):
-    """A markdown table of the measured rows."""
+def table(rows, idle, tls=False):
+    """A markdown table of the measured rows (``tls``: the ratios are to the
+    peers' TLS servers)."""
     by = {r["name"]: r for r in rows if r.get("rps") is not None}
-    base_asyncio = by.get("asyncio", {}).get("rps")
-    base_uvloop = by.get("uvloop", {}).get("rps")
+    suffix = "-tls" if tls else ""
+    base_asyncio = by.get("asyncio" + suffix, {}).get("rps")
+    base_uvloop = by.get("uvloop" + suffix, {}).get("rps")
     ceilings = [r for r in rows if r.get("ceiling") and r.get("rps")]
     ceiling = by.get("raw-epoll", ceilings[0] if ceilings else {}).get("rps")
     head = ["server", "rps", "MB/s", "p50 µs", "p99 µs", "peak RSS MiB", "vs asyncio", "vs uvloop",
             "% of ceiling"]
+    cpu = any(r.get("cpu_us_per_rt") is not None for r in rows)
+    if cpu:
+        head.append("server CPU µs/rt")
     if idle:
         head.append(f"idle B/conn @{idle}")
     out = []
@@ -121,6 +128,9 @@ def table(rows, idle):
                       "–" if r.get("peak_rss") is None else f"{r['peak_rss'] / 2**20:.1f}",
                       _fmt_ratio(r["rps"], base_asyncio), _fmt_ratio(r["rps"], base_uvloop),
                       "–" if not ceiling else f"{100 * r['rps'] / ceiling:.0f} %"]
+            if cpu:
+                c = r.get("cpu_us_per_rt")
+                cells.append("–" if c is None else f"{c:.1f}")
             if idle:
                 b = (r.get("idle") or {}).get("bytes_per_conn")
                 cells.append(_fmt_int(b))
@@ -192,10 +202,20 @@ def plot(rows, meta, path):
     return [[t.get_text() for t in ax.get_yticklabels()] for ax in axes[0]]
 
 
+def tls_prefix(args):
+    """The TLS client's argv prefix (loadgen_tls; ``-H`` in handshake mode)."""
+    from . import native
+
+    exe = native.build("loadgen_tls")
+    return [exe] + (["-H"] if getattr(args, "tls_handshake", False) else [])
+
+
 def _run_one(row, tag, idle, args, prefix, server_cpus, client_cpus, progress):
     """One timed run of one server (and, if ``idle``, its idle measure);
     appends to ``row["runs"]`` or sets ``row["failed"]``."""
     spec = srvmod.BY_NAME[row["name"]]
+    if spec.tls:
+        prefix = tls_prefix(args)
     progress.line(f"{tag} {args.conns} conns × {args.size} B, {args.seconds:g} s ...")
     last = [time.monotonic(), 0.0]
 
@@ -208,7 +228,14 @@ def _run_one(row, tag, idle, args, prefix, server_cpus, client_cpus, progress):
 
     try:
         with srvmod.Server(spec, args.workers, cpus=server_cpus) as server:
+            cpu0 = server.cpu_seconds()
             res = _drive(prefix, server.port, args, args.client_procs, client_cpus, show)
+            cpu1 = server.cpu_seconds()
+            # the TLS client counts every round trip of the run (warm-up and
+            # drain included): the server's CPU time per round trip, steadier
+            # than rps on a shared machine
+            if res.get("completed") and cpu0 is not None and cpu1 is not None:
+                res["cpu_us_per_rt"] = (cpu1 - cpu0) * 1e6 / res["completed"]
             res["peak_rss"] = server.peak_rss()
             res["cpu_s"] = server.cpu_seconds()
             res["server_exit"] = server.stop()
@@ -220,7 +247,8 @@ def _run_one(row, tag, idle, args, prefix, server_cpus, client_cpus, progress):
         elif idle:
             progress.update(f"{tag} idle: {idle} connections ...")
             with srvmod.Server(spec, args.workers, cpus=server_cpus) as server:
-                row["idle"] = srvmod.measure_idle(server, idle)
+                measure = srvmod.measure_idle_tls if spec.tls else srvmod.measure_idle
+                row["idle"] = measure(server, idle)
     except Exception as exc:  # one server failing does not stop the comparison
         row["failed"] = f"{type(exc).__name__}: {exc}"
     if row.get("failed"):
@@ -233,15 +261,16 @@ def _run_one(row, tag, idle, args, prefix, server_cpus, client_cpus, progress):
 
 
 def main(args):
+    tls = bool(getattr(args, "tls", False) or getattr(args, "tls_handshake", False))
     try:
-        names = srvmod.parse_list(args.servers)
+        names = srvmod.parse_list(args.servers, tls=tls)
     except ValueError as exc:
         print(f"goaio bench: {exc}", file=sys.stderr)
         return 2
     if args.list:
         for spec in srvmod.SPECS:
             ok, why = srvmod.availability(spec.name)
-            print(f"{spec.name:18} {spec.label:30} {'available' if ok else 'unavailable: ' + why}")
+            print(f"{spec.name:22} {spec.label:32} {'available' if ok else 'unavailable: ' + why}")
         found = srvmod.goaio_for_servers()
         print(found["note"] or f"the goaio servers import goaio from {found['root']}")
         return 0
@@ -283,6 +312,7 @@ def main(args):
         "python": platform.python_version(), "client": client_kind, "client_procs": args.client_procs,
         "conns": args.conns, "size": args.size, "seconds": args.seconds, "warmup": args.warmup,
         "workers": args.workers, "pinned": pin, "idle": args.idle, "rounds": args.rounds,
+        "tls": tls, "tls_handshake": bool(getattr(args, "tls_handshake", False)),
     }
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     rows = []
@@ -317,11 +347,20 @@ def main(args):
             row.update({k: v for k, v in runs[(len(runs) - 1) // 2].items()})
 
     print()
-    print(f"echo: {args.conns} connections × {args.size} B, {args.seconds:g} s per run, "
+    if meta["tls_handshake"]:
+        what = (f"TLS handshakes (a new connection, full handshake and one {args.size} B echo per "
+                f"round trip; rps = handshakes/s): {args.conns} at a time")
+    elif any(srvmod.BY_NAME[r["name"]].tls for r in rows):
+        what = f"echo (TLS rows: TLS 1.3, RSA 2048): {args.conns} connections × {args.size} B"
+    else:
+        what = f"echo: {args.conns} connections × {args.size} B"
+    if any(srvmod.BY_NAME[r["name"]].tls for r in rows):
+        client_kind = client_kind + " (TLS rows: C loadgen_tls)"
+    print(f"{what}, {args.seconds:g} s per run, "
           f"{client_kind} client, {meta['date']}, Python {meta['python']}, {meta['cpus']} CPUs"
           f"{', server on CPU ' + str(min(server_cpus)) + ', client on the rest' if pin else ''}")
     print()
-    print(table(rows, args.idle))
+    print(table(rows, args.idle, tls=tls))
     notes = [f"- {r['name']}: skipped ({r['skipped']})" for r in rows if r.get("skipped")]
     if any(srvmod.BY_NAME[r["name"]].kind == "goaio" for r in rows):
         found = srvmod.goaio_for_servers()

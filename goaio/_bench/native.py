@@ -1,4 +1,5 @@
-"""Compiles the bench's C helpers (``loadgen.c``, ``echo_epoll.c``) on demand.
+"""Compiles the bench's C helpers (``loadgen.c``, ``echo_epoll.c``, ``storm.c``,
+``loadgen_tls.c``, ``echo_tls_epoll.c``) on demand.
 
 They are built with the system C compiler (``$CC``, else ``cc``) into a cache
 directory (``$GOAIO_BENCH_CACHE``, else ``$XDG_CACHE_HOME/goaio``, else
@@ -19,6 +20,10 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 _why = {}
+
+#: extra link flags per helper (the TLS client links the system's OpenSSL;
+#: without its headers it does not build and the TLS rows say why)
+LIBS = {"loadgen_tls": ["-lssl", "-lcrypto"], "echo_tls_epoll": ["-lssl", "-lcrypto"]}
 
 
 def cache_dir():
@@ -42,7 +47,8 @@ def why_not(name):
 
 
 def build(name):
-    """Path of the compiled ``name`` (``"loadgen"``, ``"echo_epoll"`` or ``"storm"``), or None."""
+    """Path of the compiled ``name`` (``"loadgen"``, ``"echo_epoll"``, ``"storm"`` or
+    ``"loadgen_tls"``, ``"echo_tls_epoll"``), or None."""
     if not sys.platform.startswith("linux"):
         _why[name] = "the C helpers use epoll (Linux only)"
         return None
@@ -58,7 +64,8 @@ def build(name):
         _why[name] = "no C compiler (set CC, or install cc)"
         return None
     flags = ["-O2", "-std=gnu11"]
-    digest = hashlib.sha256(code + repr((cc, flags)).encode()).hexdigest()[:16]
+    libs = LIBS.get(name, [])
+    digest = hashlib.sha256(code + repr((cc, flags, libs)).encode()).hexdigest()[:16]
     out_dir = cache_dir()
     exe = os.path.join(out_dir, f"{name}-{digest}")
     if os.access(exe, os.X_OK):
@@ -67,7 +74,7 @@ def build(name):
         os.makedirs(out_dir, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=name + "-", dir=out_dir)
         os.close(fd)
-        proc = subprocess.run(cc + flags + ["-o", tmp, src], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(cc + flags + ["-o", tmp, src] + libs, capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             os.unlink(tmp)
             _why[name] = f"{' '.join(cc)} failed: {proc.stderr.strip()[:500]}"

@@ -19,6 +19,7 @@ from . import native
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEERS = os.path.join(HERE, "peers.py")
+TLS_PEERS = os.path.join(HERE, "tls_peers.py")
 #: The directory holding the goaio package the harness itself runs.
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(HERE))
 #: Server processes run here, with -P, so that neither their working
@@ -31,7 +32,9 @@ _READY = re.compile(r"listening on (\S+):(\d+)")
 class Spec:
     """One server of the comparison."""
 
-    def __init__(self, name, label, kind, backend=None, share=False, ceiling=False):
+    def __init__(self, name, label, kind, backend=None, share=False, ceiling=False, tls=False, peer=None):
+        self.tls = tls  # a TLS server: driven by loadgen_tls, with the bench's certificate
+        self.peer = peer or name  # the KIND given to peers.py / tls_peers.py
         self.name = name
         self.label = label
         self.kind = kind  # "goaio", "peer" or "c"
@@ -54,10 +57,22 @@ SPECS = [
     Spec("threads", "thread per connection", "peer"),
     Spec("raw-epoll", "ceiling: raw epoll, Python", "peer", ceiling=True),
     Spec("c-epoll", "C epoll (machine ceiling)", "c", ceiling=True),
+    # TLS (``bench --tls``): the same servers on an ssl.SSLContext
+    Spec("goaio-epoll-tls", "goaio epoll, TLS", "goaio", backend="epoll", tls=True),
+    Spec("goaio-epoll-tls-share", "goaio epoll, TLS, share buffers", "goaio", backend="epoll", share=True,
+         tls=True),
+    Spec("goaio-pure-tls", "goaio pure, TLS", "goaio", backend="pure", tls=True),
+    Spec("goaio-pure-tls-share", "goaio pure, TLS, share buffers", "goaio", backend="pure", share=True,
+         tls=True),
+    Spec("asyncio-tls", "asyncio Protocol, TLS", "peer", tls=True, peer="asyncio"),
+    Spec("uvloop-tls", "uvloop Protocol, TLS", "peer", tls=True, peer="uvloop"),
+    Spec("c-epoll-tls", "C epoll on OpenSSL (TLS ceiling)", "c", ceiling=True, tls=True),
 ]
 BY_NAME = {s.name: s for s in SPECS}
 #: what runs when no list is given (c-epoll only on request: it is not Python)
-DEFAULT = [s.name for s in SPECS if s.name != "c-epoll"]
+DEFAULT = [s.name for s in SPECS if s.kind != "c" and not s.tls]
+#: what ``bench --tls`` runs when no list is given (the C server on request)
+TLS_DEFAULT = [s.name for s in SPECS if s.tls and s.kind != "c"]
 
 _avail_cache = {}
 
@@ -155,20 +170,26 @@ def availability(name):
             elif spec.backend != "pure":
                 hint = f" (not a backend of {sys.platform})"
             why = f"backend {spec.backend!r} not importable: {err}{hint}"
-    elif spec.name == "uvloop":
-        if importlib.util.find_spec("uvloop") is None:
-            why = "uvloop is not installed (pip install 'goaio[bench]')"
-    elif spec.kind == "c":
-        if native.build("echo_epoll") is None:
-            why = native.why_not("echo_epoll")
+    if why is None and spec.tls:
+        from . import tlscert
+
+        if native.build("loadgen_tls") is None:
+            why = f"the TLS load client does not build: {native.why_not('loadgen_tls')}"
+        elif tlscert.ensure() is None:
+            why = tlscert.why_not()
+    if why is None and spec.peer == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        why = "uvloop is not installed (pip install 'goaio[bench]')"
+    c_server = "echo_tls_epoll" if spec.tls else "echo_epoll"
+    if why is None and spec.kind == "c" and native.build(c_server) is None:
+        why = native.why_not(c_server)
     _avail_cache[name] = (why is None, why)
     return _avail_cache[name]
 
 
-def parse_list(text):
+def parse_list(text, tls=False):
     """``"a,b"`` -> ["a", "b"], or ValueError naming the unknown ones."""
     if not text:
-        return list(DEFAULT)
+        return list(TLS_DEFAULT if tls else DEFAULT)
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in BY_NAME]
     if unknown:
@@ -187,8 +208,21 @@ def command(spec, workers=1):
                 "--workers", str(workers), "--quiet"]
         if spec.share:
             argv.append("--share-buff")
+        if spec.tls:
+            from . import tlscert
+
+            argv += ["--tls", *tlscert.ensure()]
+    elif spec.kind == "peer" and spec.tls:
+        from . import tlscert
+
+        argv = [sys.executable, TLS_PEERS, spec.peer, "echo", *tlscert.ensure(), "--host", "127.0.0.1",
+                "--port", "0"]
     elif spec.kind == "peer":
         argv = [sys.executable, PEERS, spec.name, "--host", "127.0.0.1", "--port", "0"]
+    elif spec.tls:
+        from . import tlscert
+
+        argv = [native.build("echo_tls_epoll"), "0", *tlscert.ensure()]
     else:
         argv = [native.build("echo_epoll"), "0"]
     return argv, env
@@ -209,9 +243,21 @@ def _proc_status(pid, key):
 class Server:
     """A running server: ``with Server(spec) as srv: srv.port ...``."""
 
-    def __init__(self, spec, workers=1, cpus=None, start_timeout=20.0):
+    def __init__(self, spec, workers=1, cpus=None, start_timeout=20.0, argv=None, env=None):
+        """``argv``/``env``: run this command instead of the spec's own (for
+        tls_measure.py); a ``"{port}"`` in it is replaced by a free port,
+        and then a bare ``listening`` line is enough to be ready."""
         self.spec = spec
-        argv, env = command(spec, workers)
+        self._fixed_port = None
+        if argv is None:
+            argv, env = command(spec, workers)
+        elif "{port}" in argv:
+            import socket
+
+            with socket.socket() as probe:  # a free port (the server binds it at once)
+                probe.bind(("127.0.0.1", 0))
+                self._fixed_port = probe.getsockname()[1]
+            argv = [str(self._fixed_port) if a == "{port}" else a for a in argv]
         self._log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(argv, env=env, cwd=SERVER_CWD, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, text=True)
@@ -232,9 +278,13 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._log.seek(0)
-            m = _READY.search(self._log.read())
+            text = self._log.read()
+            m = _READY.search(text)
             if m:
                 self.port = int(m.group(2))
+                return
+            if self._fixed_port is not None and "listening" in text:
+                self.port = self._fixed_port
                 return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.spec.name} exited with {self.proc.returncode}: "
@@ -327,5 +377,45 @@ def measure_idle(server, n, host="127.0.0.1", limit=120.0):
     finally:
         for s in socks:
             s.close()
+    return {"conns": n, "rss_before": before, "rss_after": after,
+            "bytes_per_conn": (after - before) / n if before is not None and after is not None else None}
+
+
+def measure_idle_tls(server, n, host="127.0.0.1", limit=180.0):
+    """The TLS twin of :func:`measure_idle`: ``loadgen_tls -i`` opens ``n``
+    connections one after another, handshakes each and echoes one byte on
+    it, then holds them silent; (RSS after - RSS before) / n."""
+    import select
+
+    exe = native.build("loadgen_tls")
+    if exe is None:
+        raise RuntimeError(f"no TLS client: {native.why_not('loadgen_tls')}")
+    time.sleep(0.2)
+    before = server.rss()
+    proc = subprocess.Popen([exe, "-i", host, str(server.port), str(n)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        r, _, _ = select.select([proc.stdout], [], [], limit)
+        line = proc.stdout.readline() if r else ""
+        if line.split() != ["held", str(n)]:
+            proc.kill()
+            raise RuntimeError(f"idle TLS client: {line.strip() or 'no answer'} "
+                               f"{proc.stderr.read().strip()[-300:]}")
+        time.sleep(0.5)
+        after = server.rss()
+        proc.stdin.write("quit\n")
+        proc.stdin.flush()
+    finally:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
     return {"conns": n, "rss_before": before, "rss_after": after,
             "bytes_per_conn": (after - before) / n if before is not None and after is not None else None}
