@@ -92,3 +92,19 @@ def test_nbytes_is_keyword_only(backend, svc, connect):
     with pytest.raises(TypeError):
         conn.send("p", b"abc", 2)
     assert_no_result(svc, 0.05)
+
+
+def test_nbytes_over_tls_sends_only_the_prefix(backend, svc, pairs, tls_certs):
+    from tls_support import recv_exactly_ssl, tls_server_pair
+
+    conn, client = tls_server_pair(svc, pairs, tls_certs)
+    buf = bytearray(b"prefix|not this")
+    conn.send("s", buf, nbytes=6)
+    conn.send("t", b"!", nbytes=1)
+    got = {r.context: r for r in (collect_one(svc), collect_one(svc))}
+    assert (got["s"].err, got["s"].bytes_transferred) == (None, 6)
+    assert (got["t"].err, got["t"].bytes_transferred) == (None, 1)
+    assert recv_exactly_ssl(client, 7) == b"prefix!"
+    client.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        client.recv(1)  # nothing past the prefixes
