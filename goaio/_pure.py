@@ -661,24 +661,11 @@ class AIOConn(ConnLifecycle):
             pooled = None
             if mv is None:
                 # recv(ctx, None): take a buffer only now that data is ready
-                share = self._share
-                b = None
                 try:
-                    if share is not None:
-                        _tls.depth = getattr(_tls, "depth", 0) + 1
-                        try:
-                            b = share.acquire()
-                        finally:
-                            _tls.depth -= 1
-                        pooled = b
-                    if b is None:
-                        b = bytearray(DEFAULT_RECV_BUFF_SIZE)
-                    mv = _share_view(b)
+                    b, mv, pooled = self._take_buffer()
                 except BaseException as exc:
                     # any exception, KeyboardInterrupt included, is this
                     # receive's result: it must not kill the polling thread
-                    if pooled is not None:
-                        self._give_back(pooled)
                     rq.pop(0)
                     self._finish(op, 0, exc)
                     count += 1
@@ -852,6 +839,30 @@ class AIOConn(ConnLifecycle):
                 self._writable = False
                 return count
         return count
+
+    def _take_buffer(self):
+        """The buffer of a ``recv(ctx, None)`` whose data is here: a share
+        buffer (or a new one), as (buffer, its view, the pooled buffer or
+        None). What
+        acquire() raises, KeyboardInterrupt included, is raised with nothing
+        held."""
+        share = self._share
+        pooled = b = None
+        try:
+            if share is not None:
+                _tls.depth = getattr(_tls, "depth", 0) + 1
+                try:
+                    b = share.acquire()
+                finally:
+                    _tls.depth -= 1
+                pooled = b
+            if b is None:
+                b = bytearray(DEFAULT_RECV_BUFF_SIZE)
+            return b, _share_view(b), pooled
+        except BaseException:
+            if pooled is not None:
+                self._give_back(pooled)
+            raise
 
     def _give_back(self, buff):
         """Return a share buffer the user never saw. A release() that raises

@@ -455,25 +455,11 @@ class Layer:
 
     def _serve_new_buffer(self, conn, op):
         """recv(ctx, None): a buffer is taken only once plaintext is here."""
-        from ._pure import _share_view, _tls as depth_tls, DEFAULT_RECV_BUFF_SIZE, AIOResult
+        from ._pure import AIOResult
 
-        share = conn._share
-        pooled = None
-        b = None
         try:
-            if share is not None:
-                depth_tls.depth = getattr(depth_tls, "depth", 0) + 1
-                try:
-                    b = share.acquire()
-                finally:
-                    depth_tls.depth -= 1
-                pooled = b
-            if b is None:
-                b = bytearray(DEFAULT_RECV_BUFF_SIZE)
-            mv = _share_view(b)
+            b, mv, pooled = conn._take_buffer()
         except BaseException as exc:  # noqa: BLE001 - the receive's result
-            if pooled is not None:
-                conn._give_back(pooled)
             conn._recvq.pop(0)
             conn._finish(op, 0, exc)
             return 1
