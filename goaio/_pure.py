@@ -1382,8 +1382,12 @@ class AIOService(ServiceLifecycle):
                 continue
             lock = c._lock
             lock.acquire()
+            late_tls = False
             try:
                 if c._closed:
+                    continue
+                if c._tls is not None:
+                    late_tls = True
                     continue
                 # read before acting on a hang-up: the data still queued
                 # comes first, then EOF or the error
@@ -1404,6 +1408,12 @@ class AIOService(ServiceLifecycle):
                     c._want()
             finally:
                 lock.release()
+                if late_tls:
+                    # attach() or start_tls() made it a TLS connection while
+                    # this event waited for the lock: the TLS layer takes the
+                    # event (an edge-triggered one is not reported again, and
+                    # the handshake would wait for it for ever)
+                    _pure_tls.on_event(c, ev)
 
     def _recheck_all(self):
         """An exception (a signal handler's, in a posting call) may have cut

@@ -698,3 +698,21 @@ def test_context_callbacks_are_honoured(svc, pairs, tls_certs, tmp_path):
     roundtrip(svc, conn, peer)
     text = keylog.read_text()
     assert "CLIENT_" in text or "SERVER_" in text    # TLS 1.3 traffic secrets were logged
+
+
+def test_bind_after_the_client_hello_arrived_always_handshakes(svc, pairs, tls_certs):
+    """The peer's first flight is already in the socket when bind(ssl=) runs:
+    the poller's first (edge-triggered) report can race the TLS layer's
+    attach, and must still drive the handshake (pure once lost it: about 1
+    bind in 100 never finished)."""
+    import select
+
+    for _ in range(60):
+        to_bind, peer = pairs()
+        client = InThread(tls_certs.client_context().wrap_socket, peer, False, True, True, "localhost")
+        assert select.select([to_bind], [], [], WAIT)[0], "no ClientHello"
+        conn = pairs.keep(svc.bind(to_bind, ssl=tls_certs.server_context(), server_side=True))
+        ssock = client.result(WAIT)
+        pairs._socks.append(ssock)
+        handshaken(conn)
+        conn.close()
