@@ -742,11 +742,21 @@ class _TLSTransport(_PyTransport):
                 raise
             except BaseException:
                 pass
-        super()._call_connection_lost(exc)
+        self._lost(exc)
 
     def _on_tls_shutdown(self, res):
-        if self._sock is not None:
-            super()._call_connection_lost(None)
+        self._lost(None)
+
+    def _lost(self, exc):
+        if self._sock is None:
+            return
+        try:
+            super()._call_connection_lost(exc)
+        finally:
+            # no cycle through the bound handlers: a transport its user
+            # dropped (its SSLContext with it) goes without a gc pass, as
+            # asyncio's TLS transport does
+            self._read_cb = self._write_cb = None
 
 
 def _attach(server, tr):
