@@ -23,8 +23,9 @@ from time import monotonic
 
 from . import _messages as M
 from . import _pure_tls
+from ._addresses import numeric, parse, same_family
 from ._common import AIOResult, check_timeout, make_option
-from ._errors import ConnClosed, ConnectTimeout, ServiceClosed, oserror
+from ._errors import ConnectTimeout, ServiceClosed, oserror
 
 __all__ = ["Connect", "Resolver", "Timer", "connect"]
 
@@ -62,62 +63,12 @@ class Timer:
         self.fn()
 
 
-def _parse(address, what="address"):
-    """``("unix", path)`` or ``("inet", host, port, rest)``; TypeError otherwise."""
-    if isinstance(address, (str, bytes)):
-        if _AF_UNIX is None:
-            raise TypeError("Unix socket paths are not available here")
-        return ("unix", address)
-    if not isinstance(address, tuple) or len(address) not in (2, 4):
-        raise TypeError(f"{what} must be a (host, port) tuple or a str/bytes path, "
-                        f"not {type(address).__name__}")
-    host, port = address[0], address[1]
-    if isinstance(host, bytes):
-        host = host.decode("ascii")
-    if not isinstance(host, str):
-        raise TypeError(f"host must be a str, not {type(host).__name__}")
-    if isinstance(port, bool) or not isinstance(port, int):
-        raise TypeError(f"port must be an int, not {type(port).__name__}")
-    return ("inet", host, port, tuple(address[2:]))
-
-
-def _numeric(host, port, rest):
-    """The socket address of a numeric host, or None for a name (no resolver call)."""
-    bare = host.partition("%")[0]
-    try:
-        socket.inet_pton(socket.AF_INET, host)
-    except (OSError, ValueError):
-        pass
-    else:
-        return [(socket.AF_INET, (host, port))]
-    try:
-        socket.inet_pton(socket.AF_INET6, bare)
-    except (OSError, ValueError):
-        return None
-    if bare != host:  # a scope name ("fe80::1%eth0"): the numeric resolver maps it
-        info = socket.getaddrinfo(host, port, socket.AF_INET6, socket.SOCK_STREAM, 0,
-                                  socket.AI_NUMERICHOST)
-        return [(socket.AF_INET6, info[0][4])]
-    flow, scope = rest if rest else (0, 0)
-    return [(socket.AF_INET6, (host, port, flow, scope))]
-
-
-def _same_family(local, fam):
-    """Can a socket of family ``fam`` bind ``local``? (A local name: assume so.)"""
-    if local[0] == "unix":
-        return fam == _AF_UNIX
-    if fam == _AF_UNIX:
-        return False
-    num = _numeric(*local[1:])
-    return num is None or num[0][0] == fam
-
-
 def connect(svc, context, address, timeout, local_address, option, options, tls=None):
     """``AIOService.connect`` of the pure backend."""
     if svc._closed:
         raise ServiceClosed(M.SERVICE_CLOSED)
-    target = _parse(address)
-    local = None if local_address is None else _parse(local_address, "local_address")
+    target = parse(address)
+    local = None if local_address is None else parse(local_address, "local_address")
     if timeout is not None:
         timeout = check_timeout(timeout)
     opt = make_option(option, options)
@@ -135,8 +86,8 @@ def connect(svc, context, address, timeout, local_address, option, options, tls=
             op._try_next()
         else:
             _, host, port, rest = target
-            addrs = _numeric(host, port, rest)
-            if local is not None and local[0] == "inet" and _numeric(*local[1:]) is None:
+            addrs = numeric(host, port, rest)
+            if local is not None and local[0] == "inet" and numeric(*local[1:]) is None:
                 addrs = None   # bind() would resolve the local name: not in the caller
             if addrs is not None:
                 op.addrs = collections.deque(addrs)
@@ -181,7 +132,7 @@ class Connect:
         local = self.local
         while addrs:
             fam, sa = addrs.popleft()
-            if local is not None and not _same_family(local, fam):
+            if local is not None and not same_family(local, fam):
                 self._record(OSError(errno.EAFNOSUPPORT, "local_address is of another family"))
                 continue
             try:

@@ -20,17 +20,15 @@ resumes by itself once descriptors are free.
 
 import collections
 import errno
-import os
 import socket
-import stat
 import threading
 import weakref
-from time import monotonic
 
 from . import _messages as M
 from ._common import AIOResult, _check_int, bound_fds, make_option
 from . import _pure_tls
-from ._errors import Busy, ConnClosed, ServiceClosed, UnsupportedConn, oserror
+from ._addresses import check_listening, listening_socket, unlink_if_same
+from ._errors import Busy, ConnClosed, ServiceClosed, oserror
 
 __all__ = ["Listener", "listen"]
 
@@ -41,91 +39,7 @@ _ABORTED = frozenset(e for e in (errno.ECONNABORTED, getattr(errno, "EPROTO", No
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 1.0
 
-_AF_UNIX = getattr(socket, "AF_UNIX", None)
 _INET = (socket.AF_INET, socket.AF_INET6)
-
-
-def _unix_path_id(path):
-    st = os.stat(path)
-    return (st.st_dev, st.st_ino) if stat.S_ISSOCK(st.st_mode) else None
-
-
-def listening_socket(address, backlog, reuse_port):
-    """A new listening socket for ``address``; returns ``(sock, created_path)``.
-
-    ``created_path`` is ``(path, (dev, ino))`` for a Unix path bound here (to
-    be unlinked at close if still the same file), else None.
-    """
-    if isinstance(address, (str, bytes)):
-        if _AF_UNIX is None:
-            raise OSError(errno.EAFNOSUPPORT, "AF_UNIX is not available here")
-        sock = socket.socket(_AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(address)
-            try:
-                created = (address, _unix_path_id(address))
-            except OSError:  # an abstract name (Linux "\0..."): no file
-                created = None
-            try:
-                sock.listen(backlog)
-            except BaseException:
-                _unlink_if_same(created)
-                raise
-        except BaseException:
-            sock.close()
-            raise
-        return sock, created
-    if not isinstance(address, tuple) or len(address) not in (2, 4):
-        raise TypeError("address must be a (host, port) tuple or a str/bytes path, "
-                        f"not {type(address).__name__}")
-    host, port = address[0], address[1]
-    if isinstance(host, bytes):
-        host = host.decode("ascii")
-    if host is not None and not isinstance(host, str):
-        raise TypeError(f"host must be a str, not {type(host).__name__}")
-    if isinstance(port, bool) or not isinstance(port, int):
-        raise TypeError(f"port must be an int, not {type(port).__name__}")
-    infos = socket.getaddrinfo(host or None, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
-    fam, _, proto, _, sa = infos[0]
-    if len(address) == 4 and fam == socket.AF_INET6:
-        sa = (sa[0], sa[1], address[2], address[3])
-    sock = socket.socket(fam, socket.SOCK_STREAM, proto)
-    try:
-        if os.name == "posix":
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(sa)
-        sock.listen(backlog)
-    except BaseException:
-        sock.close()
-        raise
-    return sock, None
-
-
-def _unlink_if_same(created):
-    if created is None:
-        return
-    path, ident = created
-    try:
-        if ident is not None and _unix_path_id(path) == ident:
-            os.unlink(path)
-    except OSError:
-        pass
-
-
-def check_listening(sock):
-    """What ``svc.listen(sock)`` accepts: a listening SOCK_STREAM socket."""
-    if sock.fileno() < 0:
-        raise ValueError("the socket is closed")
-    if sock.type != socket.SOCK_STREAM or sock.family not in _INET + ((_AF_UNIX,) if _AF_UNIX else ()):
-        raise UnsupportedConn("listen needs a SOCK_STREAM socket (TCP or Unix stream)")
-    try:
-        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-    except OSError:
-        listening = 0
-    if not listening:
-        raise UnsupportedConn("listen needs a listening socket (call sock.listen() first)")
 
 
 def listen(svc, address, backlog, reuse_port, option, options, tls=None):
@@ -147,7 +61,7 @@ def listen(svc, address, backlog, reuse_port, option, options, tls=None):
         bound_fds.add(fd)
     except ValueError:
         if sock is not address:
-            _unlink_if_same(created)
+            unlink_if_same(created)
             sock.close()
         raise ValueError("the socket is already listening in a service") from None
     try:
@@ -157,7 +71,7 @@ def listen(svc, address, backlog, reuse_port, option, options, tls=None):
     except BaseException:
         bound_fds.discard(fd)
         if sock is not address:
-            _unlink_if_same(created)
+            unlink_if_same(created)
             sock.close()
         raise
     return ln
@@ -412,7 +326,7 @@ class Listener:
                 self._sock.close()
             except OSError:
                 pass
-            _unlink_if_same(self._created)
+            unlink_if_same(self._created)
             # TLS: connections no accept took go with the listener
             drop = list(self._handshaking) + [c for c, _ in self._ready if c is not None]
             self._handshaking.clear()

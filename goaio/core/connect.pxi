@@ -17,7 +17,7 @@
 # in op.newfd and is bound when its result is made (make_new_conn_result_gil).
 
 import collections as _collections
-from goaio import _pure_connect      # address parsing shared with the pure backend
+from goaio import _addresses        # address parsing shared with the pure backend
 
 
 # connect errors the socket module words its own way (made in
@@ -243,8 +243,8 @@ cdef svc_connect(AIOService svc, context, address, timeout, local_address, optio
     cdef bint retire = False
     if s.closed:
         raise ServiceClosed(MSG_SERVICE_CLOSED)
-    target = _pure_connect._parse(address)
-    local = None if local_address is None else _pure_connect._parse(local_address, "local_address")
+    target = _addresses.parse(address)
+    local = None if local_address is None else _addresses.parse(local_address, "local_address")
     if timeout is not None:
         ns = to_ns(_common.check_timeout(timeout))     # -1: no limit
     opt = _make_option(option, options)
@@ -255,13 +255,13 @@ cdef svc_connect(AIOService svc, context, address, timeout, local_address, optio
         if local[0] == "unix":
             locals_ = [(goaio_af_unix(), local[1])]
         else:
-            locals_ = _pure_connect._numeric(local[1], local[2], local[3])
+            locals_ = _addresses.numeric(local[1], local[2], local[3])
             if locals_ is None:
                 local_name = (local[1], local[2])     # resolved off the caller's thread too
     if target[0] == "unix":
         addrs = [(goaio_af_unix(), target[1])]
     else:
-        addrs = _pure_connect._numeric(target[1], target[2], target[3])
+        addrs = _addresses.numeric(target[1], target[2], target[3])
         if addrs is None or local_name is not None:
             addrs = None
             name = (target[1], target[2])

@@ -18,7 +18,7 @@
 
 import socket as _socket
 from goaio._errors import ConnectTimeout, Cancelled
-from goaio import _pure_listen      # the socket-level steps shared with the pure backend
+from goaio import _addresses        # the socket-level steps shared with the pure backend
 
 cdef str MSG_LISTENER_CLOSED = _messages.LISTENER_CLOSED
 cdef str MSG_CONNECT_TIMEOUT = _messages.CONNECT_TIMEOUT
@@ -254,20 +254,20 @@ cdef svc_listen(AIOService svc, address, backlog, reuse_port, option, options, p
         raise ServiceClosed(MSG_SERVICE_CLOSED)
     opt = _make_option(option, options)
     if isinstance(address, _socket.socket):
-        _pure_listen.check_listening(address)
+        _addresses.check_listening(address)
         sock, created = address, None
     else:
         _common._check_int("backlog", backlog, 0)
         if reuse_port and not hasattr(_socket, "SO_REUSEPORT"):
             raise ValueError("reuse_port is not supported here")
-        sock, created = _pure_listen.listening_socket(address, backlog, reuse_port)
+        sock, created = _addresses.listening_socket(address, backlog, reuse_port)
     fd = sock.fileno()
     try:
         # one owner per socket: the registry of bound sockets holds listeners too
         _bound_fds.add(fd)
     except ValueError:
         if sock is not address:
-            _pure_listen._unlink_if_same(created)
+            _addresses.unlink_if_same(created)
             sock.close()
         raise ValueError("the socket is already listening in a service") from None
     try:
@@ -276,7 +276,7 @@ cdef svc_listen(AIOService svc, address, backlog, reuse_port, option, options, p
     except BaseException:
         _bound_fds.discard(fd)
         if sock is not address:
-            _pure_listen._unlink_if_same(created)
+            _addresses.unlink_if_same(created)
             sock.close()
         raise
 
@@ -408,4 +408,4 @@ cdef class Listener:
                 self._sock.close()
             except OSError:
                 pass
-        _pure_listen._unlink_if_same(self._created)
+        _addresses.unlink_if_same(self._created)
