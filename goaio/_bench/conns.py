@@ -122,6 +122,27 @@ def _table(title, rows, cpu_head):
     return "\n".join(lines)
 
 
+def _run_rounds(progress, rows, rounds, what, load, run_once, side):
+    """Run ``run_once(row)`` for every row still in the race, ``rounds`` times
+    interleaved; a run with failed connections or wrong bytes fails its row."""
+    for rnd in range(1, rounds + 1):
+        for row in rows:
+            if row.get("skipped") or row.get("failed"):
+                continue
+            tag = f"[{what} round {rnd}/{rounds}] {row['name']:<18}"
+            progress.update(f"{tag} {load} ...")
+            try:
+                res = run_once(row)
+                if res["errors"] or res["bad_bytes"]:
+                    row["failed"] = f"{res['errors']:.0f} failed connections, {res['bad_bytes']:.0f} wrong bytes"
+                row["runs"].append(res)
+                progress.line(f"{tag} {res['cps']:,.0f} conns/s, {side} "
+                              f"{res['cpu_us_per_conn'] or 0:.1f} µs CPU per connection")
+            except Exception as exc:
+                row["failed"] = f"{type(exc).__name__}: {exc}"
+                progress.line(f"{tag} FAILED: {row['failed']}")
+
+
 def main(args, progress, server_cpus, client_cpus):
     status = 0
     results = {}
@@ -143,23 +164,12 @@ def main(args, progress, server_cpus, client_cpus):
                 row["skipped"] = why
                 progress.line(f"{name}: skipped ({why})")
             rows.append(row)
-        for rnd in range(1, rounds + 1):
-            for row in rows:
-                if row.get("skipped") or row.get("failed"):
-                    continue
-                tag = f"[accept storm round {rnd}/{rounds}] {row['name']:<18}"
-                progress.update(f"{tag} {total} connections, {conc} at a time ...")
-                try:
-                    with srvmod.Server(srvmod.BY_NAME[row["name"]], args.workers, cpus=server_cpus) as srv:
-                        res = _storm_once(exe, srv.port, total, conc, size, client_cpus, srv)
-                    if res["errors"] or res["bad_bytes"]:
-                        row["failed"] = f"{res['errors']:.0f} failed connections, {res['bad_bytes']:.0f} wrong bytes"
-                    row["runs"].append(res)
-                    progress.line(f"{tag} {res['cps']:,.0f} conns/s, server "
-                                  f"{res['cpu_us_per_conn'] or 0:.1f} µs CPU per connection")
-                except Exception as exc:
-                    row["failed"] = f"{type(exc).__name__}: {exc}"
-                    progress.line(f"{tag} FAILED: {row['failed']}")
+        def accept_once(row):
+            with srvmod.Server(srvmod.BY_NAME[row["name"]], args.workers, cpus=server_cpus) as srv:
+                return _storm_once(exe, srv.port, total, conc, size, client_cpus, srv)
+
+        _run_rounds(progress, rows, rounds, "accept storm", f"{total} connections, {conc} at a time",
+                    accept_once, "server")
         status |= _settle(rows)
         results["accept_storm"] = rows
         print()
@@ -185,23 +195,12 @@ def main(args, progress, server_cpus, client_cpus):
         if not ok:
             print(f"goaio bench: the connect storm needs the C echo server: {why}", file=sys.stderr)
             return 2
-        for rnd in range(1, rounds + 1):
-            for row in rows:
-                if row.get("skipped") or row.get("failed"):
-                    continue
-                tag = f"[connect storm round {rnd}/{rounds}] {row['name']:<18}"
-                progress.update(f"{tag} {total} connections, {conc} at a time ...")
-                try:
-                    with srvmod.Server(srvmod.BY_NAME["c-epoll"], cpus=server_cpus) as srv:
-                        res = _connect_once(row["kind"], row["backend"], srv.port, total, conc, size, client_cpus)
-                    if res["errors"] or res["bad_bytes"]:
-                        row["failed"] = f"{res['errors']} failed connections, {res['bad_bytes']} wrong bytes"
-                    row["runs"].append(res)
-                    progress.line(f"{tag} {res['cps']:,.0f} conns/s, client "
-                                  f"{res['cpu_us_per_conn']:.1f} µs CPU per connection")
-                except Exception as exc:
-                    row["failed"] = f"{type(exc).__name__}: {exc}"
-                    progress.line(f"{tag} FAILED: {row['failed']}")
+        def connect_once(row):
+            with srvmod.Server(srvmod.BY_NAME["c-epoll"], cpus=server_cpus) as srv:
+                return _connect_once(row["kind"], row["backend"], srv.port, total, conc, size, client_cpus)
+
+        _run_rounds(progress, rows, rounds, "connect storm", f"{total} connections, {conc} at a time",
+                    connect_once, "client")
         status |= _settle(rows)
         results["connect_storm"] = rows
         print()
