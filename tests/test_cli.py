@@ -32,6 +32,14 @@ def _start_echo(backend_name, *args):
     return proc, line, (m.group(1), int(m.group(2)))
 
 
+def _stop_cleanly(proc, sig):
+    """Stop the server with ``sig``: it must exit 0 without a traceback."""
+    proc.send_signal(sig)
+    _out, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err, err
+
+
 @pytest.mark.parametrize("args", [(), ("--share-buff",), ("--workers", "2", "--buffer-size", "512")],
                          ids=["plain", "share-buff", "workers2"])
 def test_echo_server(backend, args):
@@ -51,10 +59,7 @@ def test_echo_server(backend, args):
         finally:
             for c in clients:
                 c.close()
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=WAIT)
-        assert proc.returncode == 0, err
-        assert "Traceback" not in err, err
+        _stop_cleanly(proc, signal.SIGTERM)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -67,9 +72,7 @@ def test_echo_server_sigint_exits_zero(backend):
         with socket.create_connection(addr, timeout=WAIT) as c:
             c.sendall(b"x")
             assert recv_exactly(c, 1) == b"x"
-        proc.send_signal(signal.SIGINT)
-        _out, err = proc.communicate(timeout=WAIT)
-        assert proc.returncode == 0, err
+        _stop_cleanly(proc, signal.SIGINT)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -132,9 +135,7 @@ def test_echo_server_has_no_thread_of_its_own(backend, workers):
             assert recv_exactly(c, 3) == b"abc"
             threads = len(os.listdir(f"/proc/{proc.pid}/task"))
         assert threads == 1 + workers
-        proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=WAIT)
-        assert proc.returncode == 0, err
+        _stop_cleanly(proc, signal.SIGTERM)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -163,10 +164,7 @@ def test_echo_server_accept_storm(backend):
         with socket.create_connection(addr, timeout=WAIT) as c:
             c.sendall(b"after")
             assert recv_exactly(c, 5) == b"after"
-        proc.send_signal(signal.SIGINT)
-        _out, err = proc.communicate(timeout=WAIT)
-        assert proc.returncode == 0, err
-        assert "Traceback" not in err, err
+        _stop_cleanly(proc, signal.SIGINT)
     finally:
         if proc.poll() is None:
             proc.kill()
