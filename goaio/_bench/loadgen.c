@@ -36,6 +36,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "loadgen_common.h"
+
 #define RUN_LIMIT_NS (120ull * 1000000000ull) /* a command-mode run never lasts longer */
 #define DRAIN_NS (2ull * 1000000000ull)        /* time given to in-flight echoes at the end */
 #define TICK_NS (250ull * 1000000ull)
@@ -54,31 +56,7 @@ static int npeers, live, inflight, ep;
 static size_t msg_size;
 static unsigned char *pattern, *rbuf;
 static size_t rbuf_cap;
-static uint32_t *lat; /* round-trip times in ns (saturating) */
-static size_t lat_n, lat_cap;
 static unsigned long long counted, completed, bad_bytes, errors; /* completed: warm-up included */
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static void record(uint64_t ns) {
-    if (lat_n == lat_cap) {
-        size_t cap = lat_cap ? lat_cap * 2 : 65536;
-        uint32_t *v = realloc(lat, cap * sizeof *v);
-        if (!v) return; /* keep the figures we have */
-        lat = v;
-        lat_cap = cap;
-    }
-    lat[lat_n++] = ns > UINT32_MAX ? UINT32_MAX : (uint32_t)ns;
-}
-
-static int cmp_u32(const void *a, const void *b) {
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return (x > y) - (x < y);
-}
 
 static void set_events(struct peer *p, int idx, int out) {
     struct epoll_event ev = {.events = EPOLLIN | (out ? EPOLLOUT : 0), .data.u32 = (uint32_t)idx};
@@ -150,16 +128,6 @@ static int pump_recv(struct peer *p) {
             return 0;
         }
     }
-}
-
-static void percentiles(double *p50, double *p99) {
-    *p50 = *p99 = 0;
-    if (!lat_n) return;
-    qsort(lat, lat_n, sizeof *lat, cmp_u32);
-    size_t i99 = lat_n * 99 / 100;
-    if (i99 >= lat_n) i99 = lat_n - 1;
-    *p50 = lat[lat_n / 2] / 1e3;
-    *p99 = lat[i99] / 1e3;
 }
 
 static void print_result(double seconds, const char *extra) {
@@ -262,25 +230,6 @@ static int run_commands(void) {
     return status;
 }
 
-static int parse_addr(const char *host, int port, struct sockaddr_storage *ss, socklen_t *len) {
-    memset(ss, 0, sizeof *ss);
-    struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
-    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
-    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
-        a4->sin_family = AF_INET;
-        a4->sin_port = htons((uint16_t)port);
-        *len = sizeof *a4;
-        return 0;
-    }
-    if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
-        a6->sin6_family = AF_INET6;
-        a6->sin6_port = htons((uint16_t)port);
-        *len = sizeof *a6;
-        return 0;
-    }
-    return -1;
-}
-
 int main(int argc, char **argv) {
     if (argc < 6) {
         fprintf(stderr, "usage: %s HOST PORT CONNS SIZE SECONDS [WARMUP]\n", argv[0]);
@@ -296,11 +245,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "loadgen: bad arguments (HOST must be a numeric address)\n");
         return 2;
     }
-    struct rlimit rl; /* as many fds as allowed: CONNS may be thousands */
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
+    raise_nofile();
     pattern = malloc(msg_size + 256);
     rbuf_cap = msg_size < 65536 ? 65536 : msg_size;
     rbuf = malloc(rbuf_cap);

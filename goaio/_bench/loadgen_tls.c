@@ -53,6 +53,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "loadgen_common.h"
+
 #define DRAIN_NS (2ull * 1000000000ull) /* time given to in-flight rounds at the end */
 #define TICK_NS (250ull * 1000000ull)
 #define IO_TIMEOUT_S 10                 /* blocking setup steps (echo and idle modes) */
@@ -75,35 +77,11 @@ static int npeers, live, inflight, ep, handshake_mode;
 static size_t msg_size;
 static unsigned char *pattern, *rbuf;
 static size_t rbuf_cap;
-static uint32_t *lat;
-static size_t lat_n, lat_cap;
 static unsigned long long counted, completed, bad_bytes, errors, handshakes;
 static struct sockaddr_storage addr;
 static socklen_t addr_len;
 static SSL_CTX *ctx;
 static uint64_t t_end;
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static void record(uint64_t ns) {
-    if (lat_n == lat_cap) {
-        size_t cap = lat_cap ? lat_cap * 2 : 65536;
-        uint32_t *v = realloc(lat, cap * sizeof *v);
-        if (!v) return;
-        lat = v;
-        lat_cap = cap;
-    }
-    lat[lat_n++] = ns > UINT32_MAX ? UINT32_MAX : (uint32_t)ns;
-}
-
-static int cmp_u32(const void *a, const void *b) {
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return (x > y) - (x < y);
-}
 
 static void arm(struct peer *p, int idx, int out) {
     int want = EPOLLIN | (out ? EPOLLOUT : 0);
@@ -309,14 +287,8 @@ static void serve_events(int timeout_ms, uint64_t count_from, uint64_t count_to)
 }
 
 static void print_result(double seconds) {
-    double p50 = 0, p99 = 0;
-    if (lat_n) {
-        qsort(lat, lat_n, sizeof *lat, cmp_u32);
-        size_t i99 = lat_n * 99 / 100;
-        if (i99 >= lat_n) i99 = lat_n - 1;
-        p50 = lat[lat_n / 2] / 1e3;
-        p99 = lat[i99] / 1e3;
-    }
+    double p50, p99;
+    percentiles(&p50, &p99);
     double rps = seconds > 0 ? counted / seconds : 0;
     printf("result rps=%.1f MBps=%.3f p50_us=%.1f p99_us=%.1f msgs=%llu bad_bytes=%llu errors=%llu "
            "unfinished=%d live=%d handshakes=%llu completed=%llu\n",
@@ -390,25 +362,6 @@ static int run_idle(void) {
     return 0;
 }
 
-static int parse_addr(const char *host, int port) {
-    memset(&addr, 0, sizeof addr);
-    struct sockaddr_in *a4 = (struct sockaddr_in *)&addr;
-    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&addr;
-    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
-        a4->sin_family = AF_INET;
-        a4->sin_port = htons((uint16_t)port);
-        addr_len = sizeof *a4;
-        return 0;
-    }
-    if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
-        a6->sin6_family = AF_INET6;
-        a6->sin6_port = htons((uint16_t)port);
-        addr_len = sizeof *a6;
-        return 0;
-    }
-    return -1;
-}
-
 static int usage(const char *argv0) {
     fprintf(stderr, "usage: %s [-H] [-a ALPN] HOST PORT CONNS SIZE SECONDS [WARMUP]\n"
                     "       %s -i HOST PORT CONNS\n", argv0, argv0);
@@ -431,15 +384,11 @@ int main(int argc, char **argv) {
     msg_size = idle ? 1 : (size_t)atol(argv[4]);
     double seconds = idle ? 0 : atof(argv[5]), warmup = !idle && argc > 6 ? atof(argv[6]) : 0.5;
     if (npeers < 1 || msg_size < 1 || msg_size > (1u << 30) || (!idle && seconds <= 0) || warmup < 0 ||
-        parse_addr(argv[1], atoi(argv[2]))) {
+        parse_addr(argv[1], atoi(argv[2]), &addr, &addr_len)) {
         fprintf(stderr, "loadgen_tls: bad arguments (HOST must be a numeric address, SECONDS > 0)\n");
         return 2;
     }
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
+    raise_nofile();
     ctx = SSL_CTX_new(TLS_client_method());
     if (!ctx) return 2;
     SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);

@@ -9,6 +9,7 @@ without the sources, in an install that left them out) :func:`build` returns
 None and says why in :func:`why_not`; the caller falls back to Python.
 """
 
+import glob
 import hashlib
 import os
 import shlex
@@ -56,6 +57,9 @@ def build(name):
     try:
         with open(src, "rb") as f:
             code = f.read()
+        for header in sorted(glob.glob(os.path.join(HERE, "*.h"))):  # what the sources include
+            with open(header, "rb") as f:
+                code += f.read()
     except OSError:
         _why[name] = f"{src} is not installed"
         return None
