@@ -29,7 +29,7 @@ import os
 import socket
 import weakref
 
-from asyncio import base_events
+from asyncio import CancelledError, base_events
 
 from ._errors import Cancelled, ConnClosed, ServiceClosed, UnsupportedConn
 
@@ -72,23 +72,35 @@ class _Req:
 class _RecvReq(_Req):
     __slots__ = ()
 
-    def _fut_done(self, fut):
-        if not fut.cancelled():
-            return
+    def cancelled(self):
+        """The awaiting task was cancelled (CancelledError at the await)."""
+        fut = self.fut
         st = self.st
+        if not fut.done():
+            fut.cancel()
+        elif not fut.cancelled():
+            # its result had come when the task was cancelled: what it got
+            # goes to the next receive
+            exc = fut.exception()
+            if exc is None:
+                got = fut.result()
+                data = got if self.buf is None else bytes(_byte_view(self.buf)[:got])
+                if data:
+                    st.held[:0] = data
+                    rop = st.rop
+                    if rop is not None and rop is not self:
+                        st.withdraw(rop)      # what it reads comes after these
+            elif st.held_exc is None:
+                st.held_exc = exc
         if st.rop is self:
             # withdraw it; if goaio had read already, _on_done keeps the bytes
-            conn = st.conn
-            if conn is not None:
-                try:
-                    conn.cancel(self.cb)
-                except (ConnClosed, ServiceClosed):
-                    pass
+            st.withdraw(self)
         else:
             try:
                 st.rq.remove(self)
             except ValueError:
                 pass
+            st.pump_recv()
             st.idle_check()
 
     def _on_done(self, res):
@@ -119,7 +131,12 @@ class _RecvReq(_Req):
                                                           ServiceClosed)):
                 st.held_exc = err
         elif k or err is None:
-            fut.set_result(data if self.buf is None else k)
+            if st.held:
+                # bytes read before came back meanwhile: they go first
+                st.held += data if self.buf is None else _byte_view(self.buf)[:k]
+                self.serve_held()
+            else:
+                fut.set_result(data if self.buf is None else k)
         elif isinstance(err, EOFError):
             fut.set_result(b"" if self.buf is None else 0)
         elif isinstance(err, Cancelled):
@@ -156,17 +173,14 @@ class _RecvReq(_Req):
 class _SendReq(_Req):
     __slots__ = ()
 
-    def _fut_done(self, fut):
-        if not fut.cancelled():
-            return
+    def cancelled(self):
+        """The awaiting task was cancelled (CancelledError at the await)."""
+        fut = self.fut
         st = self.st
+        if not fut.done():
+            fut.cancel()
         if st.sop is self:
-            conn = st.conn
-            if conn is not None:
-                try:
-                    conn.cancel(self.cb)
-                except (ConnClosed, ServiceClosed):
-                    pass
+            st.withdraw(self)
         else:
             try:
                 st.sq.remove(self)
@@ -219,6 +233,14 @@ class _SockState:
         self.releasing = False
         self.pool = loop._pool
         self.share_min = loop._goaio_share_min()
+
+    def withdraw(self, req):
+        conn = self.conn
+        if conn is not None:
+            try:
+                conn.cancel(req.cb)
+            except (ConnClosed, ServiceClosed):
+                pass
 
     def busy(self):
         return bool(self.rq or self.sq or self.rop is not None or self.sop is not None)
@@ -401,7 +423,14 @@ class SockMixin:
                 return sock.recv(n)
             except (BlockingIOError, InterruptedError):
                 pass
-        return await self._goaio_recv(sock, fd, st, None, n, super().sock_recv)
+        req = self._goaio_recv(sock, fd, st, None, n)
+        if req is None:
+            return await super().sock_recv(sock, n)
+        try:
+            return await req.fut
+        except CancelledError:
+            req.cancelled()
+            raise
 
     async def sock_recv_into(self, sock, buf):
         base_events._check_ssl_socket(sock)
@@ -414,31 +443,34 @@ class SockMixin:
                 return sock.recv_into(buf)
             except (BlockingIOError, InterruptedError):
                 pass
-        return await self._goaio_recv(sock, fd, st, buf, 0, super().sock_recv_into)
+        req = self._goaio_recv(sock, fd, st, buf, 0)
+        if req is None:
+            return await super().sock_recv_into(sock, buf)
+        try:
+            return await req.fut
+        except CancelledError:
+            req.cancelled()
+            raise
 
-    def _goaio_recv(self, sock, fd, st, buf, n, fallback):
-        # (a plain function returning an awaitable: the fallback is asyncio's
-        # coroutine itself)
-        fut = self.create_future()
-        if buf is None and n <= 0 or buf is not None and not _byte_view(buf).nbytes:
-            if st is None or not st.rq:
-                fut.set_result(b"" if buf is None else 0)
-                return fut
+    def _goaio_recv(self, sock, fd, st, buf, n):
+        """The waiting receive (its .fut), or None: asyncio's then."""
         if st is None:
             self._ensure_fd_no_transport(fd)
             if not _goaio_sockable(sock):
-                return fallback(sock, buf if buf is not None else n)
+                return None
             st = self._goaio_new_state(sock, fd)
             if st is None:
-                return fallback(sock, buf if buf is not None else n)
+                return None
         elif not st.rq and st.conn is None:
             self._ensure_fd_no_transport(fd)
-        req = _RecvReq(st, fut, buf, n)
-        st.rq.append(req)
-        fut.add_done_callback(req._fut_done)
-        st.pump_recv()
+        req = _RecvReq(st, self.create_future(), buf, n)
+        if buf is None and n <= 0 or buf is not None and not _byte_view(buf).nbytes:
+            req.fut.set_result(b"" if buf is None else 0)     # (nothing to wait for)
+        else:
+            st.rq.append(req)
+            st.pump_recv()
         st.idle_check()
-        return fut
+        return req
 
     async def sock_sendall(self, sock, data):
         base_events._check_ssl_socket(sock)
@@ -468,13 +500,15 @@ class SockMixin:
                 return await self._goaio_sendall_rest(sock, data, n)
         elif not st.sq and st.conn is None:
             self._ensure_fd_no_transport(fd)
-        fut = self.create_future()
-        req = _SendReq(st, fut, _byte_view(data), 0)
+        req = _SendReq(st, self.create_future(), _byte_view(data), 0)
         req.pos = n
         st.sq.append(req)
-        fut.add_done_callback(req._fut_done)
         st.pump_send()
-        return await fut
+        try:
+            return await req.fut
+        except CancelledError:
+            req.cancelled()
+            raise
 
     async def _goaio_sendall_rest(self, sock, data, n):
         # asyncio's own path for a socket goaio cannot bind (its first send

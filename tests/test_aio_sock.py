@@ -199,6 +199,38 @@ def test_cancelled_recv_after_goaio_read_loses_nothing(loop, pair, into):
     run(loop, main())
 
 
+@pytest.mark.parametrize("into", [False, True])
+def test_task_cancelled_after_its_result_loses_nothing(loop, pair, into):
+    # the receive completed, its task is cancelled before it resumes: asyncio's
+    # own loop would drop those bytes with the task; goaio's keeps them
+    a, b = pair
+
+    async def recv(n):
+        if into:
+            buf = bytearray(n)
+            k = await loop.sock_recv_into(a, buf)
+            return bytes(buf[:k])
+        return await loop.sock_recv(a, n)
+
+    async def main():
+        t = asyncio.ensure_future(recv(3))
+        await asyncio.sleep(0.02)
+        b.sendall(b"abcdef")
+        time.sleep(0.05)
+        for _ in range(50):
+            if loop._goaio.take():
+                break
+            time.sleep(0.01)
+        loop._goaio.dispatch()        # the result is the future's now
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        assert await recv(100) == b"abc"
+        assert await recv(100) == b"def"
+        await settle(loop)
+    run(loop, main())
+
+
 def test_concurrent_recvs_in_order(loop, pair):
     a, b = pair
 
