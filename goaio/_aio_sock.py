@@ -130,13 +130,17 @@ class _RecvReq(_Req):
             elif err is not None and not isinstance(err, (Cancelled, EOFError, ConnClosed,
                                                           ServiceClosed)):
                 st.held_exc = err
-        elif k or err is None:
-            if st.held:
-                # bytes read before came back meanwhile: they go first
+        elif st.held:
+            # bytes read before came back meanwhile (a task cancelled after
+            # its result): they go first, then these, then the error
+            if k:
                 st.held += data if self.buf is None else _byte_view(self.buf)[:k]
-                self.serve_held()
-            else:
-                fut.set_result(data if self.buf is None else k)
+            if err is not None and st.held_exc is None and not isinstance(
+                    err, (Cancelled, EOFError, ConnClosed, ServiceClosed)):
+                st.held_exc = err
+            self.serve_held()
+        elif k or err is None:
+            fut.set_result(data if self.buf is None else k)
         elif isinstance(err, EOFError):
             fut.set_result(b"" if self.buf is None else 0)
         elif isinstance(err, Cancelled):
