@@ -245,7 +245,7 @@ def test_concurrent_recvs_in_order(loop, pair):
 
 def test_sendall_many_mib_to_slow_reader(loop, pair):
     a, b = pair
-    payload = os.urandom(6 << 20)
+    payload = os.urandom(16 << 20)
     got = bytearray()
 
     def reader():
@@ -524,3 +524,30 @@ def test_fd_reused_by_another_socket(loop):
                 s.close()
         await settle(loop)
     run(loop, main())
+
+
+def test_loop_keeps_no_socket_alive(loop):
+    import gc
+    import weakref
+
+    lst = socket.create_server(("127.0.0.1", 0))
+    a = socket.create_connection(lst.getsockname())
+    b, _ = lst.accept()
+    lst.close()
+    a.setblocking(False)
+
+    async def main():
+        t = asyncio.ensure_future(loop.sock_recv(a, 10))
+        await asyncio.sleep(0.02)
+        b.sendall(b"x")
+        assert await t == b"x"
+        await settle(loop)
+    run(loop, main())
+    ref = weakref.ref(a)
+    a.close()
+    del a
+    gc.collect()
+    assert ref() is None
+    b.settimeout(WAIT)
+    assert b.recv(10) == b""
+    b.close()
