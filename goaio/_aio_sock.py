@@ -458,6 +458,7 @@ class SockMixin:
 
     def _goaio_recv(self, sock, fd, st, buf, n):
         """The waiting receive (its .fut), or None: asyncio's then."""
+        self._check_closed()        # (as asyncio's _add_reader)
         if st is None:
             self._ensure_fd_no_transport(fd)
             if not _goaio_sockable(sock):
@@ -495,6 +496,7 @@ class SockMixin:
                 # nothing to send, and nothing to wait for but the sends
                 # before it, whose bytes the kernel has or will have
                 return
+        self._check_closed()        # (as asyncio's _add_writer)
         if st is None:
             self._ensure_fd_no_transport(fd)
             if not _goaio_sockable(sock):

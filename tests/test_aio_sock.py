@@ -551,3 +551,19 @@ def test_loop_keeps_no_socket_alive(loop):
     b.settimeout(WAIT)
     assert b.recv(10) == b""
     b.close()
+
+
+def test_closed_loop(backend, pair):
+    # as asyncio's: the call that would block raises RuntimeError on a closed loop
+    a, b = pair
+    lp = goaio.aio.Loop(backend=backend.module)
+    lp.close()
+    for coro in (lp.sock_recv(a, 10), lp.sock_recv_into(a, bytearray(10)),
+                 lp.sock_sendall(a, b"x" * (64 << 20))):
+        with pytest.raises(RuntimeError, match="closed"):
+            coro.send(None)
+        coro.close()
+    ref = asyncio.SelectorEventLoop()
+    ref.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        ref.sock_recv(a, 10).send(None)
