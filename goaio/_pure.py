@@ -343,13 +343,13 @@ class AIOConn(ConnLifecycle):
         "_svc", "_sock", "_fd", "_lock", "_recvq", "_sendq", "_readable", "_writable",
         "_rdhup", "_eof", "_closed", "_active", "_rq_max", "_sq_max", "_share",
         "_rto", "_sto", "_recv_into", "_send", "_q_append", "_ref", "_level", "_interest",
-        "_tls", "user_data", "_gc", "__weakref__",
+        "_tls", "user_data", "_gc", "_borrowed", "__weakref__",
     )
 
     def __init__(self, *args, **kwargs):
         raise TypeError(M.NOT_MADE_BY_BIND)
 
-    def _setup(self, svc, sock, fd, option):
+    def _setup(self, svc, sock, fd, option, borrowed=False):
         # bind() makes connections through __new__ and this (as compiled does)
         self._svc = svc
         self._sock = sock
@@ -387,8 +387,9 @@ class AIOConn(ConnLifecycle):
         # calling back once its atexit hook has run, before services close.
         wr = weakref.ref(self, _gc_close)
         self._gc = key = id(wr)
-        _unclosed[key] = (wr, svc, sock, fd, self._ref)
+        _unclosed[key] = (wr, svc, sock, fd, self._ref, borrowed)
         self._tls = None                # TLS: the _pure_tls.Layer between ops and socket
+        self._borrowed = borrowed       # svc._bind_borrowed: close() leaves the fd open
 
     # -- public attributes --
 
@@ -974,14 +975,15 @@ class AIOConn(ConnLifecycle):
 
     def _release_fd(self):
         """Unregister and close the fd (lock held, or no other reference)."""
-        _release_fd(self._svc, self._sock, self._fd, self._ref)
+        _release_fd(self._svc, self._sock, self._fd, self._ref, self._borrowed)
 
 
-def _release_fd(svc, sock, fd, ref):
-    """Unregister and close a connection's fd. Takes no lock: bound_fds.discard
-    is lock-free."""
+def _release_fd(svc, sock, fd, ref, borrowed=False):
+    """Unregister and close a connection's fd (a borrowed one's only
+    unregistered: the fd and the socket object stay their owner's). Takes no
+    lock: bound_fds.discard is lock-free."""
     try:
-        mine = sock.detach() == fd
+        mine = (sock.fileno() if borrowed else sock.detach()) == fd
     except Exception:
         mine = False
     try:
@@ -990,7 +992,7 @@ def _release_fd(svc, sock, fd, ref):
         pass
     svc._fdmap.pop(fd, None)
     bound_fds.discard(fd)
-    if mine:
+    if mine and not borrowed:
         # (had the user closed the socket object himself, the number
         # might already belong to another file: it is left alone)
         try:
@@ -1000,7 +1002,7 @@ def _release_fd(svc, sock, fd, ref):
 
 
 #: The connections bound and not closed: id(weakref) -> (weakref with the
-#: _gc_close callback, service, socket, fd, poller token).
+#: _gc_close callback, service, socket, fd, poller token, borrowed).
 _unclosed = {}
 
 
@@ -1013,9 +1015,9 @@ def _gc_close(wr):
     st = _unclosed.pop(id(wr), None)
     if st is None:
         return
-    _wr, svc, sock, fd, ref = st
+    _wr, svc, sock, fd, ref, borrowed = st
     try:
-        _release_fd(svc, sock, fd, ref)
+        _release_fd(svc, sock, fd, ref, borrowed)
     finally:
         # A connection of a service being closed is not leaked: the service
         # closes it anyway (results dropped meanwhile, say), as in compiled.
@@ -1106,14 +1108,22 @@ class AIOService(ServiceLifecycle):
             _pure_tls.attach(conn, tls)
         return conn
 
-    def _bind(self, sock, option, kwargs):
+    def _bind_borrowed(self, sock, option=None, **kwargs):
+        """goaio.aio hook: bind a socket its owner keeps (asyncio's
+        loop.sock_* calls). The connection's close() only takes the fd out of
+        the poller: it never closes the fd nor touches the socket object."""
+        if self._closed:
+            raise ServiceClosed(M.SERVICE_CLOSED)
+        return self._bind(sock, option, kwargs, True)
+
+    def _bind(self, sock, option, kwargs, borrowed=False):
         fd = check_socket(sock)
         bound_fds.add(fd)
         try:
             opt = make_option(option, kwargs)
             sock.setblocking(False)
             conn = AIOConn.__new__(AIOConn)
-            conn._setup(self, sock, fd, opt)
+            conn._setup(self, sock, fd, opt, borrowed)
             try:
                 with self._lock:
                     if self._closed:

@@ -34,6 +34,7 @@ from asyncio.log import logger
 
 import goaio as _goaio
 from ._errors import ConnClosed, ServiceClosed
+from ._aio_sock import SockMixin as _SockMixin
 
 __all__ = ["Loop", "EventLoopPolicy", "new_event_loop", "run", "GoaioTransport"]
 
@@ -1036,7 +1037,7 @@ def _transport_class(mod):
     return cls
 
 
-class Loop(asyncio.SelectorEventLoop):
+class Loop(_SockMixin, asyncio.SelectorEventLoop):
     """asyncio's selector event loop with its stream transports on goaio.
 
     ``service``: a ``goaio.AIOService`` to carry the connections (the loop

@@ -86,6 +86,17 @@ def _install_goaio(backend):
     # their common Python base's)
     for cls in (goaio.aio._PyTransport, goaio.aio._CTransportBase):
         cls.__init__ = counting(cls.__init__)
+    # sock_recv/sock_recv_into/sock_sendall that waited on goaio (a borrowed
+    # connection bound: goaio/_aio_sock.py)
+    import goaio._aio_sock as aio_sock
+    orig_ensure = aio_sock._SockState.ensure_conn
+
+    def counting_ensure(self, sock):
+        if self.conn is None:
+            made["sock_binds"] += 1
+        return orig_ensure(self, sock)
+
+    aio_sock._SockState.ensure_conn = counting_ensure
     asyncio.SelectorEventLoop = HarnessLoop
     ue.SelectorEventLoop = HarnessLoop
     ue._UnixDefaultEventLoopPolicy._loop_factory = HarnessLoop
@@ -192,6 +203,7 @@ def run_one(module, loop_kind, backend, per_test_timeout, out, only=None):
         "running_loops": dict(running),
         "not_goaio": not_goaio,
         "goaio_transports": _install_goaio.transports["transports"] if goaio_cls is not None else 0,
+        "goaio_sock_binds": _install_goaio.transports["sock_binds"] if goaio_cls is not None else 0,
         "goaio_module": getattr(sys.modules.get("goaio"), "__file__", None),
     }
     with open(out, "w") as f:
@@ -346,7 +358,8 @@ def main(argv=None):
             print(f"{'':20s} flaky on goaio's loop (failed, then passed on a re-run): {tid}")
         if g.get("running_loops"):
             print(f"{'':20s} loops that ran on the goaio side: {g['running_loops']}, "
-                  f"goaio transports made: {g.get('goaio_transports', 0)}")
+                  f"goaio transports made: {g.get('goaio_transports', 0)}, "
+                  f"sock_* waits on goaio: {g.get('goaio_sock_binds', 0)}")
     if regressions:
         print(f"\n{len(regressions)} regression(s) (pass on the default loop, not on goaio's):")
         for m, tid, oc, tb in regressions:

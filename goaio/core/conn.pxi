@@ -260,8 +260,13 @@ cdef class AIOConn:
         # closed the socket behind our back, the number may already belong to
         # another file. EPOLL_CTL_DEL comes before close(); the fd number leaves
         # the bound registry while still open, so no socket can get it before.
+        # A borrowed connection (svc._bind_borrowed) leaves the socket and
+        # its fd to their owner: only the poller registration goes.
         try:
-            mine = self._sock.detach() == fd
+            if c.borrowed:
+                mine = self._sock.fileno() == fd
+            else:
+                mine = self._sock.detach() == fd
         except OSError:
             mine = False
         if mine:
@@ -270,7 +275,7 @@ cdef class AIOConn:
                     poller_del(&s.poller, fd)
                     poller_use_end(s)
         _bound_fds.discard(fd)
-        if mine:
+        if mine and not c.borrowed:
             close(fd)
         if st != NULL:
             stash_free_gil(st, True)

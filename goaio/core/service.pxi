@@ -106,7 +106,13 @@ cdef class AIOService:
                 raise
         return conn
 
-    cdef AIOConn _bind(self, sock, option, dict kwargs):
+    def _bind_borrowed(self, sock, option=None, **kwargs):
+        """goaio.aio hook: bind a socket its owner keeps (asyncio's
+        loop.sock_* calls). The connection's close() only takes the fd out of
+        the poller: it never closes the fd nor touches the socket object."""
+        return self._bind(sock, option, kwargs, True)
+
+    cdef AIOConn _bind(self, sock, option, dict kwargs, bint borrowed=False):
         cdef AIOConn conn
         cdef conn_t *c
         cdef int err
@@ -134,6 +140,7 @@ cdef class AIOService:
             conn._peername = peername_at_bind(sock)     # core/halfclose.pxi
             conn.user_data = option.user_data
             c.fd = fd
+            c.borrowed = borrowed
             # A send is tried at once (EAGAIN clears the flag). Readability comes
             # from the poller: registering reports data already there, and no
             # share buffer is ever taken on a guess.

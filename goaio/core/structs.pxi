@@ -153,6 +153,7 @@ cdef struct conn_t:
     char kind            # CK_STREAM, CK_LISTENER, CK_CONNECT
     char shut            # 0 open, 1 a shutdown is pending, 2 shut down for writing
     char retire          # a finished connect record: the next unlocker unregisters it
+    char borrowed        # bound by svc._bind_borrowed: close() never closes the fd (goaio.aio)
     int shut_err         # errno of a send that failed while a shutdown was pending
     int shut_key         # and the key of the exception both results share
     opq_t rq             # pending receives
