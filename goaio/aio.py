@@ -33,6 +33,7 @@ from asyncio import constants, futures, protocols, sslproto, transports, trsock
 from asyncio.log import logger
 
 import goaio as _goaio
+from ._aio_net import NetMixin as _NetMixin
 from ._errors import ConnClosed, ServiceClosed
 
 __all__ = ["Loop", "EventLoopPolicy", "new_event_loop", "run", "GoaioTransport"]
@@ -90,7 +91,11 @@ class _PyTransport(GoaioTransport):
     _sock = None
     _conn = None
 
-    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None, conn=None):
+        # conn: an AIOConn goaio already bound (an accept's, a connect's;
+        # TCP_NODELAY set by goaio); sock is then None
+        if conn is not None:
+            sock = conn._sock
         super().__init__(extra, loop)
         self._extra["socket"] = trsock.TransportSocket(sock)
         try:
@@ -102,7 +107,8 @@ class _PyTransport(GoaioTransport):
                 self._extra["peername"] = sock.getpeername()
             except OSError:
                 self._extra["peername"] = None
-        _set_nodelay(sock)
+        if conn is None:
+            _set_nodelay(sock)
         self._sock_fd = sock.fileno()
         self._buffered = False
         self._protocol_connected = False
@@ -125,8 +131,10 @@ class _PyTransport(GoaioTransport):
         self._write_cb = self._on_write
         self._recv_iter = -1               # loop iteration of the last receive posted
         self._send_first = self.try_send_first
-        self._conn = loop._svc.bind(sock, recvq_size=2, sendq_size=MAX_INFLIGHT_SENDS + 1,
-                                    share_buff=loop._pool)
+        if conn is None:
+            conn = loop._svc.bind(sock, recvq_size=2, sendq_size=MAX_INFLIGHT_SENDS + 1,
+                                  share_buff=loop._pool)
+        self._conn = conn
         self._sock = sock
         if server is not None:
             _attach(server, self)
@@ -789,7 +797,8 @@ class _CTransportBase(GoaioTransport):
 
     __slots__ = ()
 
-    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None, conn=None):
+        # (conn: an AIOConn goaio already bound, sock None: see _PyTransport)
         # What _FlowControlMixin.__init__ sets, without a dict or two new
         # ints per transport: extra is kept as given (sockname, peername and
         # socket are asked of the connection when wanted), the default limits
@@ -799,14 +808,15 @@ class _CTransportBase(GoaioTransport):
         self._protocol_paused = False
         self._high_water = _HIGH_WATER
         self._low_water = _LOW_WATER
-        _set_nodelay(sock)
-        conn = loop._svc.bind(sock, recvq_size=2, sendq_size=MAX_INFLIGHT_SENDS + 1,
-                              share_buff=loop._pool)
+        if conn is None:
+            _set_nodelay(sock)
+            conn = loop._svc.bind(sock, recvq_size=2, sendq_size=MAX_INFLIGHT_SENDS + 1,
+                                  share_buff=loop._pool)
         self._c = loop._goaio_mod.AioCore(loop._goaio, self, conn, protocol, server,
                                           self.try_send_first, _HIGH_WATER, _LOW_WATER)
         if server is not None:
             _attach(server, self)
-        loop._transports[sock.fileno()] = self
+        loop._transports[conn.fd] = self
         loop.call_soon(protocol.connection_made, self)
         # reading starts once connection_made() has run
         loop.call_soon(self._c.start_reading)
@@ -1036,7 +1046,7 @@ def _transport_class(mod):
     return cls
 
 
-class Loop(asyncio.SelectorEventLoop):
+class Loop(_NetMixin, asyncio.SelectorEventLoop):
     """asyncio's selector event loop with its stream transports on goaio.
 
     ``service``: a ``goaio.AIOService`` to carry the connections (the loop
