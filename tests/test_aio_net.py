@@ -588,3 +588,78 @@ def test_switches_off(loop):
         srv.close()
         await srv.wait_closed()
     run(loop, main())
+
+
+EMFILE_CHILD = r"""
+import asyncio, errno, importlib, json, os, resource, socket, sys, time
+import goaio.aio
+mod = importlib.import_module("goaio._" + sys.argv[1])
+loop = goaio.aio.Loop(backend=mod)
+errors = []
+loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+made = []
+
+class P(asyncio.Protocol):
+    def connection_made(self, tr):
+        made.append(tr)
+
+async def until(pred):
+    t0 = time.monotonic()
+    while not pred() and time.monotonic() - t0 < 10:
+        await asyncio.sleep(0.01)
+
+async def main():
+    out = {}
+    srv = await loop.create_server(P, "127.0.0.1", 0)
+    addr = srv.sockets[0].getsockname()
+    clients = [socket.socket() for _ in range(3)]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 16, hard))
+    hog = []
+    try:
+        while True:
+            hog.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError as e:
+        assert e.errno == errno.EMFILE, e
+    for c in clients:
+        c.setblocking(False)
+        c.connect_ex(addr)
+    exhausted = lambda: [c for c in errors
+                         if c.get("message") == "socket.accept() out of system resource"]
+    await until(exhausted)
+    out["exhausted"] = len(exhausted())
+    out["errno"] = exhausted()[0]["exception"].errno if exhausted() else None
+    out["made_at_limit"] = len(made)
+    # the back-off: no thread spins on the readable listener meanwhile
+    cpu0 = time.process_time()
+    await asyncio.sleep(0.5)
+    out["cpu_at_limit"] = time.process_time() - cpu0
+    for fd in hog:
+        os.close(fd)
+    await until(lambda: len(made) == 3)
+    out["made_after"] = len(made)
+    out["other_errors"] = [c.get("message") for c in errors if c not in exhausted()]
+    for tr in made:
+        tr.close()
+    for c in clients:
+        c.close()
+    srv.close()
+    await srv.wait_closed()
+    print(json.dumps(out))
+
+loop.run_until_complete(main())
+loop.close()
+"""
+
+
+def test_out_of_descriptors_backs_off_and_resumes(backend):
+    import json
+    from support import run_python
+    p = run_python(EMFILE_CHILD, argv=[backend.name], timeout=60)
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["exhausted"] >= 1 and out["errno"] == errno.EMFILE, out
+    assert out["made_at_limit"] == 0, out
+    assert out["cpu_at_limit"] < 0.25, out
+    assert out["made_after"] == 3, out
+    assert out["other_errors"] == [], out
