@@ -40,6 +40,8 @@ ACCEPTS_AHEAD = 32
 
 _EXHAUSTED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 _STRERROR_LOWER = sys.version_info < (3, 13)    # the bind error's text, as asyncio words it
+#: create_connection's keywords beyond 3.11's (all_errors: 3.12)
+_EXTRA_KW = frozenset(("all_errors",)) if sys.version_info >= (3, 12) else frozenset()
 
 
 def _conn_options(loop):
@@ -243,7 +245,7 @@ class NetMixin:
         if (ssl or sock is not None or (host is None and port is None)
                 or happy_eyeballs_delay is not None or server_hostname is not None
                 or ssl_handshake_timeout is not None or ssl_shutdown_timeout is not None
-                or not self.goaio_connect or (kwargs and set(kwargs) != {"all_errors"})):
+                or not self.goaio_connect or (kwargs and not _EXTRA_KW.issuperset(kwargs))):
             # asyncio's (its checks, TLS, a given socket, happy eyeballs)
             return await super().create_connection(
                 protocol_factory, host, port, ssl=ssl, family=family, proto=proto,
