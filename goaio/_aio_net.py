@@ -30,6 +30,7 @@ import sys
 from asyncio import base_events, constants, trsock
 from asyncio.log import logger
 
+from ._common import AIOConnOption
 from ._errors import ConnClosed, Error as _GoaioError, ServiceClosed
 
 __all__ = ["NetMixin", "ACCEPTS_AHEAD"]
@@ -44,15 +45,15 @@ _STRERROR_LOWER = sys.version_info < (3, 13)    # the bind error's text, as asyn
 _EXTRA_KW = frozenset(("all_errors",)) if sys.version_info >= (3, 12) else frozenset()
 
 
-def _conn_options(loop):
-    # the options a transport's connection is bound with (goaio/aio.py)
-    opts = loop.__dict__.get("_goaio_conn_opts")
-    if opts is None:
+def _conn_option(loop):
+    # the options a transport's connection is bound with (as goaio/aio.py
+    # binds a socket), made once per loop
+    opt = loop.__dict__.get("_goaio_conn_opt")
+    if opt is None:
         aio = sys.modules["goaio.aio"]
-        opts = loop._goaio_conn_opts = {"recvq_size": 2,
-                                        "sendq_size": aio.MAX_INFLIGHT_SENDS + 1,
-                                        "share_buff": loop._pool}
-    return opts
+        opt = loop._goaio_conn_opt = AIOConnOption(
+            recvq_size=2, sendq_size=aio.MAX_INFLIGHT_SENDS + 1, share_buff=loop._pool)
+    return opt
 
 
 def _transport(loop, conn, protocol, waiter=None, server=None):
@@ -222,7 +223,7 @@ class NetMixin:
         except OSError:
             return None
         try:
-            return self._svc.listen(lsock, **_conn_options(self))
+            return self._svc.listen(lsock, option=_conn_option(self))
         except (OSError, ValueError, TypeError, _GoaioError):
             lsock.close()
             return None
@@ -350,7 +351,7 @@ class NetMixin:
         fut = self.create_future()
         waiter = _Connecting(fut)
         self._svc.connect(waiter.on_result, address, local_address=laddr,
-                          **_conn_options(self))
+                          option=_conn_option(self))
         self._goaio.dirty = True
         try:
             res = await fut
