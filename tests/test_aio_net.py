@@ -669,3 +669,19 @@ def test_out_of_descriptors_backs_off_and_resumes(backend):
     assert out["cpu_at_limit"] < 0.25, out
     assert out["made_after"] == 3, out
     assert out["other_errors"] == [], out
+
+
+def test_loop_closed_with_a_server_still_serving(backend):
+    lp = goaio.aio.Loop(backend=backend.module)
+    srv = lp.run_until_complete(lp.create_server(Echo, "127.0.0.1", 0))
+    sock = srv.sockets[0]
+    port = sock.getsockname()[1]
+    assert lp.service.stats()["listeners"] == 1
+    lp.close()          # closes the Listener with the service
+    assert lp.service.closed
+    # the Server's own socket is asyncio's: still open until Server.close()
+    assert sock.fileno() >= 0
+    srv.close()
+    assert sock.fileno() == -1
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=WAIT).close()
