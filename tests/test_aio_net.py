@@ -685,3 +685,31 @@ def test_loop_closed_with_a_server_still_serving(backend):
     assert sock.fileno() == -1
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=WAIT).close()
+
+
+def test_connections_accepted_before_close_handed_over_after_are_closed(loop):
+    svc = loop.service
+
+    async def main():
+        Echo.made = 0
+        srv = await loop.create_server(Echo, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
+        # goaio accepts them now (the loop's collector does the IO and keeps
+        # the completions), the server closes before they are handed over
+        loop._goaio.take()
+        srv.close()
+        await srv.wait_closed()
+        await asyncio.sleep(0.05)
+        assert Echo.made == 0
+        await until(lambda: svc.stats()["connections"] == 0, "accepted connections closed")
+        st = svc.stats()
+        assert st["listeners"] == 0 and st["pending_accept"] == 0
+        for c in clients:
+            c.settimeout(WAIT)
+            try:
+                assert c.recv(1) == b""
+            except ConnectionResetError:
+                pass
+            c.close()
+    run(loop, main())
