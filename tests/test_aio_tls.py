@@ -1,5 +1,6 @@
-"""goaio.aio's ssl= on goaio's own TLS (Loop(goaio_tls=True)), on every
-backend, against Python's ssl module over real loopback sockets."""
+"""goaio.aio's ssl= and start_tls on goaio's own TLS (the default), on every
+backend, against Python's ssl module and against itself over real loopback
+sockets."""
 
 import asyncio
 import socket
@@ -14,7 +15,7 @@ from support import WAIT
 
 @pytest.fixture
 def loop(backend):
-    lp = goaio.aio.Loop(backend=backend.module, goaio_tls=True)
+    lp = goaio.aio.Loop(backend=backend.module)
     asyncio.set_event_loop(lp)
     yield lp
     asyncio.set_event_loop(None)
@@ -28,14 +29,9 @@ def run(loop, coro):
 
 
 def _rides_goaio_tls(tr):
-    """On the compiled backends: the transport is goaio's and its connection
-    a goaio TLS one. On pure (no goaio TLS under the loop yet, docs/aio.md):
-    asyncio's SSLProtocol over a goaio transport."""
-    if tr._loop._goaio_tls_ok:
-        return isinstance(tr, goaio.aio._TLSTransport) and tr._conn is not None \
-            and tr._conn.tls is not None
-    return not isinstance(tr, goaio.aio._TLSTransport) \
-        and isinstance(tr._ssl_protocol._transport, goaio.aio.GoaioTransport)
+    """The transport is goaio's and its connection a goaio TLS one."""
+    return isinstance(tr, goaio.aio._TLSTransport) and tr._conn is not None \
+        and tr._conn.tls is not None
 
 
 class _SSLServer:
@@ -78,8 +74,8 @@ def test_server_echo_with_ssl_socket_client(loop, tls_certs):
 
     class Echo(asyncio.Protocol):
         def connection_made(self, tr):
-            made.append((tr, _rides_goaio_tls(tr), not tr._loop._goaio_tls_ok
-                         or tr.get_extra_info("ssl_object") is tr._conn.tls.ssl_object))
+            made.append((tr, _rides_goaio_tls(tr),
+                         tr.get_extra_info("ssl_object") is tr._conn.tls.ssl_object))
             self.tr = tr
 
         def data_received(self, data):
@@ -138,8 +134,7 @@ def test_create_connection_to_ssl_server(loop, tls_certs):
         assert tr.get_extra_info("sslcontext") is ctx
         assert tr.get_extra_info("peercert")["subject"]
         assert tr.get_extra_info("cipher") is not None
-        if tr._loop._goaio_tls_ok:
-            assert tr.get_extra_info("cipher") == tr._conn.tls.cipher()
+        assert tr.get_extra_info("cipher") == tr._conn.tls.cipher()
         w.write(b"hello")
         assert await r.readexactly(5) == b"HELLO"
         w.close()           # sends close_notify
@@ -237,9 +232,9 @@ def test_peer_gone_during_handshake_is_connection_reset(loop):
         lsock.close()
 
 
-def test_default_loop_keeps_sslprotocol(backend, tls_certs):
-    # without goaio_tls, ssl= is asyncio's SSLProtocol over a goaio transport
-    lp = goaio.aio.Loop(backend=backend.module)
+def test_goaio_tls_false_keeps_sslprotocol(backend, tls_certs):
+    # goaio_tls=False: ssl= is asyncio's SSLProtocol over a goaio transport
+    lp = goaio.aio.Loop(backend=backend.module, goaio_tls=False)
     try:
         peer = _SSLServer(tls_certs.server_context(), lambda s: s.unwrap())
 
