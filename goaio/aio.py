@@ -569,7 +569,7 @@ class _PyTransport(GoaioTransport):
                 _detach(server, self)
 
 
-class _TLSTransport(_PyTransport):
+class _SSLTransport(_PyTransport):
     """A TLS stream transport on goaio's own TLS (``ssl=`` of
     ``create_connection`` / ``create_server`` and friends), on every
     backend: the socket is bound plain and upgraded at once
@@ -578,7 +578,8 @@ class _TLSTransport(_PyTransport):
     exception, as asyncio's ``SSLProtocol`` gives them. Reads and writes are
     goaio operations moving plaintext (never a send(2) on the socket);
     ``close()`` sends close_notify (``conn.shutdown``) once the queued
-    writes are out, then closes."""
+    writes are out, then closes. (Its name says "SSL": CPython's
+    test_events checks that a TLS transport's class name does.)"""
 
     # asyncio's TLS transport: no half-close, sendfile through write()
     _sendfile_compatible = constants._SendfileMode.FALLBACK
@@ -812,7 +813,7 @@ class _TLSTransport(_PyTransport):
 
 
 class _TLSWriteGate:
-    """``_TLSTransport._ssl_protocol`` (a test hook, see there)."""
+    """``_SSLTransport._ssl_protocol`` (a test hook, see there)."""
 
     __slots__ = ("_tr",)
 
@@ -844,7 +845,7 @@ def _tls_transport_from_conn(loop, conn, protocol, sslcontext, server_side, serv
     ``waiter`` (a future, or None) once the handshake has completed, a
     handshake failure is the waiter's exception; ``server``: the asyncio
     Server it belongs to, or None. For accepted goaio connections."""
-    return _TLSTransport(loop, sock, protocol, sslcontext, waiter, server_side, server_hostname,
+    return _SSLTransport(loop, sock, protocol, sslcontext, waiter, server_side, server_hostname,
                          extra, server, handshake_timeout, shutdown_timeout, conn=conn,
                          call_connection_made=call_connection_made)
 
@@ -1174,7 +1175,7 @@ class Loop(asyncio.SelectorEventLoop):
 
     #: True (the default): every ``ssl=`` (create_connection, create_server,
     #: create_unix_*, connect_accepted_socket, the streams API) and
-    #: ``start_tls`` run on goaio's own TLS (``_TLSTransport``), on every
+    #: ``start_tls`` run on goaio's own TLS (``_SSLTransport``), on every
     #: backend; False: asyncio's SSLProtocol over a goaio transport
     #: (docs/aio.md, "TLS"). Read per connection.
     goaio_tls = True
@@ -1313,7 +1314,7 @@ class Loop(asyncio.SelectorEventLoop):
             self._ensure_fd_no_transport(rawsock)
         if self.goaio_tls:
             # goaio's own TLS (docs/aio.md, "TLS")
-            return _TLSTransport(self, rawsock, protocol, sslcontext, waiter, server_side,
+            return _SSLTransport(self, rawsock, protocol, sslcontext, waiter, server_side,
                                  server_hostname, extra, server, ssl_handshake_timeout,
                                  ssl_shutdown_timeout)
         # asyncio's own TLS protocol over a goaio transport
@@ -1336,7 +1337,7 @@ class Loop(asyncio.SelectorEventLoop):
                   ssl_shutdown_timeout=ssl_shutdown_timeout)
         if not self.goaio_tls or not isinstance(sslcontext, ssl.SSLContext) \
                 or not isinstance(transport, GoaioTransport) \
-                or isinstance(transport, _TLSTransport):
+                or isinstance(transport, _SSLTransport):
             return await super().start_tls(*args, **kw)
         if ssl_handshake_timeout is None:
             ssl_handshake_timeout = constants.SSL_HANDSHAKE_TIMEOUT
@@ -1354,7 +1355,7 @@ class Loop(asyncio.SelectorEventLoop):
             return await super().start_tls(*args, **kw)
         conn, sock, server = got
         waiter = self.create_future()
-        tr = _TLSTransport(self, sock, protocol, sslcontext, waiter, server_side,
+        tr = _SSLTransport(self, sock, protocol, sslcontext, waiter, server_side,
                            server_hostname, extra, server, ssl_handshake_timeout,
                            ssl_shutdown_timeout, conn=conn, call_connection_made=False)
         if server is not None:
