@@ -736,8 +736,21 @@ class _SSLTransport(_PyTransport):
 
     def close(self):
         if self._handshaking and not self._closing:
-            # before connection_made: give up the handshake
+            # before connection_made: give up the handshake, and close the
+            # connection now (no connection_lost is owed), so that the
+            # handshake's result, which holds it and its SSLContext, is
+            # collected at the next iteration (CPython's
+            # test_handshake_timeout_handler_leak checks the context is gone
+            # right after the cancelled create_connection)
             self._aborted = True
+            self._closing = True
+            self._conn_lost += 1
+            waiter = self._waiter
+            self._waiter = None
+            self._lost(None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)     # (asyncio's SSLProtocol wakes it so)
+            return
         super().close()
 
     def _force_close(self, exc):
