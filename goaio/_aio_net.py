@@ -23,8 +23,10 @@ asyncio's paths. See docs/aio.md ("Servers and connects").
 """
 
 import errno
+import functools
 import os
 import socket
+import ssl as _ssl
 import sys
 
 from asyncio import base_events, constants, trsock
@@ -56,25 +58,64 @@ def _conn_option(loop):
     return opt
 
 
-def _transport(loop, conn, protocol, waiter=None, server=None):
-    """The loop's transport over ``conn`` (an AIOConn goaio bound)."""
-    fd = conn.fd
+def _check_fd(loop, fd):
+    # asyncio's _ensure_fd_no_transport, without a KeyError per connection
     tr = loop._transports.get(fd)
     if tr is not None and not tr.is_closing():
-        # (asyncio's _ensure_fd_no_transport, without a KeyError per connection)
         raise RuntimeError(f"File descriptor {fd!r} is used by transport {tr!r}")
+
+
+def _transport(loop, conn, protocol, waiter=None, server=None):
+    """The loop's transport over ``conn`` (an AIOConn goaio bound)."""
+    _check_fd(loop, conn.fd)
     return loop._goaio_tcls(loop, None, protocol, waiter, None, server, conn)
+
+
+def _conn_sock(loop, conn):
+    # the socket.socket of a bound connection (compiled: a backend hook)
+    get = getattr(loop._goaio_mod, "aio_conn_socket", None)
+    return get(conn) if get is not None else getattr(conn, "_sock", None)
+
+
+def _tls_maker(loop, sslcontext):
+    """goaio.aio's maker of a TLS transport over an accepted AIOConn, when
+    the loop's ssl= is goaio's own TLS; else None (asyncio's accept)."""
+    if not getattr(loop, "goaio_tls", False) or not isinstance(sslcontext, _ssl.SSLContext):
+        return None
+    return getattr(sys.modules["goaio.aio"], "_tls_transport_from_conn", None)
+
+
+def _tls_handshaken(loop, transport, protocol, fut):
+    # asyncio's _accept_connection2 after its "await waiter": a failed
+    # handshake closes the transport, the error reported in debug mode
+    if fut.cancelled():
+        transport.close()
+        return
+    exc = fut.exception()
+    if exc is None:
+        return
+    transport.close()
+    if loop._debug:
+        loop.call_exception_handler({
+            "message": "Error on transport creation for incoming connection",
+            "exception": exc, "protocol": protocol, "transport": transport})
 
 
 class _Serving:
     """One listening socket of an asyncio Server, served by a goaio Listener."""
 
-    __slots__ = ("loop", "sock", "ln", "factory", "server", "on_accept", "closed")
+    __slots__ = ("loop", "sock", "ln", "factory", "server", "on_accept", "closed",
+                 "tls", "sslcontext", "hs_timeout", "sd_timeout")
     # (the pure backend's collector reads these two of a context's __self__)
     _recv_iter = None
     _read_cb = None
 
-    def __init__(self, loop, sock, ln, factory, server, ahead):
+    def __init__(self, loop, sock, ln, factory, server, ahead, tls=None, sslcontext=None,
+                 hs_timeout=None, sd_timeout=None):
+        self.tls = tls                  # None, or goaio.aio's TLS transport maker
+        self.sslcontext = sslcontext
+        self.hs_timeout = hs_timeout
+        self.sd_timeout = sd_timeout
         self.loop = loop
         self.sock = sock
         self.ln = ln
@@ -141,7 +182,17 @@ class _Serving:
         protocol = transport = None
         try:
             protocol = self.factory()
-            transport = _transport(loop, conn, protocol, None, self.server)
+            if self.tls is None:
+                transport = _transport(loop, conn, protocol, None, self.server)
+            else:
+                # connection_made once the handshake is done (as asyncio)
+                _check_fd(loop, conn.fd)
+                waiter = loop.create_future()
+                transport = self.tls(loop, conn, protocol, self.sslcontext, True, None,
+                                     self.hs_timeout, waiter, self.server,
+                                     sock=_conn_sock(loop, conn), shutdown_timeout=self.sd_timeout)
+                waiter.add_done_callback(
+                    functools.partial(_tls_handshaken, loop, transport, protocol))
         except (SystemExit, KeyboardInterrupt):
             if transport is None:
                 conn.close()
@@ -200,9 +251,12 @@ class NetMixin:
     def _start_serving(self, protocol_factory, sock, sslcontext=None, server=None, backlog=100,
                        ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
                        ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT):
-        ln = None
-        if not sslcontext and self.goaio_accept:
-            ln = self._goaio_listen(sock)
+        ln = tls = None
+        if self.goaio_accept:
+            if sslcontext:
+                tls = _tls_maker(self, sslcontext)
+            if tls is not None or not sslcontext:
+                ln = self._goaio_listen(sock)
         if ln is None:
             return super()._start_serving(protocol_factory, sock, sslcontext, server, backlog,
                                           ssl_handshake_timeout, ssl_shutdown_timeout)
@@ -213,7 +267,9 @@ class NetMixin:
         if old is not None:
             old.close()
         ahead = min(max(int(backlog), 1), ACCEPTS_AHEAD)
-        serving[sock] = _Serving(self, sock, ln, protocol_factory, server, ahead)
+        serving[sock] = _Serving(self, sock, ln, protocol_factory, server, ahead, tls,
+                                 sslcontext if tls is not None else None,
+                                 ssl_handshake_timeout, ssl_shutdown_timeout)
 
     def _goaio_listen(self, sock):
         """A goaio Listener over a dup() of ``sock``, or None (then asyncio's
@@ -366,6 +422,7 @@ class NetMixin:
         raise err
 
     async def _goaio_conn_transport(self, conn, protocol_factory):
+        # asyncio's _create_connection_transport over a connected AIOConn
         try:
             protocol = protocol_factory()
             waiter = self.create_future()

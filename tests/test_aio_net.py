@@ -349,27 +349,78 @@ def test_two_loops_two_servers_same_protocol(backend):
             lp.close()
 
 
-def test_tls_server_keeps_asyncios_accept(loop):
+def _tls_echo_server_check(loop, srv_ctx, cli_ctx, through_goaio):
     import ssl
-    from test_aio import _ssl_contexts
-    srv_ctx, cli_ctx = _ssl_contexts()
+    made = []
+
+    class P(Echo):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            made.append(transport)
 
     async def main():
-        srv = await loop.create_server(Echo, "127.0.0.1", 0, ssl=srv_ctx)
-        assert loop.service.stats()["listeners"] == 0
+        srv = await loop.create_server(P, "127.0.0.1", 0, ssl=srv_ctx)
+        assert loop.service.stats()["listeners"] == (1 if through_goaio else 0)
         port = srv.sockets[0].getsockname()[1]
         r, w = await asyncio.open_connection("127.0.0.1", port, ssl=cli_ctx,
                                              server_hostname="localhost")
         w.write(b"tls")
         assert await r.readexactly(3) == b"tls"
+        tr = made[0]
+        assert tr.get_extra_info("sslcontext") is srv_ctx
+        assert tr.get_extra_info("peername") == w.get_extra_info("sockname")
+        s = tr.get_extra_info("socket")
+        assert s is not None and s.getsockname() == ("127.0.0.1", port)
+        assert _active(srv) == 1
+        if through_goaio:
+            assert loop.service.stats()["accepted"] == 1
         w.close()
         try:
             await w.wait_closed()
         except (ssl.SSLError, ConnectionError):
             pass
+        await until(lambda: _active(srv) == 0, "detach")
+        # a client that is not TLS: the handshake fails, the transport is
+        # closed, nothing reaches the protocol, the error is reported in debug
+        errors = []
+        loop.set_debug(True)
+        loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+        c = socket.create_connection(("127.0.0.1", port))
+        c.sendall(b"GET / HTTP/1.0\r\n\r\n" * 4)
+        c.settimeout(WAIT)
+        await loop.run_in_executor(None, c.recv, 100)
+        c.close()
+        if through_goaio:
+            await until(lambda: errors, "the handshake error reported")
+            assert errors[0]["message"] == "Error on transport creation for incoming connection"
+        assert len(made) == 1
+        loop.set_debug(False)
+        loop.set_exception_handler(None)
         srv.close()
         await srv.wait_closed()
+        await until(lambda: loop.service.stats()["connections"] == 0, "all closed")
     run(loop, main())
+
+
+def test_tls_server_accepts_through_goaio(loop):
+    from test_aio import _ssl_contexts
+    if not getattr(loop, "goaio_tls", False) or \
+            not hasattr(goaio.aio, "_tls_transport_from_conn"):
+        pytest.skip("goaio's TLS is not this loop's ssl=")
+    srv_ctx, cli_ctx = _ssl_contexts()
+    _tls_echo_server_check(loop, srv_ctx, cli_ctx, True)
+
+
+def test_tls_server_on_asyncios_tls_keeps_asyncios_accept(backend):
+    from test_aio import _ssl_contexts
+    lp = goaio.aio.Loop(backend=backend.module, goaio_tls=False)
+    asyncio.set_event_loop(lp)
+    try:
+        srv_ctx, cli_ctx = _ssl_contexts()
+        _tls_echo_server_check(lp, srv_ctx, cli_ctx, False)
+    finally:
+        asyncio.set_event_loop(None)
+        lp.close()
 
 
 # -- create_connection --

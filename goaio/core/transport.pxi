@@ -922,6 +922,13 @@ cdef class AioCore:
             shell._lost(server)
 
 
+def aio_conn_socket(AIOConn conn):
+    """goaio.aio hook: the ``socket.socket`` of a bound connection (an
+    accepted or connected one's, for a transport made from it; None once
+    closed)."""
+    return conn._sock if not conn.c.closed else None
+
+
 def aio_transport_class(base):
     """goaio.aio hook: the asyncio.Transport class of this backend's
     compiled transport (a subclass of ``base``, goaio.aio.GoaioTransport)."""
