@@ -6,12 +6,14 @@ The compiled backends provide their own ``AIOResult`` and ``BufferPool``
 pool buffer without the GIL); everything else here is used as is.
 """
 
+import _socket
 import math
 import socket
 import sys
 import threading
 
 from . import _messages
+from ._errors import UnsupportedConn
 
 __all__ = ["AIOConnOption", "AIOResult", "BufferPool", "DEFAULT_RECV_BUFF_SIZE"]
 
@@ -197,22 +199,26 @@ def check_send_nbytes(nbytes, buff):
     return _check_int("nbytes", nbytes, 0, sys.maxsize)
 
 
+_sock_type = _socket.socket.type.__get__
+_sock_family = _socket.socket.family.__get__
+_BIND_FAMILIES = frozenset((socket.AF_INET, socket.AF_INET6, getattr(socket, "AF_UNIX", -1)))
+
+
 def check_socket(sock):
     """What ``bind`` accepts: a connected, non-listening SOCK_STREAM socket.
 
     Raises UnsupportedConn (a TypeError) for anything else, ValueError for a
     closed socket. Returns the fd.
     """
-    from ._errors import UnsupportedConn
-
     if not isinstance(sock, socket.socket):
         raise UnsupportedConn(f"bind needs a socket.socket, not {type(sock).__name__}")
     fd = sock.fileno()
     if fd < 0:
         raise ValueError("the socket is closed")
-    if sock.type != socket.SOCK_STREAM:
+    # the C getters: ints, without the enum conversion of socket.socket's properties
+    if _sock_type(sock) != socket.SOCK_STREAM:
         raise UnsupportedConn("bind needs a SOCK_STREAM socket (TCP or Unix stream)")
-    if sock.family not in (socket.AF_INET, socket.AF_INET6, getattr(socket, "AF_UNIX", -1)):
+    if _sock_family(sock) not in _BIND_FAMILIES:
         raise UnsupportedConn(f"unsupported address family {sock.family!r}")
     try:
         listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)

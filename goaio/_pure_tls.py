@@ -44,7 +44,8 @@ from time import monotonic
 
 from . import _messages as M
 from ._errors import ServiceClosed, ConnClosed, oserror
-from ._tls import MAX_PLAINTEXT_RECORD, RecordFraming, TLSInfo, check_start_tls, handshake_timeout_error
+from ._tls import (MAX_PLAINTEXT_RECORD, RecordFraming, TLSInfo, check_start_tls,
+                   eof_in_record_error, handshake_timeout_error)
 
 __all__ = ["Layer", "attach", "start_tls", "START_TLS", "drop_start"]
 
@@ -199,7 +200,12 @@ class Layer:
             break
         if not n:
             self.tcp_eof = True
-            self.inc.write_eof()
+            if self.phase != OPEN:
+                self.inc.write_eof()
+            # (open: OpenSSL is not told; _read_step ends the stream when it
+            # wants more. Told, it would take the EOF as a fatal error, which
+            # also ends writing: a peer's half-close must leave our side
+            # writable, as a plain connection's does)
             return 0
         chunk = mv[:n]
         self.framing.feed(chunk)
@@ -384,6 +390,11 @@ class Layer:
         try:
             n = self._plain_into(view)
         except ssl.SSLWantReadError:
+            if self.tcp_eof:
+                # nothing more will come (see _read_socket): EOFError at a
+                # record boundary, this error inside one (_end_recvs)
+                self.end = (eof_in_record_error(),)
+                return 0, "end"
             return 0, "want"
         except ssl.SSLZeroReturnError:
             self.end = (None,)
@@ -863,3 +874,10 @@ def _on_handshake_timeout(ref):
         fn()
     if n:
         conn._svc._results_ready()
+
+
+def close_notify_seen(conn):
+    """goaio.aio's TLS transport: True once the peer's close_notify was read
+    on ``conn`` (the compiled backends' ``_tls_close_notify_seen``)."""
+    layer = conn._tls
+    return layer is not None and layer.end is not None and layer.end[0] is None

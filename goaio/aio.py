@@ -33,6 +33,7 @@ from asyncio import constants, futures, protocols, sslproto, transports, trsock
 from asyncio.log import logger
 
 import goaio as _goaio
+from ._aio_net import NetMixin as _NetMixin
 from ._errors import ConnClosed, ServiceClosed
 from ._aio_sock import SockMixin as _SockMixin
 
@@ -90,8 +91,13 @@ class _PyTransport(GoaioTransport):
 
     _sock = None
     _conn = None
+    _writes_held = False    # (the TLS transport's test hook, _ssl_protocol)
 
-    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None, conn=None):
+        # conn: an AIOConn goaio already bound (an accept's, a connect's;
+        # TCP_NODELAY set by goaio); sock is then None
+        if conn is not None:
+            sock = conn._sock
         super().__init__(extra, loop)
         self._extra["socket"] = trsock.TransportSocket(sock)
         try:
@@ -103,7 +109,8 @@ class _PyTransport(GoaioTransport):
                 self._extra["peername"] = sock.getpeername()
             except OSError:
                 self._extra["peername"] = None
-        _set_nodelay(sock)
+        if conn is None:
+            _set_nodelay(sock)
         self._sock_fd = sock.fileno()
         self._buffered = False
         self._protocol_connected = False
@@ -126,8 +133,10 @@ class _PyTransport(GoaioTransport):
         self._write_cb = self._on_write
         self._recv_iter = -1               # loop iteration of the last receive posted
         self._send_first = self.try_send_first
-        self._conn = loop._svc.bind(sock, recvq_size=2, sendq_size=MAX_INFLIGHT_SENDS + 1,
-                                    share_buff=loop._pool)
+        if conn is None:
+            conn = loop._svc.bind(sock, recvq_size=2, sendq_size=MAX_INFLIGHT_SENDS + 1,
+                                  share_buff=loop._pool)
+        self._conn = conn
         self._sock = sock
         if server is not None:
             _attach(server, self)
@@ -365,7 +374,7 @@ class _PyTransport(GoaioTransport):
             # the caller may change a mutable buffer once write() returns
             data = bytes(data)
         self._buffer_size += len(data)
-        if self._sending >= MAX_INFLIGHT_SENDS or self._backlog:
+        if self._sending >= MAX_INFLIGHT_SENDS or self._backlog or self._writes_held:
             self._backlog.append(data)
         else:
             self._post_send(data)
@@ -416,7 +425,7 @@ class _PyTransport(GoaioTransport):
                     items[0] = first[n:]
                     n = 0
         self._buffer_size += size
-        if self._sending >= MAX_INFLIGHT_SENDS or self._backlog:
+        if self._sending >= MAX_INFLIGHT_SENDS or self._backlog or self._writes_held:
             self._backlog.extend(items)
         else:
             # one gather send (writev)
@@ -449,7 +458,7 @@ class _PyTransport(GoaioTransport):
                 self._fatal_error(err, "Fatal write error on socket transport")
             return
         backlog = self._backlog
-        if backlog:
+        if backlog and not self._writes_held:
             self._backlog = backlog[512:]
             batch = backlog[:512]
             self._post_send(batch if len(batch) > 1 else batch[0])
@@ -569,7 +578,7 @@ class _PyTransport(GoaioTransport):
                 _detach(server, self)
 
 
-class _TLSTransport(_PyTransport):
+class _SSLTransport(_PyTransport):
     """A TLS stream transport on goaio's own TLS (``ssl=`` of
     ``create_connection`` / ``create_server`` and friends), on every
     backend: the socket is bound plain and upgraded at once
@@ -578,32 +587,43 @@ class _TLSTransport(_PyTransport):
     exception, as asyncio's ``SSLProtocol`` gives them. Reads and writes are
     goaio operations moving plaintext (never a send(2) on the socket);
     ``close()`` sends close_notify (``conn.shutdown``) once the queued
-    writes are out, then closes."""
+    writes are out, then closes. (Its name says "SSL": CPython's
+    test_events checks that a TLS transport's class name does.)"""
 
     # asyncio's TLS transport: no half-close, sendfile through write()
     _sendfile_compatible = constants._SendfileMode.FALLBACK
 
     def __init__(self, loop, sock, protocol, sslcontext, waiter=None, server_side=False,
                  server_hostname=None, extra=None, server=None, ssl_handshake_timeout=None,
-                 ssl_shutdown_timeout=None):
-        # what _PyTransport.__init__ does, but the protocol waits for the handshake
+                 ssl_shutdown_timeout=None, conn=None, call_connection_made=True):
+        # what _PyTransport.__init__ does, but the protocol waits for the
+        # handshake. conn: the socket's goaio connection, already bound
+        # (start_tls, an accepted goaio connection), else sock is bound here;
+        # sock may then be None (the addresses are the connection's).
         transports._FlowControlMixin.__init__(self, extra, loop)
         extra = self._extra
-        extra["socket"] = trsock.TransportSocket(sock)
-        try:
-            extra["sockname"] = sock.getsockname()
-        except OSError:
-            extra["sockname"] = None
-        if "peername" not in extra:
+        if sock is not None:
+            extra["socket"] = trsock.TransportSocket(sock)
             try:
-                extra["peername"] = sock.getpeername()
+                extra["sockname"] = sock.getsockname()
             except OSError:
-                extra["peername"] = None
+                extra["sockname"] = None
+            if "peername" not in extra:
+                try:
+                    extra["peername"] = sock.getpeername()
+                except OSError:
+                    extra["peername"] = None
+        else:
+            extra["sockname"] = conn.sockname
+            if "peername" not in extra:
+                extra["peername"] = conn.peername
         if sslcontext is None:
             sslcontext = sslproto._create_transport_context(server_side, server_hostname)
         extra["sslcontext"] = sslcontext
-        _set_nodelay(sock)
-        self._sock_fd = sock.fileno()
+        if conn is None:
+            _set_nodelay(sock)
+        self._sock_fd = sock.fileno() if sock is not None else conn.fd
+        self._call_made = call_connection_made
         self._buffered = False
         self._protocol_connected = False
         self._protocol = protocol
@@ -630,10 +650,11 @@ class _TLSTransport(_PyTransport):
         self._handshaking = True
         self._tls_closing = False           # close_notify posted
         self._handshake_timeout = ssl_handshake_timeout
-        conn = loop._svc.bind(sock, recvq_size=2, sendq_size=MAX_INFLIGHT_SENDS + 2,
-                              share_buff=loop._pool)
+        if conn is None:
+            conn = loop._svc.bind(sock, recvq_size=2, sendq_size=MAX_INFLIGHT_SENDS + 2,
+                                  share_buff=loop._pool)
         self._conn = conn
-        self._sock = sock
+        self._sock = sock if sock is not None else conn
         try:
             conn.start_tls(self._on_handshake, sslcontext, server_side=server_side,
                            server_hostname=server_hostname or None,
@@ -684,7 +705,8 @@ class _TLSTransport(_PyTransport):
         extra["ssl_object"] = tls.ssl_object
         self._protocol_connected = True
         loop = self._loop
-        loop.call_soon(self._protocol.connection_made, self)
+        if self._call_made:
+            loop.call_soon(self._protocol.connection_made, self)
         loop.call_soon(self._start_reading)
         waiter = self._waiter
         self._waiter = None
@@ -698,8 +720,12 @@ class _TLSTransport(_PyTransport):
 
     def _on_eof(self):
         # the peer's close_notify (or its EOF at a record boundary): as
-        # asyncio's TLS transport, eof_received() then close
+        # asyncio's TLS transport, eof_received() then close (a TCP EOF
+        # without close_notify is not answered with one, as asyncio does)
         self._read_eof = True
+        conn = self._conn
+        if conn is not None and not _close_notify_seen(self._loop, conn):
+            self._raw_eof = True
         try:
             keep_open = self._protocol.eof_received()
         except (SystemExit, KeyboardInterrupt):
@@ -719,8 +745,21 @@ class _TLSTransport(_PyTransport):
 
     def close(self):
         if self._handshaking and not self._closing:
-            # before connection_made: give up the handshake
+            # before connection_made: give up the handshake, and close the
+            # connection now (no connection_lost is owed), so that the
+            # handshake's result, which holds it and its SSLContext, is
+            # collected at the next iteration (CPython's
+            # test_handshake_timeout_handler_leak checks the context is gone
+            # right after the cancelled create_connection)
             self._aborted = True
+            self._closing = True
+            self._conn_lost += 1
+            waiter = self._waiter
+            self._waiter = None
+            self._lost(None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)     # (asyncio's SSLProtocol wakes it so)
+            return
         super().close()
 
     def _force_close(self, exc):
@@ -728,11 +767,13 @@ class _TLSTransport(_PyTransport):
         super()._force_close(exc)
 
     _aborted = False
+    _raw_eof = False            # reading ended with a TCP EOF, no close_notify
 
     def _call_connection_lost(self, exc):
         if self._sock is None:
             return
-        if exc is None and not self._aborted and not self._tls_closing and not self._handshaking:
+        if exc is None and not self._aborted and not self._tls_closing and not self._handshaking \
+                and not self._raw_eof:
             # close_notify first (then SHUT_WR); the connection closes when it is out
             self._tls_closing = True
             try:
@@ -748,6 +789,39 @@ class _TLSTransport(_PyTransport):
     def _on_tls_shutdown(self, res):
         self._lost(None)
 
+    # -- test hooks (CPython's test_ssl reaches into asyncio's SSLProtocol
+    #    through these two names; uvloop's TLS transport has them too) --
+
+    @property
+    def _ssl_protocol(self):
+        """Test hook: an object whose ``pause_writing()`` holds the
+        transport's outgoing writes (they queue, nothing is sent, ``close()``
+        waits for them) and ``resume_writing()`` releases them."""
+        return _TLSWriteGate(self)
+
+    def _test__append_write_backlog(self, data):
+        """Test hook: queue ``data`` as a write without flow control (no
+        ``pause_writing()`` of the protocol); it is sent before the
+        close_notify, as every queued write."""
+        if self._conn_lost or self._conn is None:
+            return
+        data = bytes(data)
+        self._buffer_size += len(data)
+        if self._sending >= MAX_INFLIGHT_SENDS or self._backlog or self._writes_held:
+            self._backlog.append(data)
+        else:
+            self._post_send(data)
+
+    def _hold_writes(self, held):
+        self._writes_held = held
+        if held or self._conn_lost:
+            return
+        backlog = self._backlog
+        while backlog and self._sending < MAX_INFLIGHT_SENDS and not self._conn_lost:
+            batch = backlog[:512]
+            del backlog[:512]
+            self._post_send(batch if len(batch) > 1 else batch[0])
+
     def _lost(self, exc):
         if self._sock is None:
             return
@@ -758,6 +832,82 @@ class _TLSTransport(_PyTransport):
             # dropped (its SSLContext with it) goes without a gc pass, as
             # asyncio's TLS transport does
             self._read_cb = self._write_cb = None
+
+
+class _TLSWriteGate:
+    """``_SSLTransport._ssl_protocol`` (a test hook, see there)."""
+
+    __slots__ = ("_tr",)
+
+    def __init__(self, tr):
+        self._tr = tr
+
+    def pause_writing(self):
+        self._tr._hold_writes(True)
+
+    def resume_writing(self):
+        self._tr._hold_writes(False)
+
+
+def _close_notify_seen(loop, conn):
+    """True once the peer's close_notify was read on goaio TLS ``conn``."""
+    fn = getattr(loop._goaio_mod, "_tls_close_notify_seen", None)
+    if fn is None:
+        from . import _pure_tls
+        fn = _pure_tls.close_notify_seen
+    return fn(conn)
+
+
+def _tls_transport_from_conn(loop, conn, protocol, sslcontext, server_side, server_hostname,
+                             handshake_timeout, waiter, server, sock=None, extra=None,
+                             shutdown_timeout=None, call_connection_made=True):
+    """A TLS transport over ``conn``, a plain goaio connection bound to
+    ``loop.service`` (``sock``: its socket, if the caller has it), upgraded
+    at once (``conn.start_tls``); ``protocol.connection_made`` and then the
+    ``waiter`` (a future, or None) once the handshake has completed, a
+    handshake failure is the waiter's exception; ``server``: the asyncio
+    Server it belongs to, or None. For accepted goaio connections."""
+    return _SSLTransport(loop, sock, protocol, sslcontext, waiter, server_side, server_hostname,
+                         extra, server, handshake_timeout, shutdown_timeout, conn=conn,
+                         call_connection_made=call_connection_made)
+
+
+def _detach_plain(transport):
+    """Take the goaio connection out of a plain goaio transport for an
+    in-place start_tls: (conn, sock, server), the transport then closed
+    without connection_lost; None when that cannot be done now (sends
+    queued, or a receive completed whose bytes were not delivered: those
+    belong to the TLS layer, which cannot be given them)."""
+    if isinstance(transport, _CTransportBase):
+        sock = transport._sock
+        got = transport._c.detach()
+        if got is None:
+            return None
+        return got[0], sock, got[1]
+    if type(transport) is not _PyTransport:
+        return None
+    tr = transport
+    conn = tr._conn
+    if conn is None or tr._sock is None or tr._conn_lost or tr._closing:
+        return None
+    if tr._sending or tr._backlog or tr._held is not None or tr._empty_waiter is not None:
+        return None
+    if tr._reading and conn.cancel(tr._read_cb) != 1:
+        return None         # completed: its result is on its way
+    sock = tr._sock
+    server = tr._server
+    tr._closing = True
+    tr._conn_lost += 1
+    tr._sock = None
+    tr._conn = None
+    tr._protocol = None
+    tr._reading_proto = None
+    tr._server = None
+    tr._read_cb = tr._write_cb = None
+    loop = tr._loop
+    if loop._transports.get(tr._sock_fd) is tr:
+        del loop._transports[tr._sock_fd]
+    return conn, sock, server
 
 
 def _attach(server, tr):
@@ -790,7 +940,8 @@ class _CTransportBase(GoaioTransport):
 
     __slots__ = ()
 
-    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None, conn=None):
+        # (conn: an AIOConn goaio already bound, sock None: see _PyTransport)
         # What _FlowControlMixin.__init__ sets, without a dict or two new
         # ints per transport: extra is kept as given (sockname, peername and
         # socket are asked of the connection when wanted), the default limits
@@ -800,14 +951,15 @@ class _CTransportBase(GoaioTransport):
         self._protocol_paused = False
         self._high_water = _HIGH_WATER
         self._low_water = _LOW_WATER
-        _set_nodelay(sock)
-        conn = loop._svc.bind(sock, recvq_size=2, sendq_size=MAX_INFLIGHT_SENDS + 1,
-                              share_buff=loop._pool)
+        if conn is None:
+            _set_nodelay(sock)
+            conn = loop._svc.bind(sock, recvq_size=2, sendq_size=MAX_INFLIGHT_SENDS + 1,
+                                  share_buff=loop._pool)
         self._c = loop._goaio_mod.AioCore(loop._goaio, self, conn, protocol, server,
                                           self.try_send_first, _HIGH_WATER, _LOW_WATER)
         if server is not None:
             _attach(server, self)
-        loop._transports[sock.fileno()] = self
+        loop._transports[conn.fd] = self
         loop.call_soon(protocol.connection_made, self)
         # reading starts once connection_made() has run
         loop.call_soon(self._c.start_reading)
@@ -1037,7 +1189,7 @@ def _transport_class(mod):
     return cls
 
 
-class Loop(_SockMixin, asyncio.SelectorEventLoop):
+class Loop(_NetMixin, _SockMixin, asyncio.SelectorEventLoop):
     """asyncio's selector event loop with its stream transports on goaio.
 
     ``service``: a ``goaio.AIOService`` to carry the connections (the loop
@@ -1045,12 +1197,12 @@ class Loop(_SockMixin, asyncio.SelectorEventLoop):
     loop's own service with (default: the one ``import goaio`` picked).
     """
 
-    #: True: ``ssl=`` of create_connection/create_server (and the streams
-    #: API) runs on goaio's own TLS (``_TLSTransport``); False (the default):
-    #: asyncio's SSLProtocol over a goaio transport, as ``start_tls`` always
-    #: does. Opt-in because CPython's test_ssl has tests that reach into
-    #: SSLProtocol's internals (docs/aio.md, "TLS"). Read per connection.
-    goaio_tls = False
+    #: True (the default): every ``ssl=`` (create_connection, create_server,
+    #: create_unix_*, connect_accepted_socket, the streams API) and
+    #: ``start_tls`` run on goaio's own TLS (``_SSLTransport``), on every
+    #: backend; False: asyncio's SSLProtocol over a goaio transport
+    #: (docs/aio.md, "TLS"). Read per connection.
+    goaio_tls = True
 
     def __init__(self, selector=None, *, service=None, backend=None, goaio_tls=None):
         super().__init__(selector)
@@ -1069,7 +1221,6 @@ class Loop(_SockMixin, asyncio.SelectorEventLoop):
         self._svc = mod.AIOService(1) if service is None else service
         self._pool = mod.BufferPool(RECV_BUFFER_SIZE)
         self._goaio_tcls = _transport_class(mod)
-        self._goaio_tls_ok = hasattr(mod, "aio_transport_class")
         sel = self._selector
         col_cls = mod.AioCollector if hasattr(mod, "AioCollector") else _PyCollector
         self._goaio = col = col_cls(self._svc, self, self._ready, sel.select)
@@ -1185,11 +1336,9 @@ class Loop(_SockMixin, asyncio.SelectorEventLoop):
                             ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT):
         if hasattr(self, "_ensure_fd_no_transport"):
             self._ensure_fd_no_transport(rawsock)
-        if self.goaio_tls and self._goaio_tls_ok:
-            # goaio's own TLS (docs/aio.md, "TLS"); compiled backends only:
-            # the pure backend's handshake can stall when the peer's first
-            # flight is in the socket before it starts (docs/aio.md)
-            return _TLSTransport(self, rawsock, protocol, sslcontext, waiter, server_side,
+        if self.goaio_tls:
+            # goaio's own TLS (docs/aio.md, "TLS")
+            return _SSLTransport(self, rawsock, protocol, sslcontext, waiter, server_side,
                                  server_hostname, extra, server, ssl_handshake_timeout,
                                  ssl_shutdown_timeout)
         # asyncio's own TLS protocol over a goaio transport
@@ -1199,6 +1348,48 @@ class Loop(_SockMixin, asyncio.SelectorEventLoop):
             ssl_shutdown_timeout=ssl_shutdown_timeout)
         self._goaio_tcls(self, rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
+
+    async def start_tls(self, transport, protocol, sslcontext, *, server_side=False,
+                        server_hostname=None, ssl_handshake_timeout=None,
+                        ssl_shutdown_timeout=None):
+        """asyncio's start_tls; on a goaio transport, goaio's own TLS: the
+        connection is upgraded in place (``conn.start_tls``) and the new
+        transport returned once the handshake is done (docs/aio.md, "TLS")."""
+        args = (transport, protocol, sslcontext)
+        kw = dict(server_side=server_side, server_hostname=server_hostname,
+                  ssl_handshake_timeout=ssl_handshake_timeout,
+                  ssl_shutdown_timeout=ssl_shutdown_timeout)
+        if not self.goaio_tls or not isinstance(sslcontext, ssl.SSLContext) \
+                or not isinstance(transport, GoaioTransport) \
+                or isinstance(transport, _SSLTransport):
+            return await super().start_tls(*args, **kw)
+        if ssl_handshake_timeout is None:
+            ssl_handshake_timeout = constants.SSL_HANDSHAKE_TIMEOUT
+        elif ssl_handshake_timeout <= 0:
+            raise ValueError(f"ssl_handshake_timeout should be a positive number, "
+                             f"got {ssl_handshake_timeout}")
+        if ssl_shutdown_timeout is not None and ssl_shutdown_timeout <= 0:
+            raise ValueError(f"ssl_shutdown_timeout should be a positive number, "
+                             f"got {ssl_shutdown_timeout}")
+        extra = dict(transport._extra)
+        got = _detach_plain(transport)
+        if got is None:
+            # bytes already read, or writes queued: asyncio's SSLProtocol
+            # over the plain transport takes them as they are
+            return await super().start_tls(*args, **kw)
+        conn, sock, server = got
+        waiter = self.create_future()
+        tr = _SSLTransport(self, sock, protocol, sslcontext, waiter, server_side,
+                           server_hostname, extra, server, ssl_handshake_timeout,
+                           ssl_shutdown_timeout, conn=conn, call_connection_made=False)
+        if server is not None:
+            _detach(server, transport)      # (the new one is attached)
+        try:
+            await waiter
+        except BaseException:
+            tr.close()
+            raise
+        return tr
 
     # -- closing --
 

@@ -1,5 +1,6 @@
-"""goaio.aio's ssl= on goaio's own TLS (Loop(goaio_tls=True)), on every
-backend, against Python's ssl module over real loopback sockets."""
+"""goaio.aio's ssl= and start_tls on goaio's own TLS (the default), on every
+backend, against Python's ssl module and against itself over real loopback
+sockets."""
 
 import asyncio
 import socket
@@ -14,7 +15,7 @@ from support import WAIT
 
 @pytest.fixture
 def loop(backend):
-    lp = goaio.aio.Loop(backend=backend.module, goaio_tls=True)
+    lp = goaio.aio.Loop(backend=backend.module)
     asyncio.set_event_loop(lp)
     yield lp
     asyncio.set_event_loop(None)
@@ -28,14 +29,9 @@ def run(loop, coro):
 
 
 def _rides_goaio_tls(tr):
-    """On the compiled backends: the transport is goaio's and its connection
-    a goaio TLS one. On pure (no goaio TLS under the loop yet, docs/aio.md):
-    asyncio's SSLProtocol over a goaio transport."""
-    if tr._loop._goaio_tls_ok:
-        return isinstance(tr, goaio.aio._TLSTransport) and tr._conn is not None \
-            and tr._conn.tls is not None
-    return not isinstance(tr, goaio.aio._TLSTransport) \
-        and isinstance(tr._ssl_protocol._transport, goaio.aio.GoaioTransport)
+    """The transport is goaio's and its connection a goaio TLS one."""
+    return isinstance(tr, goaio.aio._SSLTransport) and tr._conn is not None \
+        and tr._conn.tls is not None
 
 
 class _SSLServer:
@@ -78,8 +74,8 @@ def test_server_echo_with_ssl_socket_client(loop, tls_certs):
 
     class Echo(asyncio.Protocol):
         def connection_made(self, tr):
-            made.append((tr, _rides_goaio_tls(tr), not tr._loop._goaio_tls_ok
-                         or tr.get_extra_info("ssl_object") is tr._conn.tls.ssl_object))
+            made.append((tr, _rides_goaio_tls(tr),
+                         tr.get_extra_info("ssl_object") is tr._conn.tls.ssl_object))
             self.tr = tr
 
         def data_received(self, data):
@@ -138,8 +134,7 @@ def test_create_connection_to_ssl_server(loop, tls_certs):
         assert tr.get_extra_info("sslcontext") is ctx
         assert tr.get_extra_info("peercert")["subject"]
         assert tr.get_extra_info("cipher") is not None
-        if tr._loop._goaio_tls_ok:
-            assert tr.get_extra_info("cipher") == tr._conn.tls.cipher()
+        assert tr.get_extra_info("cipher") == tr._conn.tls.cipher()
         w.write(b"hello")
         assert await r.readexactly(5) == b"HELLO"
         w.close()           # sends close_notify
@@ -237,16 +232,16 @@ def test_peer_gone_during_handshake_is_connection_reset(loop):
         lsock.close()
 
 
-def test_default_loop_keeps_sslprotocol(backend, tls_certs):
-    # without goaio_tls, ssl= is asyncio's SSLProtocol over a goaio transport
-    lp = goaio.aio.Loop(backend=backend.module)
+def test_goaio_tls_false_keeps_sslprotocol(backend, tls_certs):
+    # goaio_tls=False: ssl= is asyncio's SSLProtocol over a goaio transport
+    lp = goaio.aio.Loop(backend=backend.module, goaio_tls=False)
     try:
         peer = _SSLServer(tls_certs.server_context(), lambda s: s.unwrap())
 
         async def main():
             tr, _ = await lp.create_connection(asyncio.Protocol, "localhost", peer.port,
                                                ssl=tls_certs.client_context())
-            assert not isinstance(tr, goaio.aio._TLSTransport)
+            assert not isinstance(tr, goaio.aio._SSLTransport)
             assert isinstance(tr._ssl_protocol._transport, goaio.aio.GoaioTransport)
             tr.close()
             await asyncio.sleep(0.05)
@@ -254,3 +249,324 @@ def test_default_loop_keeps_sslprotocol(backend, tls_certs):
         peer.join()
     finally:
         lp.close()
+
+
+class _Sink(asyncio.Protocol):
+    """A server protocol that counts what it gets and notes its EOF and loss."""
+
+    def __init__(self):
+        self.got = 0
+        self.events = []
+        self.transport = None
+
+    def connection_made(self, tr):
+        self.transport = tr
+        self.events.append("made")
+
+    def data_received(self, data):
+        self.got += len(data)
+
+    def eof_received(self):
+        self.events.append(("eof", self.got))
+
+    def connection_lost(self, exc):
+        self.events.append(("lost", exc))
+
+
+async def _until(pred):
+    for _ in range(int(WAIT / 0.01)):
+        if pred():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
+def test_ssl_true_client_against_goaio_server(loop, tls_certs, monkeypatch):
+    # ssl=True: the context asyncio would make (default verify paths, here the
+    # test CA through SSL_CERT_FILE); both ends on goaio's TLS
+    monkeypatch.setenv("SSL_CERT_FILE", tls_certs.ca)
+
+    async def handle(r, w):
+        w.write(await r.readexactly(4))
+        await w.drain()
+        w.close()
+
+    async def main():
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0,
+                                         ssl=tls_certs.server_context())
+        async with srv:
+            port = srv.sockets[0].getsockname()[1]
+            r, w = await asyncio.open_connection("127.0.0.1", port, ssl=True,
+                                                 server_hostname="localhost")
+            tr = w.transport
+            assert _rides_goaio_tls(tr)
+            ctx = tr.get_extra_info("sslcontext")
+            assert isinstance(ctx, ssl.SSLContext) and ctx.verify_mode == ssl.CERT_REQUIRED
+            w.write(b"ping")
+            assert await r.readexactly(4) == b"ping"
+            assert await r.read() == b""
+            w.close()
+            await w.wait_closed()
+    run(loop, main())
+
+
+def test_start_tls_both_sides_in_place(loop, tls_certs):
+    server_side = {}
+
+    async def handle(r, w):
+        assert await r.readexactly(8) == b"STARTTLS"
+        old = w.transport
+        w.write(b"OK")
+        await w.start_tls(tls_certs.server_context())
+        server_side["old"], server_side["new"] = old, w.transport
+        data = await r.readexactly(5)
+        w.write(data.upper())
+        await w.drain()
+        w.close()
+
+    async def main():
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        async with srv:
+            port = srv.sockets[0].getsockname()[1]
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            old = w.transport
+            w.write(b"STARTTLS")
+            assert await r.readexactly(2) == b"OK"
+            await w.start_tls(tls_certs.client_context(), server_hostname="localhost")
+            new = w.transport
+            assert new is not old and _rides_goaio_tls(new)
+            # the connection was upgraded in place: the same goaio connection
+            assert old.is_closing() and old._conn is None
+            assert new.get_extra_info("peercert")["subject"]
+            assert new.get_extra_info("peername") == ("127.0.0.1", port)
+            w.write(b"hello")
+            assert await r.readexactly(5) == b"HELLO"
+            assert await r.read() == b""
+            w.close()
+            await w.wait_closed()
+            await _until(lambda: "new" in server_side)
+            assert _rides_goaio_tls(server_side["new"]) or server_side["new"]._conn is None
+            assert isinstance(server_side["new"], goaio.aio._SSLTransport)
+            assert server_side["old"].is_closing()
+    run(loop, main())
+
+
+def test_start_tls_protocol_sees_no_second_connection_made(loop, tls_certs):
+    # asyncio's start_tls: the protocol is not told connection_made again;
+    # its connection_lost comes from the new transport
+    events = []
+
+    class P(asyncio.Protocol):
+        def connection_made(self, tr):
+            events.append("made")
+
+        def data_received(self, data):
+            events.append(data)
+
+        def connection_lost(self, exc):
+            events.append(("lost", exc))
+
+    async def handle(r, w):
+        await r.readexactly(1)
+        w.write(b"!")
+        await w.start_tls(tls_certs.server_context())
+        w.write(b"secret")
+        await w.drain()
+        w.close()
+
+    async def main():
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        async with srv:
+            port = srv.sockets[0].getsockname()[1]
+            tr, proto = await loop.create_connection(P, "127.0.0.1", port)
+            tr.write(b"?")
+            await _until(lambda: b"!" in events)
+            new = await loop.start_tls(tr, proto, tls_certs.client_context(),
+                                       server_hostname="localhost")
+            assert isinstance(new, goaio.aio._SSLTransport)
+            await _until(lambda: events[-1:] == [("lost", None)])
+    run(loop, main())
+    assert events == ["made", b"!", b"secret", ("lost", None)]
+
+
+def test_start_tls_untrusted_certificate_fails(loop, tls_certs):
+    async def handle(r, w):
+        await r.readexactly(1)
+        w.write(b"!")
+        try:
+            await w.start_tls(tls_certs.server_context("untrusted"))
+        except (ssl.SSLError, OSError):
+            pass
+        w.close()
+
+    async def main():
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        async with srv:
+            port = srv.sockets[0].getsockname()[1]
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"?")
+            await r.readexactly(1)
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await w.start_tls(tls_certs.client_context(), server_hostname="localhost")
+            await asyncio.sleep(0.05)       # (the server side's end)
+    run(loop, main())
+
+
+def test_start_tls_bad_arguments(loop, tls_certs):
+    done = []
+
+    async def handle(r, w):
+        await r.read()
+        w.close()
+        await w.wait_closed()
+        done.append(True)
+
+    async def main():
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        async with srv:
+            port = srv.sockets[0].getsockname()[1]
+            tr, proto = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+            with pytest.raises(TypeError):
+                await loop.start_tls(tr, proto, object())
+            with pytest.raises(ValueError, match="ssl_handshake_timeout"):
+                await loop.start_tls(tr, proto, tls_certs.client_context(),
+                                     ssl_handshake_timeout=-1)
+            assert not tr.is_closing()      # still the plain transport's
+            tr.close()
+            await _until(lambda: done and tr._sock is None)
+    run(loop, main())
+
+
+def test_sslcontext_freed_without_gc_after_close(loop, tls_certs):
+    # CPython's test_create_connection_memory_leak: no reference cycle keeps
+    # the connection (and its SSLContext) once it is closed
+    import gc
+    import weakref
+
+    async def main():
+        srv = await loop.create_server(_Sink, "127.0.0.1", 0, ssl=tls_certs.server_context())
+        async with srv:
+            port = srv.sockets[0].getsockname()[1]
+            ctx = tls_certs.client_context()
+            tr, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port,
+                                                 ssl=ctx, server_hostname="localhost")
+            tr.get_extra_info("cipher")     # conn.tls made (the guard's cycle)
+            tr.close()
+            await _until(lambda: tr._conn is None)
+            ref = weakref.ref(ctx)
+            del ctx, tr
+            await asyncio.sleep(0.05)
+            return ref
+    gc.disable()
+    try:
+        ref = run(loop, main())
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
+def test_ssl_protocol_hook_holds_writes(loop, tls_certs):
+    sinks = []
+
+    def factory():
+        sinks.append(_Sink())
+        return sinks[-1]
+
+    async def main():
+        srv = await loop.create_server(factory, "127.0.0.1", 0, ssl=tls_certs.server_context())
+        async with srv:
+            port = srv.sockets[0].getsockname()[1]
+            tr, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port,
+                                                 ssl=tls_certs.client_context(),
+                                                 server_hostname="localhost")
+            await _until(lambda: sinks and sinks[0].events)
+            gate = tr._ssl_protocol
+            gate.pause_writing()
+            for _ in range(8):
+                tr.write(b"x" * 65536)
+            await asyncio.sleep(0.2)
+            assert sinks[0].got == 0            # held
+            tr.close()                          # waits for the held writes
+            await asyncio.sleep(0.1)
+            assert sinks[0].events == ["made"]
+            gate.resume_writing()
+            await _until(lambda: len(sinks[0].events) == 3)
+            assert sinks[0].events == ["made", ("eof", 8 * 65536), ("lost", None)]
+    run(loop, main())
+
+
+def test_append_write_backlog_hook_goes_before_close_notify(loop, tls_certs):
+    sinks = []
+
+    def factory():
+        sinks.append(_Sink())
+        return sinks[-1]
+
+    class Quiet(asyncio.Protocol):
+        def __init__(self):
+            self.paused = 0
+
+        def pause_writing(self):
+            self.paused += 1
+
+    async def main():
+        srv = await loop.create_server(factory, "127.0.0.1", 0, ssl=tls_certs.server_context())
+        async with srv:
+            port = srv.sockets[0].getsockname()[1]
+            tr, proto = await loop.create_connection(Quiet, "127.0.0.1", port,
+                                                     ssl=tls_certs.client_context(),
+                                                     server_hostname="localhost")
+            for _ in range(32):
+                tr._test__append_write_backlog(b"y" * 131072)
+            assert tr.get_write_buffer_size() > 0
+            tr.close()
+            await _until(lambda: len(sinks[0].events) == 3)
+            assert sinks[0].events == ["made", ("eof", 32 * 131072), ("lost", None)]
+            assert proto.paused == 0            # no flow control for the hook
+    run(loop, main())
+
+
+def test_peer_half_close_leaves_tls_writable(loop, tls_certs):
+    # a TCP EOF without close_notify (the peer's SHUT_WR): our side can still
+    # write, and closes without a close_notify (as asyncio's SSLProtocol)
+    got = {}
+
+    def serve(ssock):
+        ssock.sendall(b"bye")
+        ssock.shutdown(socket.SHUT_WR)      # no close_notify; ssl is dropped: plain from here
+        buf = b""
+        while True:
+            chunk = ssock.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+        got["after"] = buf
+
+    peer = _SSLServer(tls_certs.server_context(), serve)
+
+    class P(asyncio.Protocol):
+        def __init__(self):
+            self.events = []
+
+        def connection_made(self, tr):
+            self.tr = tr
+
+        def data_received(self, data):
+            self.events.append(data)
+
+        def eof_received(self):
+            self.events.append("eof")
+            return True
+
+        def connection_lost(self, exc):
+            self.events.append(("lost", exc))
+
+    async def main():
+        tr, p = await loop.create_connection(P, "localhost", peer.port,
+                                             ssl=tls_certs.client_context())
+        await _until(lambda: ("lost", None) in p.events)
+        assert p.events == [b"bye", "eof", ("lost", None)]
+    run(loop, main())
+    peer.join()
+    assert peer.exc is None, peer.exc
+    assert got["after"] == b""      # no close_notify (nor an alert) after its EOF

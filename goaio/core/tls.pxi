@@ -117,6 +117,19 @@ cdef void tls_end_reading_locked(tls_t *t, int r, int err) noexcept nogil:
     t.rd_end = ERR_TLS
 
 
+cdef void tls_end_reading_eof_locked(tls_t *t) noexcept nogil:
+    """Reading ended with a TCP EOF OpenSSL was not told of (c.lock held):
+    EOFError at a record boundary, the EOF-inside-a-record error else."""
+    cdef goaio_tlserr_t e
+    if goaio_tlsio_at_boundary(&t.io):
+        t.rd_end = ERR_EOF
+        return
+    memset(&e, 0, sizeof(e))
+    e.kind = GOAIO_TLSE_EOF
+    t.rd_err = tls_err_copy(&e)
+    t.rd_end = ERR_TLS
+
+
 cdef void tls_recv_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogil:
     """Run the receive queue through SSL_read (c.lock held; dropped and
     retaken inside attach_buffer/detach_buffer, see sharebuf.pxi)."""
@@ -143,7 +156,9 @@ cdef void tls_recv_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogil:
                 continue
         want = op.iov.iov_len if op.iov.iov_len < TLS_READ_MAX else TLS_READ_MAX
         goaio_ossl.ERR_clear_error()
+        t.io.in_read = 1
         n = goaio_ossl.SSL_read(t.ssl, op.iov.iov_base, <int>want)
+        t.io.in_read = 0
         if n > 0:
             op.done += n
             # a recv takes what OpenSSL holds already (several records, read
@@ -155,6 +170,14 @@ cdef void tls_recv_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogil:
                 advance(op, n)
             continue
         err = goaio_ossl.SSL_get_error(t.ssl, n)
+        if err == GOAIO_SSL_ERROR_WANT_READ and t.io.eof:
+            # the TCP stream ended (OpenSSL was not told: tlsbio.h, in_read,
+            # so our side can still write after the peer's half-close)
+            goaio_ossl.ERR_clear_error()
+            tls_end_reading_eof_locked(t)
+            if op.kind == OP_RECV and op.done > 0:
+                finish_op_locked(c, opq_pop_locked(&c.rq), 0, done)
+            continue
         if err == GOAIO_SSL_ERROR_WANT_READ or err == GOAIO_SSL_ERROR_WANT_WRITE:
             goaio_ossl.ERR_clear_error()
             if op.kind == OP_RECV and op.done > 0:

@@ -380,7 +380,9 @@ cdef object tls_info_gil(AIOConn conn):
         return None         # (a start_tls not started yet included)
     if conn._tls_info is None:
         guard = TLSGuard.__new__(TLSGuard)
-        (<TLSGuard>guard).conn = conn
+        # weak: conn -> TLSInfo -> guard -> conn would be a reference cycle,
+        # keeping a closed connection (and its SSLContext) until a gc pass
+        (<TLSGuard>guard).conn_ref = _weakref.ref(conn)
         conn._tls_info = _tls.TLSInfo(<object>t.sslobj, guard)
     return conn._tls_info
 
@@ -391,14 +393,30 @@ cdef class TLSGuard:
     the SSLObject, no IO thread makes an SSL call on it (t.info_busy, set
     and cleared under c.lock; c.lock itself is not held during the call,
     which runs Python code). IO that came meanwhile runs at the end of the
-    call, in the caller's thread (as a post's IO does)."""
-    cdef AIOConn conn
+    call, in the caller's thread (as a post's IO does). It refers to its
+    connection weakly (the connection holds the TLSInfo); each call holds
+    the connection for its duration (TLSHold). A TLSInfo that outlived its
+    connection reads the SSLObject unguarded: nothing drives it any more."""
+    cdef object conn_ref
 
     def __call__(self):
-        return self
+        hold = TLSHold.__new__(TLSHold)
+        (<TLSHold>hold).conn = self.conn_ref()
+        return hold
+
+
+@cython.final
+cdef class TLSHold:
+    """One guarded TLSInfo call (see TLSGuard)."""
+    cdef object conn        # the AIOConn, or None once it is gone
 
     def __enter__(self):
-        cdef conn_t *c = self.conn.c
+        if self.conn is None:
+            return self
+        cdef conn_t *c = (<AIOConn>self.conn).c
+        if c == NULL or c.tls == NULL:
+            self.conn = None
+            return self
         with nogil:
             pthread_mutex_lock(&c.lock)
             c.tls.info_busy += 1
@@ -406,11 +424,15 @@ cdef class TLSGuard:
         return self
 
     def __exit__(self, *exc):
-        cdef conn_t *c = self.conn.c
-        cdef svc_t *s = self.conn._svc.s
+        if self.conn is None:
+            return False
+        cdef AIOConn conn = <AIOConn>self.conn
+        cdef conn_t *c = conn.c
+        cdef svc_t *s = conn._svc.s
         cdef tls_t *t = c.tls
         cdef oplist_t done
         oplist_init(&done)
+        self.conn = None
         with nogil:
             pthread_mutex_lock(&c.lock)
             t.info_busy -= 1
@@ -469,3 +491,19 @@ cdef object tls_start_gil(AIOConn conn, context, ssl, server_side, server_hostna
             pthread_mutex_unlock(&c.lock)
         tls_free_nogil(t)
         raise
+
+
+def _tls_close_notify_seen(AIOConn conn):
+    """goaio.aio's TLS transport: True once the peer's close_notify was read
+    on ``conn`` (its reading ended with EOFError either way; a TCP EOF
+    without one is answered without a close_notify, as asyncio does)."""
+    cdef conn_t *c = conn.c
+    cdef int r = 0
+    if c == NULL:
+        return False
+    with nogil:
+        pthread_mutex_lock(&c.lock)
+        if c.tls != NULL and c.tls.ssl != NULL:
+            r = (goaio_ossl.SSL_get_shutdown(c.tls.ssl) & GOAIO_SSL_RECEIVED_SHUTDOWN) != 0
+        pthread_mutex_unlock(&c.lock)
+    return r != 0

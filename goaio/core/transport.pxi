@@ -355,6 +355,32 @@ cdef class AioCore:
             info.append(f"write=<bufsize={self.buffer_size}>")
         return info
 
+    def detach(self):
+        """goaio.aio's start_tls: give the connection up, open, to the TLS
+        transport that takes it over; this transport is then closed without
+        connection_lost (its protocol moved on). Returns (conn, server), or
+        None when it cannot be taken over in place: sends still queued, or a
+        receive completed whose bytes were not delivered yet."""
+        cdef AIOConn conn = self.conn
+        if conn is None or not self.alive or self.conn_lost or self.closing:
+            return None
+        if self.sending or self.backlog is not None or self.held is not None:
+            return None
+        if self.reading and conn.cancel(self) != 1:
+            return None         # completed: its result is on its way to us
+        server = self.server
+        shell = self.shell
+        self.closing = True
+        self.conn_lost += 1
+        self.alive = False
+        self.reading_proto = None
+        self.protocol = None
+        self.conn = None
+        self.server = None
+        self.shell = None
+        self.col.loop._transports._goaio_forget(self.fd, shell)
+        return conn, server
+
     def finalize(self, warn, shell):
         """The transport is collected unclosed: warn and close the connection."""
         if self.alive:
@@ -894,6 +920,13 @@ cdef class AioCore:
             self.shell = None
             self.server = None
             shell._lost(server)
+
+
+def aio_conn_socket(AIOConn conn):
+    """goaio.aio hook: the ``socket.socket`` of a bound connection (an
+    accepted or connected one's, for a transport made from it; None once
+    closed)."""
+    return conn._sock if not conn.c.closed else None
 
 
 def aio_transport_class(base):

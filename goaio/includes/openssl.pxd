@@ -59,6 +59,7 @@ cdef extern from "includes/tlsbio.h" nogil:
         int eof
         int rerr
         int werr
+        int in_read
     bint goaio_tlsio_at_boundary(const goaio_tlsio_t *t)
     BIO *goaio_bio_new(goaio_tlsio_t *t)
 

@@ -25,6 +25,11 @@ typedef struct {
     int eof;               /* recv() returned 0 */
     int rerr;              /* errno of a failed recv() */
     int werr;              /* errno of a failed send() */
+    int in_read;           /* inside the core's SSL_read: an EOF is not told to
+                              OpenSSL (it would take it as a fatal error, which
+                              also ends writing, and send an alert); the read
+                              says "retry" and the core ends reading itself
+                              (core/tls.pxi, tls_recv_locked) */
     int hdr_have;          /* bytes of the current record header seen (0..4) */
     unsigned char hdr[5];
     size_t body_left;      /* bytes of the current record body still to come */
@@ -56,8 +61,13 @@ static int goaio_bio_read(BIO *b, char *buf, int len) {
     goaio_tlsio_t *t = (goaio_tlsio_t *)goaio_ossl.BIO_get_data(b);
     ssize_t n;
     goaio_ossl.BIO_clear_flags(b, GOAIO_BIO_FLAGS_RWS | GOAIO_BIO_FLAGS_SHOULD_RETRY);
-    if (t == NULL || len <= 0 || t->eof)
+    if (t == NULL || len <= 0)
         return 0;
+    if (t->eof) {
+        if (t->in_read)
+            goaio_ossl.BIO_set_flags(b, GOAIO_BIO_FLAGS_READ | GOAIO_BIO_FLAGS_SHOULD_RETRY);
+        return t->in_read ? -1 : 0;
+    }
     if (t->rerr)
         return -1;
     if (!*t->readable) {
@@ -75,6 +85,10 @@ static int goaio_bio_read(BIO *b, char *buf, int len) {
         }
         if (n == 0) {
             t->eof = 1;
+            if (t->in_read) {       /* (see in_read) */
+                goaio_ossl.BIO_set_flags(b, GOAIO_BIO_FLAGS_READ | GOAIO_BIO_FLAGS_SHOULD_RETRY);
+                return -1;
+            }
             return 0;
         }
         if (errno == EINTR)
