@@ -113,11 +113,26 @@ def _serve(svc, ln, pool, args, stopping, goaio):
         except goaio.ServiceClosed:
             return
         for res in batch:
-            conn = res.conn
             ctx = res.context
             try:
+                # the two completions of every round trip first, with the
+                # fewest tests: a receive's data goes back; a send's buffer
+                # takes the next receive (or goes back to the pool first)
+                if res.err is None:
+                    if ctx is _RECV:
+                        buff = res.buff
+                        res.conn.send(buff, buff, nbytes=res.bytes_transferred)
+                        continue
+                    if ctx is not ACCEPT and ctx is not _WAKE:
+                        if pool is not None:
+                            pool.release(ctx)
+                            res.conn.recv(_RECV, None)
+                        else:
+                            res.conn.recv(_RECV, ctx)
+                        continue
                 if ctx is _WAKE:
                     continue  # a signal handler asked to stop: ``stopping`` is set
+                conn = res.conn
                 if ctx is ACCEPT:
                     if res.err is not None:
                         if isinstance(res.err, (goaio.ConnClosed, goaio.ServiceClosed)):
@@ -142,24 +157,17 @@ def _serve(svc, ln, pool, args, stopping, goaio):
                         conn.recv(_RECV, None if pool is not None else bytearray(size))
                     ln.accept(ACCEPT)
                     continue
-                if res.err is not None:
-                    if pool is not None and ctx is not _RECV:
-                        pool.release(ctx)  # a failed send's pool buffer
-                    if not args.quiet and not isinstance(res.err, (EOFError, goaio.ConnClosed)):
-                        print(f"goaio echo: closing connection fd={conn.fd}: {res.err!r}",
-                              file=sys.stderr, flush=True)
-                    conn.close()
-                elif ctx is _RECV:
-                    buff = res.buff
-                    conn.send(buff, buff, nbytes=res.bytes_transferred)
-                elif pool is not None:
-                    pool.release(ctx)
-                    conn.recv(_RECV, None)
-                else:
-                    conn.recv(_RECV, ctx)
+                # a failed receive or send
+                if pool is not None and ctx is not _RECV:
+                    pool.release(ctx)  # a failed send's pool buffer
+                if not args.quiet and not isinstance(res.err, (EOFError, goaio.ConnClosed)):
+                    print(f"goaio echo: closing connection fd={conn.fd}: {res.err!r}",
+                          file=sys.stderr, flush=True)
+                conn.close()
             except goaio.ServiceClosed:
                 return
             except goaio.Error:  # closed meanwhile (connection or listener)
+                conn = res.conn
                 if conn is not None and ctx is not ACCEPT:
                     conn.close()
 

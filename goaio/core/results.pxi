@@ -157,6 +157,34 @@ cdef void op_release_gil(op_t *op, bint give_back):
     op_free_gil(op)                 # core/post.pxi
 
 
+cdef extern from *:
+    """
+    #ifdef Py_GIL_DISABLED
+    #define GOAIO_COUNT_CACHE 0
+    #else
+    #define GOAIO_COUNT_CACHE 1
+    #endif
+    """
+    int GOAIO_COUNT_CACHE
+
+# The int object of the last byte count handed over, reused while the count
+# repeats (a stream of equal messages: 16 KiB is no small int, so each result
+# would make and free one). The GIL guards it; none on a build without a GIL.
+cdef Py_ssize_t _last_count = 0
+cdef object _last_count_obj = 0
+
+
+cdef inline object count_obj_gil(Py_ssize_t n):
+    """The int n, the cached object when n repeats (GIL held)."""
+    global _last_count, _last_count_obj
+    if not GOAIO_COUNT_CACHE:
+        return n
+    if n != _last_count:
+        _last_count_obj = n
+        _last_count = n
+    return _last_count_obj
+
+
 cdef AIOResult make_result_gil(svc_t *s, op_t *op):
     """Hand an op over as an AIOResult; frees the op (GIL held, no C lock)."""
     cdef AIOResult r
@@ -170,7 +198,7 @@ cdef AIOResult make_result_gil(svc_t *s, op_t *op):
         r.buff = <object>op.buffobj if op.buffobj != NULL else None
     else:
         r.buff = None
-    r.bytes_transferred = op.done
+    r.bytes_transferred = count_obj_gil(op.done)
     r.err = make_err_gil(op)
     if ok and (op.flags & OPF_POOLBUF):
         # the user owns it now (r.buff holds the reference), resizable again
