@@ -494,7 +494,18 @@ class AIOConn(ConnLifecycle):
             total = len(buff)
             if not total:
                 raise EmptyBuffer(M.EMPTY_RECV)
-            return self._post_recv(_new_op(self, context, buff, memoryview(buff), total, _RECV))
+            op = _new_op(self, context, buff, memoryview(buff), total, _RECV)
+            with self._lock:
+                if (not self._recvq and not self._readable and self._tls is None and not self._closed
+                        and not self._eof and not self._rto and not self._level):
+                    # the commonest case of all (an answer went out, the next
+                    # request is not here yet): queue it, the event will come
+                    self._recvq.append(op)
+                    if not self._active:
+                        self._active = True
+                        svc._active.add(self)
+                    return None
+            return self._post_recv(op)
         if buff is None:
             return self._post_recv(_new_op(self, context, None, None, 0, _RECV))
         return self._post_recv(_Op(self, context, buff, *_recv_views(buff), _RECV))
@@ -766,6 +777,33 @@ class AIOConn(ConnLifecycle):
         while rq:
             op = rq[0]
             mv = op.mv
+            if op.kind == _RECV and op.iov is None and mv is not None:
+                # a receive into one buffer: completes with the first bytes
+                try:
+                    n = self._recv_into(mv)
+                except BlockingIOError:
+                    self._readable = False
+                    return count
+                except InterruptedError:
+                    continue
+                except OSError as exc:
+                    rq.pop(0)
+                    self._finish(op, 0, oserror(exc.errno) if exc.errno else exc)
+                    return count + 1 + self._fail_recvs_error(exc)
+                if not n:
+                    return count + self._fail_recvs_eof()
+                rq.pop(0)
+                op.mv = None
+                mv.release()
+                op.conn = None
+                self._nops += 1
+                self._brecv += n
+                self._q_append(_new_result(self, op.ctx, op.buff, n, None))
+                count += 1
+                if n < op.total and not self._rdhup:
+                    self._readable = False
+                    return count
+                continue
             pooled = None
             if mv is None:
                 # recv(ctx, None): take a buffer only now that data is ready
