@@ -33,7 +33,8 @@ def _recv_exact(sock, n):
 
 def test_asyncio_twin_answers_as_the_example():
     proc = subprocess.Popen([sys.executable, PEERS, "asyncio"], env=subprocess_env(), cwd=CHILD_CWD,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     try:
         m = re.search(r"listening on (\S+):(\d+)", proc.stdout.readline())
         assert m, proc.stderr.read() if proc.poll() is not None else "no listening line"
@@ -70,6 +71,7 @@ def test_bench_http_short_run():
                            "--conns", "4", "--servers", "goaio-pure,asyncio"],
                           env=subprocess_env(), cwd=CHILD_CWD, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("| goaio pure") or ln.startswith("| asyncio")]
+    rows = [ln for ln in proc.stdout.splitlines()
+            if ln.startswith("| goaio pure") or ln.startswith("| asyncio")]
     assert len(rows) == 2, proc.stdout
     assert not any("FAILED" in r for r in rows), proc.stdout

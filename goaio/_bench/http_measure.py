@@ -167,7 +167,8 @@ def run(args):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m goaio._bench.http_measure", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m goaio._bench.http_measure",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     ap.add_argument("--seconds", type=float, default=5.0)
