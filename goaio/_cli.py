@@ -350,6 +350,11 @@ def build_parser():
     bench.add_argument("--tls-handshake", action="store_true",
                        help="like --tls, but every round trip on a new connection with a full "
                        "handshake: rps is handshakes/s")
+    bench.add_argument("--http", action="store_true",
+                       help="instead of the echo load: wrk -t2 -c--conns (default 50) against "
+                       "examples/http_server.py on goaio (epoll, pure) and its asyncio/uvloop twin "
+                       "(goaio/_bench/http_peers.py); prints rps and the server's CPU time per request "
+                       "(needs wrk; --servers from goaio-epoll,goaio-pure,asyncio,uvloop)")
     bench.add_argument("--plot", metavar="FILE.png", help="draw a bar chart (needs matplotlib)")
     bench.add_argument("--json", metavar="FILE.json", help="write the raw figures")
     bench.set_defaults(func=_cmd_bench)
@@ -357,6 +362,11 @@ def build_parser():
 
 
 def _cmd_bench(args):
+    if args.http:
+        from ._bench import http_measure
+
+        args.threads = 2
+        return http_measure.run(args)
     from ._bench import harness
 
     return harness.main(args)

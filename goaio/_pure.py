@@ -109,7 +109,25 @@ _RECV_FULL = 1
 _SEND = 2
 _START_TLS = _pure_tls.START_TLS
 
-_new_result = AIOResult
+_rnew = object.__new__
+
+
+def _new_result(conn, ctx, buff, n, err):
+    """An AIOResult, made without a call of its class: on CPython 3.11 a
+    class call that runs a Python ``__init__`` costs about twice as much as
+    setting the slots here (two results per request/answer)."""
+    r = _rnew(AIOResult)
+    r.conn = conn
+    r.context = ctx
+    r.buff = buff
+    r.bytes_transferred = n
+    r.err = err
+    return r
+
+
+#: a send of the first nbytes of a bytes/bytearray sends a copy of them when
+#: at most this many (a small copy costs less than two memoryviews)
+_COPY_MAX = 2048
 
 #: Per thread: how deep it is inside a share_buff callback (acquire/release).
 #: Such a thread may hold a connection's lock, so a svc.close() it calls must
@@ -334,6 +352,22 @@ class _Op:
         self.deadline = None
 
 
+def _new_op(conn, ctx, buff, mv, total, kind):
+    """_Op(conn, ctx, buff, mv, None, total, kind), made as _new_result is."""
+    op = _rnew(_Op)
+    op.conn = conn
+    op.ctx = ctx
+    op.buff = buff
+    op.mv = mv
+    op.iov = None
+    op.cut = None
+    op.done = 0
+    op.total = total
+    op.kind = kind
+    op.deadline = None
+    return op
+
+
 # --- connections ---------------------------------------------------------------
 
 class AIOConn(ConnLifecycle):
@@ -455,8 +489,26 @@ class AIOConn(ConnLifecycle):
             raise ServiceClosed(M.SERVICE_CLOSED)
         if self._closed or self._sock.fileno() != self._fd:
             self._closed_or_stale()
+        if type(buff) is bytearray:
+            # the common case, with nothing to check: a bytearray is writable,
+            # contiguous and made of bytes
+            total = len(buff)
+            if not total:
+                raise EmptyBuffer(M.EMPTY_RECV)
+            op = _new_op(self, context, buff, memoryview(buff), total, _RECV)
+            with self._lock:
+                if (not self._recvq and not self._readable and self._tls is None and not self._closed
+                        and not self._eof and not self._rto and not self._level):
+                    # the commonest case of all (an answer went out, the next
+                    # request is not here yet): queue it, the event will come
+                    self._recvq.append(op)
+                    if not self._active:
+                        self._active = True
+                        svc._active.add(self)
+                    return None
+            return self._post_recv(op)
         if buff is None:
-            return self._post_recv(_Op(self, context, None, None, None, 0, _RECV))
+            return self._post_recv(_new_op(self, context, None, None, 0, _RECV))
         return self._post_recv(_Op(self, context, buff, *_recv_views(buff), _RECV))
 
     def recv_full(self, context, buff):
@@ -519,9 +571,40 @@ class AIOConn(ConnLifecycle):
             self._closed_or_stale()
         if self._shut:
             raise BrokenPipeError(M.SEND_AFTER_SHUTDOWN)
+        tb = type(buff)
+        if tb is bytes or tb is bytearray:
+            # the common case: nothing to check but nbytes, and an idle
+            # writable socket takes the bytes without a view or an _Op
+            blen = len(buff)
+            total = blen
+            if nbytes is not None:
+                if type(nbytes) is not int or nbytes < 0 or nbytes > blen:
+                    nbytes = _check_send_nbytes(nbytes, buff)
+                    if nbytes > blen:
+                        raise ValueError(M.SEND_NBYTES_RANGE.format(blen, nbytes))
+                total = nbytes
+            if total and (total == blen or total <= _COPY_MAX):
+                with self._lock:
+                    if self._writable and not self._sendq and self._tls is None and not self._closed:
+                        n = self._send_now(context, buff, blen, total)
+                        if n and (svc._cwaiters or svc._pcoll):
+                            svc._wake_for_results()
+                        return
+            mv = memoryview(buff)
+            if total < blen:
+                part = mv[:total]
+                mv.release()
+                mv = part
+            iov = None
+            with self._lock:
+                n = self._send_locked(context, buff, mv, iov, total)
+            if n:
+                if svc._cwaiters or svc._pcoll:
+                    svc._wake_for_results()
+            return
         if nbytes is not None:
             nbytes = _check_send_nbytes(nbytes, buff)
-        if type(buff) is list:
+        if tb is list:
             mv, total = _views(buff, False)
             iov = _iov(mv)
         else:
@@ -594,6 +677,42 @@ class AIOConn(ConnLifecycle):
                 for m in mv:
                     m.release()
             raise Busy(M.SENDQ_FULL)
+        return self._queue_send(context, buff, mv, iov, total, done)
+
+    def _send_now(self, context, buff, blen, total):
+        """send()'s fast path (lock held; the socket writable, no send queued,
+        no TLS): write the first ``total`` bytes of a bytes or bytearray at
+        once. What the socket does not take waits in an _Op, pinned by a view.
+        Returns how many results it made."""
+        try:
+            done = self._send(buff if total == blen else buff[:total], _MSG_NOSIGNAL)
+        except BlockingIOError:
+            self._writable = False
+            done = 0
+        except InterruptedError:
+            done = 0
+        except OSError as exc:
+            self._nops += 1
+            self._q_append(_new_result(self, context, buff, 0, oserror(exc.errno) if exc.errno else exc))
+            return 1
+        else:
+            if done == total:
+                self._nops += 1
+                self._bsent += done
+                self._q_append(_new_result(self, context, buff, done, None))
+                return 1
+            self._writable = False
+        mv = memoryview(buff)
+        if total < blen:
+            part = mv[:total]
+            mv.release()
+            mv = part
+        return self._queue_send(context, buff, mv, None, total, done)
+
+    def _queue_send(self, context, buff, mv, iov, total, done):
+        """Queue a send, ``done`` of its bytes written (lock held)."""
+        svc = self._svc
+        sq = self._sendq
         op = _Op(self, context, buff, mv, iov, total, _SEND)
         op.done = done
         sq.append(op)
@@ -659,6 +778,33 @@ class AIOConn(ConnLifecycle):
         while rq:
             op = rq[0]
             mv = op.mv
+            if op.kind == _RECV and op.iov is None and mv is not None:
+                # a receive into one buffer: completes with the first bytes
+                try:
+                    n = self._recv_into(mv)
+                except BlockingIOError:
+                    self._readable = False
+                    return count
+                except InterruptedError:
+                    continue
+                except OSError as exc:
+                    rq.pop(0)
+                    self._finish(op, 0, oserror(exc.errno) if exc.errno else exc)
+                    return count + 1 + self._fail_recvs_error(exc)
+                if not n:
+                    return count + self._fail_recvs_eof()
+                rq.pop(0)
+                op.mv = None
+                mv.release()
+                op.conn = None
+                self._nops += 1
+                self._brecv += n
+                self._q_append(_new_result(self, op.ctx, op.buff, n, None))
+                count += 1
+                if n < op.total and not self._rdhup:
+                    self._readable = False
+                    return count
+                continue
             pooled = None
             if mv is None:
                 # recv(ctx, None): take a buffer only now that data is ready
@@ -1070,7 +1216,11 @@ class AIOService(ServiceLifecycle):
         self._closer = None        # the thread that runs close()
         self._close_done = threading.Event()
         self._recheck = False      # an exception may have cut a round short: re-check readiness
-        self._poller = make_poller()   # GOAIO_PURE_POLLER, else the best one here
+        self._poller = poller = make_poller()   # GOAIO_PURE_POLLER, else the best one here
+        # epoll: its events are dispatched as the OS gives them (_dispatch)
+        raw = getattr(poller, "raw_tokens", None)
+        self._raw_get = None if raw is None else raw.get
+        self._wait = poller.wait if raw is None else poller.wait_raw
         self._notify_fd = -1           # goaio.aio hook (_set_notify_fd)
         self._external = False         # goaio.aio hook (_set_external_collector)
         self._grace = _GRACE           # goaio.aio hook (_set_worker_grace)
@@ -1342,7 +1492,7 @@ class AIOService(ServiceLifecycle):
             self._recheck_all()
             t = 0
         try:
-            events = self._poller.wait(t)
+            events = self._wait(t)
         except InterruptedError:
             events = ()
         except (OSError, ValueError):
@@ -1375,20 +1525,34 @@ class AIOService(ServiceLifecycle):
 
     def _dispatch(self, events):
         active = self._active
+        get = self._raw_get
+        if get is None:     # (token, READ/WRITE/HUP/ERR) pairs
+            in_ev, out_ev, hup_ev = _IN_EV, _OUT_EV, _HUP_EV
+            canon = None
+        else:               # epoll's own (fd, bits): no Python work per event in the poller
+            poller = self._poller
+            in_ev, out_ev, hup_ev = poller.IN_EV, poller.OUT_EV, poller.HUP_EV
+            canon = poller.canon
         for token, ev in events:
+            if get is not None:
+                token = get(token)
+                if token is None:
+                    continue
             if token is WAKE:
-                # the poller drained the wake fd before reporting it: a wake
+                # the wake fd is drained before the wake is acted on: a wake
                 # written since leaves it readable, so none is lost
+                if get is not None:
+                    poller.drain_wake()
                 self._wake_pending = False
                 continue
             c = token()
             if c is None:
                 continue
             if c.__class__ is not AIOConn:   # a listener or a connect in progress
-                c._on_event(ev)
+                c._on_event(ev if canon is None else canon(ev))
                 continue
             if c._tls is not None:
-                _pure_tls.on_event(c, ev)
+                _pure_tls.on_event(c, ev if canon is None else canon(ev))
                 continue
             lock = c._lock
             lock.acquire()
@@ -1401,13 +1565,13 @@ class AIOService(ServiceLifecycle):
                     continue
                 # read before acting on a hang-up: the data still queued
                 # comes first, then EOF or the error
-                if ev & _IN_EV:
+                if ev & in_ev:
                     c._readable = True
-                    if ev & _HUP_EV:
+                    if ev & hup_ev:
                         c._rdhup = True
                     if c._recvq:
                         c._run_recvs()
-                if ev & _OUT_EV:
+                if ev & out_ev:
                     c._writable = True
                     if c._sendq:
                         c._run_sends()
@@ -1423,7 +1587,7 @@ class AIOService(ServiceLifecycle):
                     # this event waited for the lock: the TLS layer takes the
                     # event (an edge-triggered one is not reported again, and
                     # the handshake would wait for it for ever)
-                    _pure_tls.on_event(c, ev)
+                    _pure_tls.on_event(c, ev if canon is None else canon(ev))
 
     def _recheck_all(self):
         """An exception (a signal handler's, in a posting call) may have cut

@@ -163,12 +163,22 @@ class _Waker:
 
 # --- epoll -----------------------------------------------------------------------
 
+_EPOLLIN = getattr(select, "EPOLLIN", 0)
+_EPOLLOUT = getattr(select, "EPOLLOUT", 0)
+_EPOLLERR = getattr(select, "EPOLLERR", 0)
+_EPOLLHUP = getattr(select, "EPOLLHUP", 0)
+_EPOLLRDHUP = getattr(select, "EPOLLRDHUP", 0)
+
+
 class EpollPoller:
     """Linux epoll, edge-triggered: one registration per socket, for both
     directions, at bind."""
 
     name = "epoll"
     edge = True
+    IN_EV = _EPOLLIN | _EPOLLRDHUP | _EPOLLHUP | _EPOLLERR
+    OUT_EV = _EPOLLOUT | _EPOLLHUP | _EPOLLERR
+    HUP_EV = _EPOLLRDHUP | _EPOLLHUP | _EPOLLERR
 
     def __init__(self):
         self._ep = select.epoll()
@@ -184,6 +194,8 @@ class EpollPoller:
         self._mask = {0: 0, READ: e.EPOLLIN | e.EPOLLRDHUP, WRITE: e.EPOLLOUT,
                       READ | WRITE: e.EPOLLIN | e.EPOLLRDHUP | e.EPOLLOUT}
         self._et = e.EPOLLET
+        self.raw_tokens = {self._waker.fd: WAKE}
+        self._tokens = self.raw_tokens
 
     def fileno(self):
         """goaio.aio hook: the epoll descriptor (readable while events wait)."""
@@ -227,19 +239,38 @@ class EpollPoller:
             token = get(fd)
             if token is None:
                 continue
-            f = 0
-            if ev & select.EPOLLIN:
-                f = READ
-            if ev & select.EPOLLOUT:
-                f |= WRITE
-            if ev & (select.EPOLLRDHUP | select.EPOLLHUP):
-                f |= HUP
-                if ev & select.EPOLLHUP:  # both directions are down: a write fails now
-                    f |= WRITE
-            if ev & select.EPOLLERR:
-                f |= ERR
-            out.append((token, f))
+            out.append((token, self.canon(ev)))
         return out
+
+    # The raw seam, for a caller that dispatches many events (the service):
+    # wait_raw() is epoll's own list of (fd, epoll bits), raw_tokens maps an
+    # fd to its token (the wake-up descriptor's to WAKE: the caller then calls
+    # drain_wake() before acting on it), IN_EV / OUT_EV / HUP_EV are the
+    # epoll bits of READ|HUP|ERR, WRITE|ERR (a full hang-up included: a write
+    # fails now) and HUP|ERR, and canon() turns epoll bits into READ, WRITE,
+    # HUP and ERR. No Python work per event here.
+
+    def wait_raw(self, timeout):
+        return self._ep.poll(_clamp(timeout), POLL_BATCH)
+
+    def drain_wake(self):
+        self._waker.drain()
+
+    @staticmethod
+    def canon(ev):
+        """READ/WRITE/HUP/ERR of epoll's bits."""
+        f = 0
+        if ev & _EPOLLIN:
+            f = READ
+        if ev & _EPOLLOUT:
+            f |= WRITE
+        if ev & (_EPOLLRDHUP | _EPOLLHUP):
+            f |= HUP
+            if ev & _EPOLLHUP:  # both directions are down: a write fails now
+                f |= WRITE
+        if ev & _EPOLLERR:
+            f |= ERR
+        return f
 
     def close(self):
         try:
