@@ -144,6 +144,18 @@ cdef object rl_new_handle(object loop, object callback, object args, object cont
     return h
 
 
+cdef inline bint rl_cancelled(object h) except -1:
+    # handle._cancelled of an asyncio.Handle / TimerHandle
+    cdef PyObject *p
+    if _rl_slots:
+        p = rl_get(h, RL_CANCELLED)
+        if p == <PyObject *>True:
+            return True
+        if p == <PyObject *>False:
+            return False
+    return bool(h._cancelled)
+
+
 cdef int rl_run_handle(object h) except -1:
     """Handle._run for a handle of asyncio's own classes: its callback in its
     context, an exception reported as Handle._run reports it."""
@@ -192,11 +204,13 @@ cdef class AioRunLoop:
     cdef object loop
     cdef object ready                 # the loop's _ready deque
     cdef object ready_append          # its append
+    cdef object ready_popleft         # its popleft
 
     def __init__(self, loop, ready):
         self.loop = loop
         self.ready = ready
         self.ready_append = ready.append
+        self.ready_popleft = ready.popleft
 
     def get_debug(self):
         return self.loop._debug
@@ -272,16 +286,22 @@ cdef class AioRunLoop:
             h._scheduled = False
             ready.append(h)
         ntodo = len(ready)
+        popleft = self.ready_popleft
         for i in range(ntodo):
-            h = ready.popleft()
+            h = popleft()
+            t = type(h)
+            if t is _rl_handle_cls or t is _rl_timer_cls:
+                if rl_cancelled(h):
+                    continue
+                if loop._debug:
+                    _rl_run_debug(loop, h)
+                    continue
+                rl_run_handle(h)
+                continue
             if h._cancelled:
                 continue
             if loop._debug:
                 _rl_run_debug(loop, h)
                 continue
-            t = type(h)
-            if t is _rl_handle_cls or t is _rl_timer_cls:
-                rl_run_handle(h)
-            else:
-                h._run()
+            h._run()
         h = None
