@@ -35,10 +35,10 @@ for _ in $(seq 600); do grep -q listening "$OUT" && break; sleep 0.1; done
 grep -q listening "$OUT" || { echo "$KIND: the server did not start"; cat "$OUT"; kill $PID; exit 1; }
 wrk -t"$THREADS" -c"$CONNS" -d1s "http://127.0.0.1:$PORT/" > /dev/null 2>&1     # warm-up
 if [ -n "${CALLGRIND:-}" ]; then
-    callgrind_control -i on $PID > /dev/null
+    callgrind_control -i on $PID > /dev/null 2>&1
     res=$(wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" --timeout 30s "http://127.0.0.1:$PORT/")
-    callgrind_control -i off $PID > /dev/null
-    callgrind_control -d $PID > /dev/null
+    callgrind_control -i off $PID > /dev/null 2>&1
+    callgrind_control -d $PID > /dev/null 2>&1
 else
     read -r -a st < /proc/$PID/stat; t0=$((st[13] + st[14]))
     res=$(wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" "http://127.0.0.1:$PORT/")

@@ -49,7 +49,10 @@ def test_call_soon_handles_fifo_cancel_and_repr(loop):
     assert type(h1) is asyncio.Handle
     assert h1._args == (1,) and h1._loop is loop and not h1.cancelled()
     assert h1._source_traceback is None
-    assert repr(h2).startswith("<Handle ") and "cb(2, 'x')" in repr(h2)
+    # the repr asyncio gives the same handle made by hand (3.13 shows the
+    # arguments in debug mode only)
+    assert repr(h2) == repr(asyncio.Handle(cb, (2, "x"), loop))
+    assert repr(h2).startswith("<Handle ") and ".cb(" in repr(h2)
     h2.cancel()
     assert h2.cancelled() and "cancelled" in repr(h2)
     loop.call_soon(loop.stop)
@@ -93,7 +96,7 @@ def test_exception_in_callback_reaches_the_handler(loop):
     assert set(ctx) == {"message", "exception", "handle"}
     assert ctx["handle"] is h
     assert isinstance(ctx["exception"], ValueError) and ctx["exception"].args == (5,)
-    assert ctx["message"].startswith("Exception in callback ") and "bad(5)" in ctx["message"]
+    assert ctx["message"].startswith("Exception in callback ") and ".bad(" in ctx["message"]
 
 
 def test_keyboard_interrupt_leaves_the_loop(loop):
@@ -185,7 +188,7 @@ def test_slow_callback_warning_in_debug(loop, caplog):
     loop.call_soon(loop.stop)
     with caplog.at_level("WARNING", logger="asyncio"):
         loop.run_forever()
-    assert any("Executing <Handle sleep(0.03)" in r.getMessage() for r in caplog.records)
+    assert any("Executing <Handle sleep(" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.Runner")
