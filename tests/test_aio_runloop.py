@@ -158,6 +158,12 @@ def test_create_task_future_and_task_factory(loop):
         made.append(kw)
         return asyncio.Task(coro, loop=lp, **kw)
 
+    # a keyword asyncio's create_task does not take is refused as asyncio refuses it
+    coro = work(0)
+    with pytest.raises(TypeError):
+        loop.create_task(coro, no_such_keyword=1)
+    coro.close()
+
     loop.set_task_factory(factory)
     assert loop.run_until_complete(loop.create_task(work(1))) == 2
     assert len(made) == 1

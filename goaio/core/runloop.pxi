@@ -229,10 +229,11 @@ cdef class AioRunLoop:
     def create_future(self):
         return _rl_future_cls(loop=self.loop)
 
-    def create_task(self, coro, *, name=None, context=None):
+    def create_task(self, coro, *, name=None, context=None, **kwargs):
         loop = self.loop
-        if loop._closed or loop._debug or loop._task_factory is not None:
-            return _rl_base.create_task(loop, coro, name=name, context=context)
+        if kwargs or loop._closed or loop._debug or loop._task_factory is not None:
+            # (kwargs: what a later asyncio's create_task takes, eager_start)
+            return _rl_base.create_task(loop, coro, name=name, context=context, **kwargs)
         return _rl_task_cls(coro, loop=loop, name=name, context=context)
 
     def _run_once(self):
