@@ -31,7 +31,7 @@ else
     "$PY" -P -m goaio._bench.aio_echo "$KIND" hello "$PORT" > "$OUT" 2>&1 &
 fi
 PID=$!
-for _ in $(seq 600); do grep -q listening "$OUT" && break; sleep 0.1; done
+for _ in $(seq 1800); do grep -q listening "$OUT" && break; sleep 0.1; done
 grep -q listening "$OUT" || { echo "$KIND: the server did not start"; cat "$OUT"; kill $PID; exit 1; }
 wrk -t"$THREADS" -c"$CONNS" -d1s "http://127.0.0.1:$PORT/" > /dev/null 2>&1     # warm-up
 if [ -n "${CALLGRIND:-}" ]; then

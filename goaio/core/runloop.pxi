@@ -18,6 +18,7 @@
 # everywhere here.
 
 from cpython.contextvars cimport PyContext_Enter, PyContext_Exit, PyContext_CopyCurrent
+from cpython.dict cimport PyDict_GetItem
 
 cdef extern from "Python.h":
     ctypedef struct PyMemberDef:
@@ -205,19 +206,29 @@ cdef class AioRunLoop:
     cdef object ready                 # the loop's _ready deque
     cdef object ready_append          # its append
     cdef object ready_popleft         # its popleft
+    cdef dict ldict                   # the loop's __dict__: its _debug, _closed, _task_factory
+
+    cdef inline object attr(self, str name):
+        # loop.<name> for an attribute BaseEventLoop keeps in the instance
+        # (read from its __dict__, no type lookup first); getattr if absent
+        cdef PyObject *p = PyDict_GetItem(self.ldict, name)
+        if p != NULL:
+            return <object>p
+        return getattr(self.loop, name)
 
     def __init__(self, loop, ready):
         self.loop = loop
+        self.ldict = loop.__dict__
         self.ready = ready
         self.ready_append = ready.append
         self.ready_popleft = ready.popleft
 
     def get_debug(self):
-        return self.loop._debug
+        return self.attr("_debug")
 
     def call_soon(self, callback, *args, context=None):
         loop = self.loop
-        if loop._closed or loop._debug:
+        if self.attr("_closed") or self.attr("_debug"):
             # the checks (closed, thread, callback) and the source traceback
             return _rl_base.call_soon(loop, callback, *args, context=context)
         if context is None:
@@ -231,7 +242,8 @@ cdef class AioRunLoop:
 
     def create_task(self, coro, *, name=None, context=None, **kwargs):
         loop = self.loop
-        if kwargs or loop._closed or loop._debug or loop._task_factory is not None:
+        if (kwargs or self.attr("_closed") or self.attr("_debug")
+                or self.attr("_task_factory") is not None):
             # (kwargs: what a later asyncio's create_task takes, eager_start)
             return _rl_base.create_task(loop, coro, name=name, context=context, **kwargs)
         return _rl_task_cls(coro, loop=loop, name=name, context=context)
@@ -294,7 +306,7 @@ cdef class AioRunLoop:
             if t is _rl_handle_cls or t is _rl_timer_cls:
                 if rl_cancelled(h):
                     continue
-                if loop._debug:
+                if self.attr("_debug"):
                     _rl_run_debug(loop, h)
                     continue
                 rl_run_handle(h)
