@@ -20,16 +20,20 @@ message); on ``pure`` they are the Python classes here. See docs/aio.md.
 
 import asyncio
 import collections
+import contextvars
 import errno
+import heapq
 import os
 import socket
 import ssl
 import sys
+import time
 import types
 import warnings
 import weakref
 
-from asyncio import constants, futures, protocols, sslproto, transports, trsock
+from asyncio import (base_events, constants, events, format_helpers, futures, protocols,
+                     sslproto, tasks, transports, trsock)
 from asyncio.log import logger
 
 import goaio as _goaio
@@ -1169,6 +1173,71 @@ class _PyCollector:
             self.dirty = True
 
 
+# -- the run loop (compiled: goaio/core/runloop.pxi, AioRunLoop) --
+
+if sys.version_info >= (3, 13):
+    def _callback_source(handle):
+        return format_helpers._format_callback_source(handle._callback, handle._args,
+                                                      debug=handle._loop.get_debug())
+else:
+    def _callback_source(handle):
+        return format_helpers._format_callback_source(handle._callback, handle._args)
+
+
+def _handle_error(handle, exc):
+    """What Handle._run does with an exception of its callback (the compiled
+    run loop runs asyncio's handles without Handle._run)."""
+    context = {
+        "message": f"Exception in callback {_callback_source(handle)}",
+        "exception": exc,
+        "handle": handle,
+    }
+    if handle._source_traceback:
+        context["source_traceback"] = handle._source_traceback
+    handle._loop.call_exception_handler(context)
+
+
+def _run_debug(loop, handle):
+    """BaseEventLoop._run_once's run of one handle in debug mode."""
+    try:
+        loop._current_handle = handle
+        t0 = loop.time()
+        handle._run()
+        dt = loop.time() - t0
+        if dt >= loop.slow_callback_duration:
+            logger.warning("Executing %s took %.3f seconds", base_events._format_handle(handle), dt)
+    finally:
+        loop._current_handle = None
+
+
+#: The BaseEventLoop methods the compiled run loop replaces on a Loop whose
+#: class does not override them (docs/aio.md, "The run loop").
+_RUNLOOP_METHODS = ("_run_once", "call_soon", "create_future", "create_task", "get_debug")
+_runloop_ready = set()
+
+
+def _install_runloop(loop, mod):
+    if not hasattr(mod, "AioRunLoop"):
+        return None
+    if mod not in _runloop_ready:
+        mod.aio_runloop_init(events.Handle, events.TimerHandle, futures.Future, tasks.Task,
+                             contextvars.Context, heapq.heappop, heapq.heapify,
+                             base_events.BaseEventLoop, _handle_error, _run_debug,
+                             base_events.MAXIMUM_SELECT_TIMEOUT,
+                             base_events._MIN_SCHEDULED_TIMER_HANDLES,
+                             base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION)
+        _runloop_ready.add(mod)
+    rl = mod.AioRunLoop(loop, loop._ready)
+    cls = type(loop)
+    base = base_events.BaseEventLoop
+    for name in _RUNLOOP_METHODS:
+        if getattr(cls, name) is getattr(base, name):
+            setattr(loop, name, getattr(rl, name))
+    if cls.time is base.time:
+        loop.time = time.monotonic
+    return rl
+
+
 _compiled_classes = {}
 
 
@@ -1249,6 +1318,8 @@ class Loop(_NetMixin, _SockMixin, asyncio.SelectorEventLoop):
             # does the IO without waiting for the loop to stay away
             self._svc._set_worker_grace(0)
         sel.select = col.select
+        # compiled call_soon / create_task / _run_once ... (compiled backends)
+        self._goaio_rl = _install_runloop(self, mod)
 
     @property
     def service(self):

@@ -29,6 +29,7 @@
 #   stats      svc.stats(), pool.stats()
 #   fork       fork and exit handling of live services
 #   transport  goaio.aio's compiled transport and completion dispatch
+#   runloop    goaio.aio's loop iteration, call_soon, create_task, compiled
 #
 # The states of services, connections and ops, the threads, the locks and
 # their order, and the naming of helpers by their lock/GIL contract are in
@@ -60,3 +61,4 @@ include "tls_setup.pxi"
 include "stats.pxi"
 include "fork.pxi"
 include "transport.pxi"
+include "runloop.pxi"
