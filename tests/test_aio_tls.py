@@ -390,6 +390,8 @@ def test_start_tls_protocol_sees_no_second_connection_made(loop, tls_certs):
 
 
 def test_start_tls_untrusted_certificate_fails(loop, tls_certs):
+    done = []
+
     async def handle(r, w):
         await r.readexactly(1)
         w.write(b"!")
@@ -397,7 +399,9 @@ def test_start_tls_untrusted_certificate_fails(loop, tls_certs):
             await w.start_tls(tls_certs.server_context("untrusted"))
         except (ssl.SSLError, OSError):
             pass
-        w.close()
+        finally:
+            w.close()
+            done.append(True)
 
     async def main():
         srv = await asyncio.start_server(handle, "127.0.0.1", 0)
@@ -408,7 +412,7 @@ def test_start_tls_untrusted_certificate_fails(loop, tls_certs):
             await r.readexactly(1)
             with pytest.raises(ssl.SSLCertVerificationError):
                 await w.start_tls(tls_certs.client_context(), server_hostname="localhost")
-            await asyncio.sleep(0.05)       # (the server side's end)
+            await _until(lambda: done)      # (the server side's end)
     run(loop, main())
 
 
