@@ -870,7 +870,10 @@ def _tls_transport_from_conn(loop, conn, protocol, sslcontext, server_side, serv
     at once (``conn.start_tls``); ``protocol.connection_made`` and then the
     ``waiter`` (a future, or None) once the handshake has completed, a
     handshake failure is the waiter's exception; ``server``: the asyncio
-    Server it belongs to, or None. For accepted goaio connections."""
+    Server it belongs to, or None. For accepted goaio connections. ``conn``
+    must be bound as the loop binds its own: ``share_buff=loop._pool`` (its
+    receives take the loop's pool buffers), ``recvq_size >= 2``,
+    ``sendq_size >= MAX_INFLIGHT_SENDS + 2``."""
     return _SSLTransport(loop, sock, protocol, sslcontext, waiter, server_side, server_hostname,
                          extra, server, handshake_timeout, shutdown_timeout, conn=conn,
                          call_connection_made=call_connection_made)

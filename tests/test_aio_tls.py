@@ -390,6 +390,8 @@ def test_start_tls_protocol_sees_no_second_connection_made(loop, tls_certs):
 
 
 def test_start_tls_untrusted_certificate_fails(loop, tls_certs):
+    done = []
+
     async def handle(r, w):
         await r.readexactly(1)
         w.write(b"!")
@@ -397,7 +399,9 @@ def test_start_tls_untrusted_certificate_fails(loop, tls_certs):
             await w.start_tls(tls_certs.server_context("untrusted"))
         except (ssl.SSLError, OSError):
             pass
-        w.close()
+        finally:
+            w.close()
+            done.append(True)
 
     async def main():
         srv = await asyncio.start_server(handle, "127.0.0.1", 0)
@@ -408,7 +412,7 @@ def test_start_tls_untrusted_certificate_fails(loop, tls_certs):
             await r.readexactly(1)
             with pytest.raises(ssl.SSLCertVerificationError):
                 await w.start_tls(tls_certs.client_context(), server_hostname="localhost")
-            await asyncio.sleep(0.05)       # (the server side's end)
+            await _until(lambda: done)      # (the server side's end)
     run(loop, main())
 
 
@@ -570,3 +574,49 @@ def test_peer_half_close_leaves_tls_writable(loop, tls_certs):
     peer.join()
     assert peer.exc is None, peer.exc
     assert got["after"] == b""      # no close_notify (nor an alert) after its EOF
+
+
+def test_tls_transport_from_an_already_bound_conn(loop, tls_certs):
+    # the interface for accepted goaio connections: a bound plain AIOConn
+    # (no socket object given) becomes a TLS transport
+    def serve(ssock):
+        ssock.sendall(recv_n(ssock, 3)[::-1])
+        ssock.unwrap()
+
+    def recv_n(ssock, n):
+        data = b""
+        while len(data) < n:
+            data += ssock.recv(n - len(data))
+        return data
+
+    peer = _SSLServer(tls_certs.server_context(), serve)
+    got = []
+
+    class P(asyncio.Protocol):
+        def connection_made(self, tr):
+            got.append("made")
+            tr.write(b"abc")
+
+        def data_received(self, data):
+            got.append(data)
+
+        def connection_lost(self, exc):
+            got.append(("lost", exc))
+
+    async def main():
+        sock = socket.create_connection(("127.0.0.1", peer.port))
+        sock.setblocking(False)
+        conn = loop.service.bind(sock, recvq_size=2,
+                                 sendq_size=goaio.aio.MAX_INFLIGHT_SENDS + 2,
+                                 share_buff=loop._pool)
+        waiter = loop.create_future()
+        tr = goaio.aio._tls_transport_from_conn(loop, conn, P(), tls_certs.client_context(),
+                                                False, "localhost", 10.0, waiter, None)
+        await waiter
+        assert _rides_goaio_tls(tr) and tr._conn is conn
+        assert tr.get_extra_info("peername") == ("127.0.0.1", peer.port)
+        await _until(lambda: got[-1:] == [("lost", None)])
+    run(loop, main())
+    peer.join()
+    assert peer.exc is None, peer.exc
+    assert got == ["made", b"cba", ("lost", None)]
