@@ -30,6 +30,8 @@ cdef extern from *:
 cdef class _ConnSide:
     """An AIOConn's rarely used fields, made when one is first needed (an idle
     connection carries one pointer for them; issue 13)."""
+    cdef object sock             # the socket object (None: an fd bound without one)
+    cdef object user_data        # conn.user_data
     cdef dict shared_errs        # key -> the exception a failed send shares with a shutdown
     cdef object tls_info         # conn.tls, once asked for (core/tls_setup.pxi)
     cdef object peername         # a non-IPv4 peer's getpeername() read at bind
@@ -40,11 +42,10 @@ cdef class AIOConn:
     """A socket bound to an AIOService; post recv/recv_full/send on it."""
     cdef conn_t *c
     cdef AIOService _svc
-    # The socket object, or None for an fd bound without one (an accepted or
-    # connected IPv4 socket: the AIOConn owns the fd, `_fdown`, and makes the
-    # object only when asked for it, `_socket()`; issue 13, idle memory).
-    cdef object _sock
-    cdef public object user_data
+    # The socket object (in _x, _sockobj()) is None for an fd bound without
+    # one (an accepted or connected IPv4 socket: the AIOConn owns the fd,
+    # `_fdown`, and makes the object only when asked for it, `_socket()`);
+    # user_data lives in _x too (issue 13, idle memory).
     cdef _ConnSide _x            # the rarely used fields, or None (_side())
     cdef object __weakref__
     cdef uint32_t _peer_ip       # an IPv4 peer read at bind (host order), when _peer_v4
@@ -74,6 +75,23 @@ cdef class AIOConn:
                 self._x = x
         return self._x
 
+    cdef inline object _sockobj(self):
+        return self._x.sock if self._x is not None else None
+
+    @property
+    def user_data(self):
+        return self._x.user_data if self._x is not None else None
+
+    @user_data.setter
+    def user_data(self, value):
+        if value is not None or self._x is not None:
+            self._side().user_data = value
+
+    @user_data.deleter
+    def user_data(self):
+        if self._x is not None:
+            self._x.user_data = None
+
     cdef object _peer(self):
         """The peer's address as getpeername() gave it at bind, or None (GIL held)."""
         cdef uint32_t ip = self._peer_ip
@@ -87,7 +105,7 @@ cdef class AIOConn:
         without one; it then owns the fd, as a bound socket does), or None
         once closed (GIL held, no C lock)."""
         cdef int fd
-        if self._sock is None and self._fdown == 1 and not self.c.closed:
+        if self._sockobj() is None and self._fdown == 1 and not self.c.closed:
             fd = self.c.fd
             self._fdown = 2     # being made: a close meanwhile (the GIL may go) sets 0
             try:
@@ -99,9 +117,9 @@ cdef class AIOConn:
                     sock.detach()
                     return None
                 sock.setblocking(False)
-                self._sock = sock
+                self._side().sock = sock
             self._fdown = 1 if sock is None else 0
-        return self._sock
+        return self._sockobj()
 
     def __del__(self):
         if self.c != NULL and not self.c.closed:
@@ -138,7 +156,8 @@ cdef class AIOConn:
             raise ServiceClosed(MSG_SERVICE_CLOSED)
         if self.c.closed:
             raise ConnClosed(MSG_CONN_CLOSED)
-        if self._sock is not None and sock_fileno(self._sock) != self.c.fd:     # (core/post.pxi)
+        cdef _ConnSide x = self._x
+        if x is not None and x.sock is not None and sock_fileno(x.sock) != self.c.fd:     # (core/post.pxi)
             # The user closed the socket behind our back: the number may
             # belong to another file now, which must never see our IO.
             self._close(_oserror(EBADF))
@@ -148,7 +167,8 @@ cdef class AIOConn:
     cdef bint _evict_if_stale(self, int fd):
         """Close this connection (pending ops: OSError(EBADF)) if its socket
         no longer owns fd; True when it did (GIL held, no C lock)."""
-        if self.c.closed or self.c.fd != fd or self._sock is None or self._sock.fileno() == fd:
+        sock = self._sockobj()
+        if self.c.closed or self.c.fd != fd or sock is None or sock.fileno() == fd:
             return False
         self._close(_oserror(EBADF))
         return True
@@ -344,12 +364,13 @@ cdef class AIOConn:
         # closed the socket behind our back, the number may already belong to
         # another file. EPOLL_CTL_DEL comes before close(); the fd number leaves
         # the bound registry while still open, so no socket can get it before.
-        if self._sock is None:
+        sock = self._sockobj()
+        if sock is None:
             mine = self._fdown != 0     # (2: _socket() is making the object: it lets go)
             self._fdown = 0
         else:
             try:
-                mine = self._sock.detach() == fd
+                mine = sock.detach() == fd
             except OSError:
                 mine = False
         if mine:
@@ -428,7 +449,8 @@ cdef AIOConn conn_bind_gil(AIOService svc, sock, int fd, option, dict kwargs,
         c.heap_idx = -1
         conn.c = c
         conn._svc = svc
-        conn._sock = None if fdpath else sock
+        if not fdpath:
+            conn._side().sock = sock
         # The peer's address, read once: it stays known after both sides
         # closed their stream and the kernel forgot it. An IPv4 one is kept
         # as two C fields, not a tuple of a str and an int (issue 13).
@@ -440,7 +462,8 @@ cdef AIOConn conn_bind_gil(AIOService svc, sock, int fd, option, dict kwargs,
             conn._peer_port = port
         elif fam > 0 and not fdpath:
             conn._side().peername = peername_at_bind(sock)     # core/halfclose.pxi
-        conn.user_data = option.user_data
+        if option.user_data is not None:
+            conn._side().user_data = option.user_data
         c.fd = fd
         # A send is tried at once (EAGAIN clears the flag). Readability comes
         # from the poller: registering reports data already there, and no
