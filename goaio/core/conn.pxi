@@ -9,7 +9,7 @@ cdef extern from *:
     #include <sys/socket.h>
     #include <netinet/in.h>
     #include <arpa/inet.h>
-    /* The peer of a bound fd: 0 with an IPv4 peer in *ip/*port (host order),
+    /* The peer of a bound fd: 0 with an IPv4 peer in ip and port (host order),
        its family (> 0) for any other, -1 when the OS does not know it. */
     static int goaio_peer_v4(int fd, uint32_t *ip, uint16_t *port) {
         struct sockaddr_storage ss;
