@@ -105,20 +105,23 @@ cdef class AIOConn:
         without one; it then owns the fd, as a bound socket does), or None
         once closed (GIL held, no C lock)."""
         cdef int fd
+        cdef _ConnSide x
         if self._sockobj() is None and self._fdown == 1 and not self.c.closed:
+            x = self._side()    # (made first: nothing below lets the GIL go once the object is ours)
             fd = self.c.fd
             self._fdown = 2     # being made: a close meanwhile (the GIL may go) sets 0
             try:
                 sock = _socket.socket(fileno=fd)
             except OSError:
-                sock = None
-            if sock is not None:
-                if self._fdown != 2:        # closed meanwhile: the fd is not ours
-                    sock.detach()
-                    return None
-                sock.setblocking(False)
-                self._side().sock = sock
-            self._fdown = 1 if sock is None else 0
+                if self._fdown == 2:
+                    self._fdown = 1
+                return None
+            if self._fdown != 2 or x.sock is not None:
+                sock.detach()   # closed meanwhile: the fd is not ours (detach never closes)
+                return self._sockobj()
+            x.sock = sock       # the socket object owns the fd from here on
+            self._fdown = 0
+            sock.setblocking(False)
         return self._sockobj()
 
     def __del__(self):
