@@ -169,3 +169,49 @@ def test_accepted_ipv6_connection_keeps_its_addresses(backend, svc):
     finally:
         peer.close()
         ln.close()
+
+
+FORK_ACCEPTED = r"""
+import gc, os, socket, goaio
+svc = goaio.AIOService()
+ln = svc.listen(("127.0.0.1", 0))
+peer = socket.create_connection(ln.address, timeout=10)
+ln.accept("a")
+res = svc.get_complete_status(timeout=10)
+conn = res.conn
+del res
+fd = conn.fd
+pid = os.fork()
+if pid == 0:
+    code = 1
+    try:
+        if conn.closed and svc.closed:
+            os.fstat(fd)                # still open in the child...
+            del conn
+            gc.collect()
+            try:
+                os.fstat(fd)
+            except OSError:
+                code = 0                # ...until its connection goes, as a socket's would
+    finally:
+        os._exit(code)
+_, status = os.waitpid(pid, 0)
+assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+conn.send("s", b"x")                    # the parent's connection is undisturbed
+r = svc.get_complete_status(timeout=10)
+assert r.err is None, r.err
+assert peer.recv(1) == b"x"
+conn.close(); ln.close(); svc.close(); peer.close()
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork")
+def test_accepted_connection_inherited_by_fork(backend):
+    """In a forked child an accepted connection counts as closed and its fd
+    copy is closed when the connection goes; the parent's is untouched."""
+    from support import run_python
+
+    proc = run_python(FORK_ACCEPTED, backend_name=backend.name, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
