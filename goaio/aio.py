@@ -37,7 +37,7 @@ from asyncio import (base_events, constants, events, format_helpers, futures, pr
 from asyncio.log import logger
 
 import goaio as _goaio
-from ._aio_net import NetMixin as _NetMixin
+from ._aio_net import NetMixin as _NetMixin, _conn_sock
 from ._errors import ConnClosed, ServiceClosed
 from ._aio_sock import SockMixin as _SockMixin
 
@@ -101,7 +101,7 @@ class _PyTransport(GoaioTransport):
         # conn: an AIOConn goaio already bound (an accept's, a connect's;
         # TCP_NODELAY set by goaio); sock is then None
         if conn is not None:
-            sock = conn._sock
+            sock = _conn_sock(loop, conn)
         super().__init__(extra, loop)
         self._extra["socket"] = trsock.TransportSocket(sock)
         try:

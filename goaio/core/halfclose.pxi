@@ -8,7 +8,7 @@
 # that fails while it is pending leaves its errno in c.shut_err: the shutdown
 # then completes with that error and shuts nothing down (c.shut back to 0),
 # the very exception object of the send's result (OPF_SHAREDERR: whichever
-# result is made first makes it, in AIOConn._shared_errs, the other takes it); a
+# result is made first makes it, in AIOConn._side().shared_errs, the other takes it); a
 # send timeout, a cancel or a close takes it out of the queue with the sends
 # (c.shut back to 0 as well).
 
@@ -27,12 +27,13 @@ cdef object shared_err_gil(op_t *op):
     """The exception a failed send and its shutdown share (GIL held): made by
     whichever of the two results comes first, taken by the other."""
     cdef AIOConn conn = <AIOConn><object>op.pyconn
+    cdef _ConnSide x = conn._side()         # (core/conn.pxi)
     exc = _oserror(op.err)
-    if conn._shared_errs is None:
-        conn._shared_errs = {}
-    got = conn._shared_errs.setdefault(op.pool_idx, exc)    # (atomic under the GIL)
+    if x.shared_errs is None:
+        x.shared_errs = {}
+    got = x.shared_errs.setdefault(op.pool_idx, exc)        # (atomic under the GIL)
     if got is not exc:
-        del conn._shared_errs[op.pool_idx]                  # the second of the two
+        del x.shared_errs[op.pool_idx]                      # the second of the two
     return got
 
 
@@ -147,8 +148,8 @@ cdef object conn_address(AIOConn conn, bint peer):
     if conn.c.closed:
         return None
     if peer:
-        return conn._peername
+        return conn._peer()
     try:
-        return conn._sock.getsockname()
+        return conn._socket().getsockname()
     except OSError:
         return None

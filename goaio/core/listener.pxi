@@ -180,13 +180,9 @@ cdef AIOResult make_new_conn_result_gil(svc_t *s, op_t *op):
         return r
     svc, option = <tuple>op.buffobj
     try:
-        sock = _socket.socket(fileno=op.newfd)
-        op.newfd = -1                   # the socket object owns it now
-        try:
-            r.conn = (<AIOService>svc).bind(sock, option)
-        except Exception:
-            sock.close()
-            raise
+        fd = op.newfd
+        op.newfd = -1                   # the connection owns it now (closed if the bind fails)
+        r.conn = conn_bind_fd_gil(<AIOService>svc, fd, option)    # core/conn.pxi
         if op.kind == OP_ACCEPT:
             s.accepted += 1
     except Exception as e:

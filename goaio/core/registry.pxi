@@ -3,35 +3,37 @@
 
 cdef int reg_add(svc_t *s, conn_t *c) noexcept nogil:
     """Give c a slot and its id; 0 or ENOMEM. Takes reg_lock (no other lock held)."""
-    cdef uint32_t idx, ncap, i
+    cdef uint32_t idx, ncap
     cdef conn_t **ns
     cdef uint32_t *ng
     cdef uint32_t *nf
     pthread_mutex_lock(&s.reg_lock)
-    if s.nfree_slots == 0:
-        ncap = s.nslots * 2 if s.nslots else 64
-        ns = <conn_t **>PyMem_RawRealloc(s.slots, ncap * sizeof(conn_t *))
-        if ns != NULL:
-            s.slots = ns
-        ng = <uint32_t *>PyMem_RawRealloc(s.gens, ncap * sizeof(uint32_t))
-        if ng != NULL:
-            s.gens = ng
-        nf = <uint32_t *>PyMem_RawRealloc(s.free_slots, ncap * sizeof(uint32_t))
-        if nf != NULL:
-            s.free_slots = nf
-        if ns == NULL or ng == NULL or nf == NULL:
-            pthread_mutex_unlock(&s.reg_lock)
-            return ENOMEM
-        i = ncap
-        while i > s.nslots:
-            i -= 1
-            s.slots[i] = NULL
-            s.gens[i] = 1
-            s.free_slots[s.nfree_slots] = i
-            s.nfree_slots += 1
-        s.nslots = ncap
-    s.nfree_slots -= 1
-    idx = s.free_slots[s.nfree_slots]
+    if s.nfree_slots:
+        s.nfree_slots -= 1
+        idx = s.free_slots[s.nfree_slots]
+    else:
+        # A fresh slot: the arrays grow by doubling, but a slot's entries are
+        # written only when it is first used, so the pages of the unused part
+        # stay untouched (no RSS; issue 13). s.nslots counts the slots in use
+        # so far (every walker stops there); s.slot_cap is the capacity.
+        if s.nslots == s.slot_cap:
+            ncap = s.slot_cap * 2 if s.slot_cap else 64
+            ns = <conn_t **>PyMem_RawRealloc(s.slots, ncap * sizeof(conn_t *))
+            if ns != NULL:
+                s.slots = ns
+            ng = <uint32_t *>PyMem_RawRealloc(s.gens, ncap * sizeof(uint32_t))
+            if ng != NULL:
+                s.gens = ng
+            nf = <uint32_t *>PyMem_RawRealloc(s.free_slots, ncap * sizeof(uint32_t))
+            if nf != NULL:
+                s.free_slots = nf
+            if ns == NULL or ng == NULL or nf == NULL:
+                pthread_mutex_unlock(&s.reg_lock)
+                return ENOMEM
+            s.slot_cap = ncap
+        idx = s.nslots
+        s.gens[idx] = 1
+        s.nslots += 1
     s.slots[idx] = c
     # The id is (generation << 32 | slot): a stale event for a closed connection
     # whose slot (or fd number) was reused carries the old generation and is dropped.

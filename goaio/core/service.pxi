@@ -110,75 +110,10 @@ cdef class AIOService:
         """goaio.aio hook: bind a socket its owner keeps (asyncio's
         loop.sock_* calls). The connection's close() only takes the fd out of
         the poller: it never closes the fd nor touches the socket object."""
-        return self._bind(sock, option, kwargs, True)
+        return conn_bind_gil(self, sock, -1, option, kwargs, borrowed=True)     # core/conn.pxi
 
-    cdef AIOConn _bind(self, sock, option, dict kwargs, bint borrowed=False):
-        cdef AIOConn conn
-        cdef conn_t *c
-        cdef int err
-        if self.s.closed:
-            raise ServiceClosed(MSG_SERVICE_CLOSED)
-        fd = _check_socket(sock)
-        _bound_fds.add(fd)
-        try:
-            option = _make_option(option, kwargs)
-            sock.setblocking(False)
-            err = poller_prepare_fd(fd)     # per-OS socket setup (macOS: SO_NOSIGPIPE)
-            if err:
-                raise _oserror(err)
-            conn = AIOConn.__new__(AIOConn)
-            c = <conn_t *>PyMem_RawMalloc(sizeof(conn_t))
-            if c == NULL:
-                raise MemoryError()
-            memset(c, 0, sizeof(conn_t))
-            pthread_mutex_init(&c.lock, NULL)
-            c.cref = 1
-            c.heap_idx = -1
-            conn.c = c
-            conn._svc = self
-            conn._sock = sock
-            conn._peername = peername_at_bind(sock)     # core/halfclose.pxi
-            conn.user_data = option.user_data
-            c.fd = fd
-            c.borrowed = borrowed
-            # A send is tried at once (EAGAIN clears the flag). Readability comes
-            # from the poller: registering reports data already there, and no
-            # share buffer is ever taken on a guess.
-            c.readable = 0
-            c.writable = 1
-            # any size >= 1 is accepted; a queue never holds 2**31 ops anyway
-            c.rq.max = min(option.recvq_size, QUEUE_MAX)
-            c.sq.max = min(option.sendq_size, QUEUE_MAX)
-            share = option.share_buff
-            if share is not None:
-                Py_INCREF(share)
-                c.share_buff = <PyObject *>share
-                if type(share) is BufferPool:
-                    c.pool = (<BufferPool>share).p
-            c.pyobj = <PyObject *>conn
-            # Registered and added to the poller only while the service is
-            # open, and close() waits for us: it then closes this connection,
-            # and no bind ever touches a closed poller.
-            if not poller_use_begin(self.s, True):
-                c.closed = 1
-                raise ServiceClosed(MSG_SERVICE_CLOSED)
-            with nogil:
-                err = reg_add(self.s, c)
-                if err == 0:
-                    err = poller_add(&self.s.poller, c.fd, c.id)
-                    if err:
-                        reg_remove(self.s, c)
-                poller_use_end(self.s)
-            if err:
-                c.closed = 1
-                raise _oserror(err)
-        except BaseException:
-            _bound_fds.discard(fd)
-            raise
-        if self.s.closed:
-            conn._close(None)
-            raise ServiceClosed(MSG_SERVICE_CLOSED)
-        return conn
+    cdef AIOConn _bind(self, sock, option, dict kwargs):
+        return conn_bind_gil(self, sock, -1, option, kwargs)     # core/conn.pxi
 
     cdef object _collect(self, Py_ssize_t maxn, timeout):
         cdef svc_t *s = self.s

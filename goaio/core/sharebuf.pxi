@@ -10,8 +10,21 @@
 #   ...the `_nogil` function that takes the GIL and runs the Python code...
 #   relock_after_python: retake c.lock, clear c.acquiring; when the connection
 #       was closed meanwhile, give the buffer and exception back (c.lock
-#       dropped again for that), else leave them in c.stash / c.stash_exc.
+#       dropped again for that), else leave them in c.stash (the exception
+#       tagged: stash_tag_exc).
 # The caller then re-examines the connection from the top.
+
+cdef extern from *:
+    """
+    /* c.stash holds a stash_t or, with its low bit set, the exception that
+       getting one raised (both aligned: the bit is free); they never coexist. */
+    #define goaio_stash_is_exc(p) (((uintptr_t)(p)) & 1)
+    #define goaio_stash_tag_exc(e) ((void *)((uintptr_t)(e) | 1))
+    #define goaio_stash_exc(p) ((PyObject *)((uintptr_t)(p) & ~(uintptr_t)1))
+    """
+    bint stash_is_exc "goaio_stash_is_exc"(stash_t *p) noexcept nogil
+    stash_t *stash_tag_exc "goaio_stash_tag_exc"(PyObject *e) noexcept nogil
+    PyObject *stash_exc "goaio_stash_exc"(stash_t *p) noexcept nogil
 
 
 cdef void release_share_gil(object share, object buff) noexcept:
@@ -113,8 +126,7 @@ cdef void relock_after_python(conn_t *c, stash_t *st, PyObject *exc) noexcept no
             give_back_nogil(st, exc)
             pthread_mutex_lock(&c.lock)
     else:
-        c.stash = st
-        c.stash_exc = exc
+        c.stash = st if exc == NULL else stash_tag_exc(exc)    # (never both)
     c.acquiring = 0
 
 
@@ -135,9 +147,9 @@ cdef int attach_buffer_locked(svc_t *s, conn_t *c, op_t *op, oplist_t *done) noe
     cdef char *data
     cdef int idx
     cdef stash_t *st
-    if c.stash_exc != NULL:
-        op.errobj = c.stash_exc
-        c.stash_exc = NULL
+    if stash_is_exc(c.stash):
+        op.errobj = stash_exc(c.stash)
+        c.stash = NULL
         finish_op_locked(c, opq_pop_locked(&c.rq), ERR_OBJ, done)
         return 0
     if c.pool != NULL:

@@ -58,14 +58,14 @@ cdef struct stash_t:
 cdef struct op_t:
     op_t *next
     conn_t *conn
-    int kind
-    int flags
+    unsigned char kind   # (narrow fields: every idle connection has one receive op)
+    unsigned char pinned # allocated with view0 (core/post.pxi: op_new, the freelists)
+    unsigned short flags
     int err
     int nviews
     int iovcnt
     int pool_idx
     int newfd            # OP_ACCEPT/OP_CONNECT: the new socket, -1 once handed over
-    int pinned           # allocated with view0 (core/post.pxi: op_new, the freelists)
     PyObject *pyconn     # owned: keeps the AIOConn alive while the op is pending
     PyObject *context    # owned
     PyObject *buffobj    # owned (borrowed for OPF_POOLBUF)
@@ -141,9 +141,14 @@ cdef struct tls_t:
 
 
 cdef struct conn_t:
+    # (field order and widths keep the record at 216 B, a 224 B malloc
+    # block: every idle connection has one; issue 13)
     long cref            # atomic: the AIOConn, poll dispatches and timer entries
     uint64_t id
     int fd
+    int shut_key         # the key of the exception a failed send and its shutdown share
+    int heap_idx         # where its timer heap entry is, -1 if none (guarded by s.tlock)
+    short shut_err       # errno of a send that failed while a shutdown was pending
     char closed
     char readable
     char writable
@@ -153,24 +158,21 @@ cdef struct conn_t:
     char kind            # CK_STREAM, CK_LISTENER, CK_CONNECT
     char shut            # 0 open, 1 a shutdown is pending, 2 shut down for writing
     char retire          # a finished connect record: the next unlocker unregisters it
-    char borrowed        # bound by svc._bind_borrowed: close() never closes the fd (goaio.aio)
-    int shut_err         # errno of a send that failed while a shutdown was pending
-    int shut_key         # and the key of the exception both results share
+    char hsw_queued      # queued in the service's handshake work queue (c.lock)
     opq_t rq             # pending receives
     opq_t sq             # pending sends
     int64_t timer_at     # the deadline of its entry in the timer heap, 0 if none
-    Py_ssize_t heap_idx  # where that entry is, -1 if none (guarded by s.tlock)
     pool_t *pool         # BufferPool fast path, or NULL
     PyObject *share_buff # owned; released with the record (so a worker may use it
                          # while it holds a cref, whatever the AIOConn does)
     PyObject *pyobj      # borrowed: the AIOConn, NULL once it is closed
-    stash_t *stash       # owned: buffer taken from a Python share_buff, not yet used
-    PyObject *stash_exc  # owned: exception raised by share_buff.acquire()
+    stash_t *stash       # owned: buffer taken from a Python share_buff, not yet used;
+                         # or, tagged (core/sharebuf.pxi: stash_is_exc), the exception
+                         # share_buff.acquire() or growing the BufferPool raised
     tls_t *tls           # owned: the TLS layer, NULL for a plain connection
     tls_t *tls_next      # owned: a pending start_tls's layer, until it starts
     tls_t *tls_dropped   # owned: the layer of a start_tls removed before it started
     conn_t *hsw_next     # in the service's handshake work queue (s.lock)
-    char hsw_queued      # queued there (c.lock)
     pthread_mutex_t lock
 
 
@@ -202,7 +204,8 @@ cdef struct svc_t:
     uint32_t *gens
     uint32_t *free_slots
     uint32_t nfree_slots
-    uint32_t nslots
+    uint32_t nslots      # slots used so far (each initialised): walkers stop here
+    uint32_t slot_cap    # the arrays' capacity (core/registry.pxi)
     long nconns
     pthread_mutex_t tlock
     tentry_t *heap

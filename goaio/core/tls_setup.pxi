@@ -378,13 +378,15 @@ cdef object tls_info_gil(AIOConn conn):
     cdef tls_t *t = conn.c.tls
     if t == NULL:
         return None         # (a start_tls not started yet included)
-    if conn._tls_info is None:
+    cdef _ConnSide x = conn._side()         # (core/conn.pxi)
+    if x.tls_info is None:
         guard = TLSGuard.__new__(TLSGuard)
-        # weak: conn -> TLSInfo -> guard -> conn would be a reference cycle,
-        # keeping a closed connection (and its SSLContext) until a gc pass
+        # weak: conn -> side record -> TLSInfo -> guard -> conn would be a
+        # reference cycle, keeping a closed connection (and its SSLContext)
+        # until a gc pass
         (<TLSGuard>guard).conn_ref = _weakref.ref(conn)
-        conn._tls_info = _tls.TLSInfo(<object>t.sslobj, guard)
-    return conn._tls_info
+        x.tls_info = _tls.TLSInfo(<object>t.sslobj, guard)
+    return x.tls_info
 
 
 @cython.final

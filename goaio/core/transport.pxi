@@ -318,20 +318,20 @@ cdef class AioCore:
 
     @property
     def sock(self):
-        return self.conn._sock if self.alive else None
+        return self.conn._socket() if self.alive else None
 
     @property
     def transport_socket(self):
         if self.tsock is None and self.conn is not None:
-            self.tsock = _aio_tsock(self.conn._sock)
+            self.tsock = _aio_tsock(self.conn._socket())
         return self.tsock
 
     @property
     def peername(self):
-        return self.conn._peername if self.conn is not None else None
+        return self.conn._peer() if self.conn is not None else None
 
     def sockname(self):
-        cdef object sock = self.conn._sock if self.conn is not None else None
+        cdef object sock = self.conn._socket() if self.conn is not None else None
         if sock is None:
             return None
         try:
@@ -694,7 +694,7 @@ cdef class AioCore:
         if not self.sending and self.backlog is None and self.send_first:
             # nothing queued: one gather send(2) at once (sendmsg)
             try:
-                n = self.conn._sock.sendmsg(items[:AIO_GATHER])
+                n = self.conn._socket().sendmsg(items[:AIO_GATHER])
             except (BlockingIOError, InterruptedError):
                 n = 0
             except (SystemExit, KeyboardInterrupt):
@@ -926,7 +926,7 @@ def aio_conn_socket(AIOConn conn):
     """goaio.aio hook: the ``socket.socket`` of a bound connection (an
     accepted or connected one's, for a transport made from it; None once
     closed)."""
-    return conn._sock if not conn.c.closed else None
+    return conn._socket() if not conn.c.closed else None
 
 
 def aio_transport_class(base):
