@@ -35,6 +35,7 @@ cdef class _ConnSide:
     cdef dict shared_errs        # key -> the exception a failed send shares with a shutdown
     cdef object tls_info         # conn.tls, once asked for (core/tls_setup.pxi)
     cdef object peername         # a non-IPv4 peer's getpeername() read at bind
+    cdef bint borrowed           # svc._bind_borrowed: close() leaves the fd and socket to their owner
 
 
 @cython.final
@@ -52,7 +53,6 @@ cdef class AIOConn:
     cdef uint16_t _peer_port
     cdef char _peer_v4
     cdef char _fdown             # 1: c.fd is ours alone (no socket object), closed by _close
-    cdef char _borrowed          # svc._bind_borrowed: close() leaves the fd and socket to their owner
 
     def __init__(self):
         raise TypeError(MSG_NOT_MADE_BY_BIND)
@@ -376,7 +376,7 @@ cdef class AIOConn:
             self._fdown = 0
         else:
             try:
-                if self._borrowed:
+                if self._x.borrowed:
                     mine = sock.fileno() == fd
                 else:
                     mine = sock.detach() == fd
@@ -388,7 +388,7 @@ cdef class AIOConn:
                     poller_del(&s.poller, fd)
                     poller_use_end(s)
         _bound_fds.discard(fd)
-        if mine and not self._borrowed:
+        if mine and not (self._x is not None and self._x.borrowed):
             close(fd)
         if st != NULL:
             stash_free_gil(st, True)
@@ -458,9 +458,9 @@ cdef AIOConn conn_bind_gil(AIOService svc, sock, int fd, option, dict kwargs,
         c.heap_idx = -1
         conn.c = c
         conn._svc = svc
-        conn._borrowed = borrowed
         if not fdpath:
             conn._side().sock = sock
+            conn._x.borrowed = borrowed
         # The peer's address, read once: it stays known after both sides
         # closed their stream and the kernel forgot it. An IPv4 one is kept
         # as two C fields, not a tuple of a str and an int (issue 13).

@@ -110,7 +110,7 @@ cdef class AIOService:
         """goaio.aio hook: bind a socket its owner keeps (asyncio's
         loop.sock_* calls). The connection's close() only takes the fd out of
         the poller: it never closes the fd nor touches the socket object."""
-        return conn_bind_gil(self, sock, -1, option, kwargs, borrowed=True)     # core/conn.pxi
+        return conn_bind_gil(self, sock, -1, option, kwargs, -2, 0, 0, True)     # core/conn.pxi
 
     cdef AIOConn _bind(self, sock, option, dict kwargs):
         return conn_bind_gil(self, sock, -1, option, kwargs)     # core/conn.pxi
