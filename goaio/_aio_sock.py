@@ -47,6 +47,13 @@ def _byte_view(data):
     return mv
 
 
+
+def _fail(queue, req, exc):
+    """A request that could not be posted leaves its queue with ``exc`` (a
+    closed connection or service: asyncio's EBADF)."""
+    queue.popleft()
+    req.fut.set_exception(_ebadf() if isinstance(exc, (ConnClosed, ServiceClosed)) else exc)
+
 class _Req:
     """One waiting sock_* call. Its bound ``_on_done`` is the context of the
     goaio operation that serves it (compared with ``is`` by conn.cancel)."""
@@ -255,6 +262,17 @@ class _SockState:
                                                       share_buff=self.pool)
         return self.conn
 
+    def _posting_conn(self):
+        """The borrowed connection to post on, bound now if needed;
+        ConnClosed when the socket was closed (or its fd reused) meanwhile."""
+        conn = self.conn
+        if conn is None:
+            sock = self.sock_ref()
+            if sock is None or sock.fileno() != self.fd:
+                raise ConnClosed()
+            conn = self.ensure_conn(sock)
+        return conn
+
     def pump_recv(self):
         rq = self.rq
         while rq and self.rop is None:
@@ -266,32 +284,15 @@ class _SockState:
                 rq.popleft()
                 req.serve_held()
                 continue
-            conn = self.conn
-            if conn is None:
-                sock = self.sock_ref()
-                if sock is None or sock.fileno() != self.fd:
-                    rq.popleft()
-                    req.fut.set_exception(_ebadf())
-                    continue
-                try:
-                    conn = self.ensure_conn(sock)
-                except BaseException as exc:
-                    rq.popleft()
-                    req.fut.set_exception(exc)
-                    continue
-            buf = req.buf
             try:
+                conn = self._posting_conn()
+                buf = req.buf
                 if buf is None:
                     conn.recv(req.cb, None if req.n >= self.share_min else bytearray(req.n))
                 else:
                     conn.recv(req.cb, buf)
-            except (ConnClosed, ServiceClosed):
-                rq.popleft()
-                req.fut.set_exception(_ebadf())
-                continue
             except BaseException as exc:
-                rq.popleft()
-                req.fut.set_exception(exc)
+                _fail(rq, req, exc)
                 continue
             self.rop = req
             self.loop._goaio.dirty = True
@@ -303,21 +304,10 @@ class _SockState:
             if req.fut.done():
                 sq.popleft()
                 continue
-            conn = self.conn
             try:
-                if conn is None:
-                    sock = self.sock_ref()
-                    if sock is None or sock.fileno() != self.fd:
-                        raise ConnClosed()
-                    conn = self.ensure_conn(sock)
-                conn.send(req.cb, req.buf[req.pos:])
-            except (ConnClosed, ServiceClosed):
-                sq.popleft()
-                req.fut.set_exception(_ebadf())
-                continue
+                self._posting_conn().send(req.cb, req.buf[req.pos:])
             except BaseException as exc:
-                sq.popleft()
-                req.fut.set_exception(exc)
+                _fail(sq, req, exc)
                 continue
             self.sop = req
             self.loop._goaio.dirty = True
