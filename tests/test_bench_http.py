@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from support import CHILD_CWD, WAIT, recv_until_eof, subprocess_env
+from support import CHILD_CWD, REPO_ROOT, WAIT, recv_until_eof, subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEERS = os.path.join(ROOT, "goaio", "_bench", "http_peers.py")
@@ -69,7 +69,8 @@ def test_asyncio_twin_answers_as_the_example():
 def test_bench_http_short_run():
     proc = subprocess.run([sys.executable, "-m", "goaio", "bench", "--http", "--seconds", "0.5",
                            "--conns", "4", "--servers", "goaio-pure,asyncio"],
-                          env=subprocess_env(), cwd=CHILD_CWD, capture_output=True, text=True, timeout=120)
+                          env=dict(subprocess_env(), GOAIO_EXAMPLES=os.path.join(REPO_ROOT, "examples")),
+                          cwd=CHILD_CWD, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     rows = [ln for ln in proc.stdout.splitlines()
             if ln.startswith("| goaio pure") or ln.startswith("| asyncio")]

@@ -28,7 +28,17 @@ import sys
 
 from . import servers as srvmod
 
-EXAMPLES = os.path.join(srvmod.PACKAGE_ROOT, "examples")
+
+
+def _example():
+    """examples/http_server.py: the checkout's (the bench imported from one),
+    else under $GOAIO_EXAMPLES; None when neither has it (the examples are
+    not installed with the package)."""
+    for d in (os.path.join(srvmod.PACKAGE_ROOT, "examples"), os.environ.get("GOAIO_EXAMPLES")):
+        if d and os.path.isfile(os.path.join(d, "http_server.py")):
+            return os.path.join(d, "http_server.py")
+    return None
+
 HTTP_PEERS = os.path.join(srvmod.HERE, "http_peers.py")
 ORDER = ["goaio-epoll", "goaio-pure", "asyncio", "uvloop"]
 
@@ -39,13 +49,17 @@ def _servers(peer_python):
     env = dict(os.environ, PYTHONPATH=found["pythonpath"])
     env.pop("GOAIO_BACKEND", None)
     out = {}
+    example = _example()
     for backend in ("epoll", "pure"):
         why = found["why"].get(backend)
+        if example is None:
+            why = ("examples/http_server.py is not here (it is not installed with goaio): run from "
+                   "a checkout, or set GOAIO_EXAMPLES to its examples/ folder")
         if why:
             out[f"goaio-{backend}"] = why
             continue
         out[f"goaio-{backend}"] = (f"goaio {backend}, examples/http_server.py",
-                                   [sys.executable, "-P", os.path.join(EXAMPLES, "http_server.py"), "0"],
+                                   [sys.executable, "-P", example, "0"],
                                    dict(env, GOAIO_BACKEND=backend))
     py = peer_python or sys.executable
     for kind in ("asyncio", "uvloop"):
