@@ -331,6 +331,9 @@ class Listener:
             drop = list(self._handshaking) + [c for c, _ in self._ready if c is not None]
             self._handshaking.clear()
             self._ready.clear()
+        # a poll()/select() a worker is in still holds the listening socket:
+        # wait for it to end, so no connection is taken once close returns
+        svc._poller.settle()
         for conn in drop:   # (unlocked: a close runs the handshake's callback)
             conn.close()
         if n:

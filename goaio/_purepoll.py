@@ -197,6 +197,9 @@ class EpollPoller:
         self.raw_tokens = {self._waker.fd: WAKE}
         self._tokens = self.raw_tokens
 
+    def settle(self, timeout=1.0):
+        """Nothing to wait for: an epoll_wait() holds no file reference."""
+
     def fileno(self):
         """goaio.aio hook: the epoll descriptor (readable while events wait)."""
         return self._ep.fileno()
@@ -301,6 +304,9 @@ class KqueuePoller:
             raise
         self.wake = self._waker.wake
 
+    def settle(self, timeout=1.0):
+        """Nothing to wait for: a kevent() wait holds no file reference."""
+
     def fileno(self):
         """goaio.aio hook: the kqueue descriptor (readable while events wait)."""
         return self._kq.fileno()
@@ -395,6 +401,8 @@ class _LevelPoller:
         self._lock = threading.Lock()
         self._fds = {}
         self._waiting = False
+        self._rounds = 0                    # waits ended (settle() waits for one)
+        self._ended = threading.Condition(self._lock)
         self._waker = _Waker()
         self.wake = self._waker.wake
 
@@ -426,6 +434,29 @@ class _LevelPoller:
             del self._fds[fd]
             if entry[1]:
                 self._set(fd, entry[1], 0)
+            busy = self._waiting
+        # A poll()/select() in progress holds a reference to every file it
+        # watches: the fd's socket would stay open (a listener listening, a
+        # peer seeing no FIN) until that wait ends. End it now.
+        if busy:
+            self.wake()
+
+    def _wait_ended(self):
+        with self._lock:
+            self._waiting = False
+            self._rounds += 1
+            self._ended.notify_all()
+
+    def settle(self, timeout=1.0):
+        """Return once a wait that was running (and may hold files just
+        unregistered and closed) has ended; at most ``timeout`` seconds."""
+        with self._lock:
+            if not self._waiting:
+                return
+            started = self._rounds
+        self.wake()
+        with self._lock:
+            self._ended.wait_for(lambda: self._rounds != started, timeout)
 
     def _set(self, fd, old, new):
         """Tell the OS object (lock held)."""
@@ -465,7 +496,7 @@ class PollPoller(_LevelPoller):
         try:
             events = self._poll.poll(_clamp(timeout) * 1000.0)
         finally:
-            self._waiting = False
+            self._wait_ended()
         if not events:
             return []
         wfd = self._waker.fd
@@ -527,7 +558,7 @@ class SelectPoller(_LevelPoller):
                 # an fd was closed behind our back: report it, not the rest
                 return self._bad(rd, wr)
         finally:
-            self._waiting = False
+            self._wait_ended()
         out = []
         got = {}
         for fd in r:
