@@ -407,26 +407,14 @@ class SockMixin:
     # -- the calls --
 
     async def sock_recv(self, sock, n):
-        base_events._check_ssl_socket(sock)
-        if self._debug and sock.gettimeout() != 0:
-            raise ValueError("the socket must be non-blocking")
-        fd = sock.fileno()
-        st = self._goaio_sock_state(sock, fd)
-        if st is None or not (st.rq or st.held or st.held_exc is not None):
-            try:
-                return sock.recv(n)
-            except (BlockingIOError, InterruptedError):
-                pass
-        req = self._goaio_recv(sock, fd, st, None, n)
-        if req is None:
-            return await super().sock_recv(sock, n)
-        try:
-            return await req.fut
-        except CancelledError:
-            req.cancelled()
-            raise
+        return await self._goaio_sock_recv(sock, None, n, sock.recv, n, "sock_recv")
 
     async def sock_recv_into(self, sock, buf):
+        return await self._goaio_sock_recv(sock, buf, 0, sock.recv_into, buf, "sock_recv_into")
+
+    async def _goaio_sock_recv(self, sock, buf, n, attempt, arg, name):
+        """sock_recv / sock_recv_into: ``attempt(arg)`` at once unless calls
+        are queued; a would-block waits on goaio (or asyncio's ``name``)."""
         base_events._check_ssl_socket(sock)
         if self._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
@@ -434,12 +422,12 @@ class SockMixin:
         st = self._goaio_sock_state(sock, fd)
         if st is None or not (st.rq or st.held or st.held_exc is not None):
             try:
-                return sock.recv_into(buf)
+                return attempt(arg)
             except (BlockingIOError, InterruptedError):
                 pass
-        req = self._goaio_recv(sock, fd, st, buf, 0)
+        req = self._goaio_recv(sock, fd, st, buf, n)
         if req is None:
-            return await super().sock_recv_into(sock, buf)
+            return await getattr(super(), name)(sock, arg)
         try:
             return await req.fut
         except CancelledError:
