@@ -1191,6 +1191,8 @@ class AIOService(ServiceLifecycle):
         self._pooled = {}          # id(result) -> result holding a share buffer
         self._fdmap = {}           # fd -> weakref(AIOConn)
         self._active = set()       # connections with operations pending (kept alive)
+        self._tls_starting = set() # ... and those whose start_tls op is in its handshake
+                                   # (in neither queue: _pure_tls.Layer.start_op)
         self._timers = []          # heap of (deadline, seq, op)
         self._tseq = itertools.count().__next__
         self._tcompact = 256
@@ -1877,6 +1879,7 @@ class AIOService(ServiceLifecycle):
                 pooled.clear()
                 self._timers.clear()
                 self._active.clear()
+                self._tls_starting.clear()
             # outside the lock: a release() may call back into the service
             for conn, buff in give:
                 conn._give_back(buff)
@@ -1920,6 +1923,7 @@ class AIOService(ServiceLifecycle):
         self._q.clear()
         self._pooled.clear()
         self._active.clear()
+        self._tls_starting.clear()
         self._timers.clear()
         self._close_poller()
 

@@ -241,6 +241,10 @@ class Layer:
         self.phase = HANDSHAKE
         self.on_done = on_done
         self.start_op = start_op
+        if start_op is not None:
+            # out of the send queue now: the connection's pending op must
+            # still keep it alive (the service holds it until the op ends)
+            conn._svc._tls_starting.add(conn)
         t = self.params.handshake_timeout
         if t != float("inf"):
             ref = weakref.ref(conn)
@@ -311,6 +315,7 @@ class Layer:
         op = self.start_op
         if op is not None:
             self.start_op = None
+            conn._svc._tls_starting.discard(conn)
             conn._finish(op, 0, err)
             n = 1
         cb = self.on_done

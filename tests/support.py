@@ -342,3 +342,32 @@ def extend_hang_guard(seconds):
 
     f = getattr(sys.modules.get("conftest"), "_hang_file", None) or sys.stderr
     faulthandler.dump_traceback_later(seconds, exit=True, file=f)
+
+
+def close_aio_loop(lp):
+    """Close a goaio.aio.Loop a test made: first let the far ends of the
+    connections the test closed see their EOF and close (a server transport
+    whose client has just closed may not have: 3.11's Server.wait_closed()
+    does not wait for connections), then abort what is still open, so that
+    no transport is left to warn "unclosed transport" in whichever later
+    test the garbage collector runs in."""
+    import asyncio
+    import goaio.aio
+
+    def open_transports():
+        return [t for t in list(lp._transports.values())
+                if isinstance(t, goaio.aio.GoaioTransport) and t._sock is not None]
+
+    async def settle():
+        for _ in range(200):
+            if not open_transports():
+                return
+            await asyncio.sleep(0.01)
+
+    if not lp.is_closed():
+        lp.run_until_complete(settle())
+        for tr in open_transports():
+            tr.abort()
+        lp.run_until_complete(asyncio.sleep(0))
+    lp.close()
+    assert lp.service.closed

@@ -11,7 +11,7 @@ import tempfile
 import pytest
 
 import goaio.aio
-from support import WAIT
+from support import WAIT, close_aio_loop
 
 
 @pytest.fixture
@@ -19,29 +19,10 @@ def loop(backend):
     lp = goaio.aio.Loop(backend=backend.module)
     asyncio.set_event_loop(lp)
     yield lp
-
-    async def settle():
-        # the far ends of connections a test closed see their EOF and close
-        for _ in range(200):
-            if not _open_transports(lp):
-                return
-            await asyncio.sleep(0.01)
-
-    if not lp.is_closed():
-        lp.run_until_complete(settle())
-        for tr in _open_transports(lp):
-            tr.abort()
-        lp.run_until_complete(asyncio.sleep(0))
     asyncio.set_event_loop(None)
-    lp.close()
-    assert lp.service.closed
+    close_aio_loop(lp)
     # every receive buffer went back to the loop's pool
     assert " out=0 " in repr(lp._pool), repr(lp._pool)
-
-
-def _open_transports(lp):
-    return [t for t in list(lp._transports.values())
-            if isinstance(t, goaio.aio.GoaioTransport) and t._sock is not None]
 
 
 def run(loop, coro):

@@ -11,7 +11,7 @@ import tempfile
 import pytest
 
 import goaio.aio
-from support import WAIT
+from support import WAIT, close_aio_loop
 
 
 @pytest.fixture
@@ -19,14 +19,8 @@ def loop(backend):
     lp = goaio.aio.Loop(backend=backend.module)
     asyncio.set_event_loop(lp)
     yield lp
-    if not lp.is_closed():
-        for tr in [t for t in list(lp._transports.values())
-                   if isinstance(t, goaio.aio.GoaioTransport) and not t.is_closing()]:
-            tr.abort()
-        lp.run_until_complete(asyncio.sleep(0.01))
     asyncio.set_event_loop(None)
-    lp.close()
-    assert lp.service.closed
+    close_aio_loop(lp)
 
 
 def run(loop, coro):
@@ -346,7 +340,7 @@ def test_two_loops_two_servers_same_protocol(backend):
             assert lp.service.stats()["accepted"] == 1
     finally:
         for lp in loops:
-            lp.close()
+            close_aio_loop(lp)
 
 
 def _tls_echo_server_check(loop, srv_ctx, cli_ctx, through_goaio):
@@ -420,7 +414,7 @@ def test_tls_server_on_asyncios_tls_keeps_asyncios_accept(backend):
         _tls_echo_server_check(lp, srv_ctx, cli_ctx, False)
     finally:
         asyncio.set_event_loop(None)
-        lp.close()
+        close_aio_loop(lp)
 
 
 # -- create_connection --

@@ -9,15 +9,14 @@ import sys
 import pytest
 
 import goaio.aio
-from support import WAIT
+from support import WAIT, close_aio_loop
 
 
 @pytest.fixture
 def loop(backend):
     lp = goaio.aio.Loop(backend=backend.module)
     yield lp
-    if not lp.is_closed():
-        lp.close()
+    close_aio_loop(lp)
 
 
 def test_compiled_runloop_is_bound_on_compiled_backends(loop, backend):

@@ -11,7 +11,7 @@ import time
 import pytest
 
 import goaio.aio
-from support import WAIT
+from support import WAIT, close_aio_loop
 
 
 @pytest.fixture
@@ -20,9 +20,7 @@ def loop(backend):
     asyncio.set_event_loop(lp)
     yield lp
     asyncio.set_event_loop(None)
-    if not lp.is_closed():
-        lp.close()
-    assert lp.service.closed
+    close_aio_loop(lp)
     assert " out=0 " in repr(lp._pool), repr(lp._pool)
 
 

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 import goaio.aio
-from support import WAIT
+from support import WAIT, close_aio_loop
 
 
 @pytest.fixture
@@ -19,8 +19,7 @@ def loop(backend):
     asyncio.set_event_loop(lp)
     yield lp
     asyncio.set_event_loop(None)
-    lp.close()
-    assert lp.service.closed
+    close_aio_loop(lp)
     assert " out=0 " in repr(lp._pool), repr(lp._pool)
 
 

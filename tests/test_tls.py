@@ -441,6 +441,50 @@ def test_start_tls_as_client_after_plaintext(svc, pairs, tls_certs):
     assert got["up"].conn is conn and conn.tls.server_hostname == "localhost"
 
 
+def test_a_start_tls_in_its_handshake_keeps_the_connection_alive(svc, pairs, tls_certs):
+    # A pending operation keeps its connection alive, the upgrade's too once
+    # its handshake has begun (pure held it nowhere then: a garbage
+    # collection closed the socket mid-handshake, the peer saw an EOF)
+    import gc
+    to_bind, peer = pairs()
+    conn = svc.bind(to_bind)
+    conn.start_tls("up", tls_certs.server_context(), server_side=True)
+    # the client, over memory BIOs: its ClientHello goes now, the rest later
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = tls_certs.client_context().wrap_bio(inc, out, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    peer.sendall(out.read())
+    peer.settimeout(WAIT)
+    inc.write(peer.recv(65536))       # the server's flight: its handshake has begun
+    del conn
+    gc.collect()
+    while True:
+        try:
+            obj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            peer.sendall(out.read())
+            data = peer.recv(65536)
+            assert data, "the server's end closed in its handshake"
+            inc.write(data)
+    peer.sendall(out.read())          # the client's Finished
+    res = collect_one(svc)
+    assert res.context == "up" and res.err is None
+    pairs.keep(res.conn)
+    res.conn.send("s", b"after")
+    assert collect_one(svc).err is None
+    got = b""
+    while len(got) < 5:
+        try:
+            got += obj.read(5)
+        except ssl.SSLWantReadError:
+            data = peer.recv(65536)
+            assert data
+            inc.write(data)
+    assert got == b"after"
+
+
 def test_start_tls_failure_fails_the_ops_behind_it(svc, pairs, tls_certs):
     to_bind, peer = pairs()
     conn = pairs.keep(svc.bind(to_bind))
