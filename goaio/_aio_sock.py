@@ -18,9 +18,10 @@ iteration later: a socket the user drops is never kept alive by the loop,
 and a socket the user closes is never watched. See docs/aio.md,
 "sock_* on goaio".
 
-``sock_accept``, ``sock_connect`` (and the datagram calls) stay asyncio's
-readiness code; so does any call on a socket goaio cannot bind (not a
-``SOCK_STREAM`` socket of a supported family, a listening socket).
+``sock_accept`` and ``sock_connect`` are goaio/_aio_sockconn.py's; the
+datagram calls stay asyncio's readiness code, and so does any call on a
+socket goaio cannot bind (not a ``SOCK_STREAM`` socket of a supported
+family, a listening socket).
 """
 
 import collections

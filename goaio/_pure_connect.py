@@ -16,6 +16,7 @@ service with the connect's options.
 
 import collections
 import errno
+import os
 import socket
 import threading
 import weakref
@@ -100,11 +101,48 @@ def connect(svc, context, address, timeout, local_address, option, options, tls=
         svc._results_ready()
 
 
+def await_connect(svc, context, fd):
+    """``AIOService._await_connect`` (goaio.aio's sock_connect): ``fd``, which
+    the service owns from now on (the caller's dup of its socket), has a
+    non-blocking connect in progress; complete when it has ended, with the
+    connected fd bound (no TCP_NODELAY: the socket is the caller's) or its
+    error (fd closed)."""
+    if svc._closed:
+        os.close(fd)
+        raise ServiceClosed(M.SERVICE_CLOSED)
+    s = socket.socket(fileno=fd)
+    op = Connect(svc, context, make_option(None, {}), None)
+    op.given = True
+    op.addrs = collections.deque()
+    try:
+        svc._add_connect(op)
+    except BaseException:
+        s.close()
+        raise
+    with op.lock:
+        if op.done:
+            s.close()
+            raise ServiceClosed(M.SERVICE_CLOSED)
+        op.sock = s
+        op.fd = fd
+        try:
+            svc._watch_connect(op)
+        except (OSError, ValueError) as exc:
+            op.sock = None
+            op.fd = -1
+            s.close()
+            op._finish(None, exc)
+        done = op.done
+    if done:
+        svc._results_ready()
+
+
 class Connect:
     """One pending connect."""
 
     __slots__ = ("svc", "ctx", "option", "local", "lock", "addrs", "name", "sock", "fd",
-                 "deadline", "timer", "first_err", "done", "tls", "hs_conn", "_ref", "__weakref__")
+                 "deadline", "timer", "first_err", "done", "tls", "hs_conn", "given", "_ref",
+                 "__weakref__")
 
     def __init__(self, svc, ctx, option, local):
         self.svc = svc
@@ -122,6 +160,7 @@ class Connect:
         self.done = False
         self.tls = None           # TLSParams: after the TCP connect, the handshake
         self.hs_conn = None       # the connection in its handshake (held alive here)
+        self.given = False        # await_connect: the caller's socket (no TCP_NODELAY)
         self._ref = weakref.ref(self)
 
     # -- steps (lock held) --
@@ -189,7 +228,7 @@ class Connect:
             s.close()
 
     def _connected(self, s):
-        if s.family in _INET:
+        if s.family in _INET and not self.given:
             try:
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:

@@ -286,6 +286,13 @@ class ServiceLifecycle:
         tls = check_connect_tls(ssl, server_hostname, ssl_handshake_timeout, address)
         _pure_connect.connect(self, context, address, timeout, local_address, option, options, tls)
 
+    def _await_connect(self, context, fd):
+        """goaio.aio hook (loop.sock_connect): ``fd`` (the service's from now
+        on: a dup of the caller's socket) has a non-blocking connect in
+        progress; completes once it has ended, ``res.conn`` the connected fd
+        bound (close it: the caller's socket stays connected), else ``err``."""
+        _pure_connect.await_connect(self, context, fd)
+
     def stats(self):
         """Counts of connections, pending operations, threads and totals (a dict
         with the same keys on every backend)."""

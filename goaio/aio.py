@@ -40,6 +40,7 @@ import goaio as _goaio
 from ._aio_net import NetMixin as _NetMixin, _conn_sock
 from ._errors import ConnClosed, ServiceClosed
 from ._aio_sock import SockMixin as _SockMixin
+from ._aio_sockconn import SockConnMixin as _SockConnMixin
 
 __all__ = ["Loop", "EventLoopPolicy", "new_event_loop", "run", "GoaioTransport"]
 
@@ -1261,7 +1262,7 @@ def _transport_class(mod):
     return cls
 
 
-class Loop(_NetMixin, _SockMixin, asyncio.SelectorEventLoop):
+class Loop(_NetMixin, _SockMixin, _SockConnMixin, asyncio.SelectorEventLoop):
     """asyncio's selector event loop with its stream transports on goaio.
 
     ``service``: a ``goaio.AIOService`` to carry the connections (the loop

@@ -42,6 +42,7 @@ cdef struct crec_t:
     int first_err        # errno of the first failed attempt
     addrs_t local        # owned; local_address (one per family, for a name), n 0: none
     char tls             # a TLS connect: the handshake follows (core/tls_setup.pxi)
+    char given           # svc._await_connect: the caller's socket (no TCP_NODELAY)
 
 
 cdef inline void addrs_free(addrs_t *a) noexcept nogil:
@@ -111,7 +112,7 @@ cdef void connect_done_locked(svc_t *s, crec_t *cr, int fd, int err, oplist_t *d
     cdef conn_t *c = &cr.c
     cdef op_t *op = opq_pop_locked(&c.rq)
     if err == 0:
-        if goaio_is_inet(cr.family):
+        if goaio_is_inet(cr.family) and not cr.given:
             goaio_set_nodelay(fd)
         op.newfd = fd
     if err == 0 and cr.tls:
@@ -175,6 +176,19 @@ cdef void try_next_locked(svc_t *s, crec_t *cr, oplist_t *done) noexcept nogil:
     connect_done_locked(s, cr, -1, cr.first_err if cr.first_err else CERR_NO_ADDRESS, done)
 
 
+cdef void connect_given_locked(svc_t *s, crec_t *cr, int fd, oplist_t *done) noexcept nogil:
+    """svc._await_connect: fd's connect is in progress already: wait for its
+    end as for an attempt of our own (c.lock held)."""
+    cdef int e = poller_prepare_fd(fd)
+    if e == 0:
+        e = poller_add(&s.poller, fd, cr.c.id)
+    if e == 0:
+        cr.c.fd = fd
+        return
+    close(fd)
+    connect_done_locked(s, cr, -1, e, done)
+
+
 cdef void connect_event_locked(svc_t *s, crec_t *cr, oplist_t *done) noexcept nogil:
     """The attempt in progress became writable or failed (c.lock held)."""
     cdef int fd = cr.c.fd
@@ -231,8 +245,10 @@ cdef void connect_abandon_gil(svc_t *s, conn_t *c):
         op_release_gil(op, False)
 
 
-cdef svc_connect(AIOService svc, context, address, timeout, local_address, option, options, params):
-    """svc.connect(...) (GIL held, no C lock)."""
+cdef svc_connect(AIOService svc, context, address, timeout, local_address, option, options, params,
+                 int given_fd=-1):
+    """svc.connect(...) (GIL held, no C lock); given_fd >= 0: svc._await_connect
+    (address, timeout, local_address, params None), which owns given_fd."""
     cdef svc_t *s = svc.s
     cdef crec_t *cr
     cdef op_t *op
@@ -242,8 +258,14 @@ cdef svc_connect(AIOService svc, context, address, timeout, local_address, optio
     cdef int64_t ns = -1
     cdef bint retire = False
     if s.closed:
+        if given_fd >= 0:
+            close(given_fd)
         raise ServiceClosed(MSG_SERVICE_CLOSED)
-    target = _addresses.parse(address)
+    if given_fd >= 0:
+        target = None
+        addrs = None
+    else:
+        target = _addresses.parse(address)
     local = None if local_address is None else _addresses.parse(local_address, "local_address")
     if timeout is not None:
         ns = to_ns(_common.check_timeout(timeout))     # -1: no limit
@@ -258,7 +280,9 @@ cdef svc_connect(AIOService svc, context, address, timeout, local_address, optio
             locals_ = _addresses.numeric(local[1], local[2], local[3])
             if locals_ is None:
                 local_name = (local[1], local[2])     # resolved off the caller's thread too
-    if target[0] == "unix":
+    if target is None:
+        pass
+    elif target[0] == "unix":
         addrs = [(goaio_af_unix(), target[1])]
     else:
         addrs = _addresses.numeric(target[1], target[2], target[3])
@@ -267,8 +291,11 @@ cdef svc_connect(AIOService svc, context, address, timeout, local_address, optio
             name = (target[1], target[2])
     cr = <crec_t *>PyMem_RawMalloc(sizeof(crec_t))
     if cr == NULL:
+        if given_fd >= 0:
+            close(given_fd)
         raise MemoryError()
     memset(cr, 0, sizeof(crec_t))
+    cr.given = given_fd >= 0
     pthread_mutex_init(&cr.c.lock, NULL)
     cr.c.cref = 1
     cr.c.kind = CK_CONNECT
@@ -303,12 +330,16 @@ cdef svc_connect(AIOService svc, context, address, timeout, local_address, optio
         addrs_free(&cr.addrs)
         conn_decref_nogil(&cr.c)
         op_release_gil(op, False)
+        if given_fd >= 0:
+            close(given_fd)
         raise ServiceClosed(MSG_SERVICE_CLOSED)
     with nogil:
         err = reg_add(s, &cr.c)
         if err:
             poller_use_end(s)
     if err:
+        if given_fd >= 0:
+            close(given_fd)
         addrs_free(&cr.local)
         addrs_free(&cr.addrs)
         conn_decref_nogil(&cr.c)
@@ -323,7 +354,10 @@ cdef svc_connect(AIOService svc, context, address, timeout, local_address, optio
         opq_push_locked(&cr.c.rq, op)
         if op.deadline:
             schedule_timer_locked(s, &cr.c, op.deadline)
-        if name is None:
+        if given_fd >= 0:
+            connect_given_locked(s, cr, given_fd, &done)
+            cq_push(s, &done)
+        elif name is None:
             try_next_locked(s, cr, &done)
             cq_push(s, &done)
         retire = take_retire_locked(&cr.c)

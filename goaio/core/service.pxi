@@ -213,6 +213,15 @@ cdef class AIOService:
             tls_require()
         svc_connect(self, context, address, timeout, local_address, option, options, params)
 
+    def _await_connect(self, context, int fd):
+        """goaio.aio hook (loop.sock_connect): `fd` (the service's from now on:
+        a dup of the caller's socket) has a non-blocking connect in progress;
+        completes once it has ended, res.conn the connected fd bound (close
+        it: the caller's socket stays connected), else err."""
+        if fd < 0:
+            raise ValueError("fd must be >= 0")
+        svc_connect(self, context, None, None, None, None, {}, None, fd)
+
     def stats(self):
         """Counts of connections, pending operations, threads and totals (the
         same keys on every backend)."""
