@@ -34,9 +34,17 @@ def parse(address, what="address"):
         host = host.decode("ascii")
     if not isinstance(host, str):
         raise TypeError(f"host must be a str, not {type(host).__name__}")
+    _check_port(port)
+    return ("inet", host, port, tuple(address[2:]))
+
+
+def _check_port(port):
     if isinstance(port, bool) or not isinstance(port, int):
         raise TypeError(f"port must be an int, not {type(port).__name__}")
-    return ("inet", host, port, tuple(address[2:]))
+    if not 0 <= port <= 65535:
+        # socket's class for it (a C connect, getaddrinfo too, would take
+        # it modulo 65536: another port)
+        raise OverflowError("port must be 0-65535")
 
 
 def numeric(host, port, rest):
@@ -108,8 +116,7 @@ def listening_socket(address, backlog, reuse_port):
         host = host.decode("ascii")
     if host is not None and not isinstance(host, str):
         raise TypeError(f"host must be a str, not {type(host).__name__}")
-    if isinstance(port, bool) or not isinstance(port, int):
-        raise TypeError(f"port must be an int, not {type(port).__name__}")
+    _check_port(port)
     infos = socket.getaddrinfo(host or None, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     fam, _, proto, _, sa = infos[0]
     if len(address) == 4 and fam == socket.AF_INET6:

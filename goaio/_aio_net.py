@@ -404,6 +404,8 @@ class NetMixin:
     async def _goaio_connect(self, address, laddr):
         """Post a goaio connect to ``address``; the bound AIOConn, or raise as
         asyncio's sock_connect does."""
+        if not isinstance(address, (str, bytes)) and not 0 <= address[1] <= 65535:
+            raise OverflowError("connect(): port must be 0-65535.")    # (sock.connect's words)
         fut = self.create_future()
         waiter = _Connecting(fut)
         self._svc.connect(waiter.on_result, address, local_address=laddr,

@@ -479,6 +479,25 @@ def test_create_connection_refused(loop):
     run(loop, main())
 
 
+@pytest.mark.parametrize("port", [-1, 70000])
+def test_create_connection_port_out_of_range_is_asyncios_error(loop, port):
+    async def attempt(lp):
+        try:
+            await lp.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        except Exception as exc:    # noqa: BLE001 - compared below
+            return type(exc), str(exc)
+        return None
+
+    got = run(loop, attempt(loop))
+    ref = asyncio.SelectorEventLoop()
+    try:
+        want = ref.run_until_complete(attempt(ref))
+    finally:
+        ref.close()
+    assert got == want == (OverflowError, "connect(): port must be 0-65535.")
+    assert loop.service.stats()["pending_connect"] == 0
+
+
 def test_create_connection_tries_each_address(loop):
     lsock = socket.create_server(("127.0.0.1", 0))
     port = lsock.getsockname()[1]

@@ -237,6 +237,18 @@ def test_connect_bad_address_type_is_type_error(backend, svc, bad):
     assert_no_result(svc, 0.05)
 
 
+@pytest.mark.parametrize("port", [-1, 65536, 70000, 2**63])
+def test_connect_port_out_of_range_is_overflow_error(backend, svc, port):
+    # socket's class; the C connect would otherwise take the port modulo
+    # 65536 and connect somewhere else (70000 -> 4464)
+    with pytest.raises(OverflowError, match="^port must be 0-65535$"):
+        svc.connect("x", ("127.0.0.1", port))
+    with pytest.raises(OverflowError, match="^port must be 0-65535$"):
+        svc.connect("x", ("127.0.0.1", 1), local_address=("127.0.0.1", port))
+    assert_no_result(svc, 0.05)
+    assert svc.stats()["pending_connect"] == 0
+
+
 def test_connect_negative_timeout_is_value_error(backend, svc):
     with pytest.raises(ValueError):
         svc.connect("x", ("127.0.0.1", 1), timeout=-1)

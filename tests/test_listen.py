@@ -48,6 +48,14 @@ def _roundtrip(svc, conn, client):
 
 # ---------------------------------------------------------------- addresses
 
+@pytest.mark.parametrize("port", [-1, 65536, 70000, 2**63])
+def test_listen_port_out_of_range_is_overflow_error(backend, svc, port):
+    # (getaddrinfo takes 70000 modulo 65536: a listener on port 4464)
+    with pytest.raises(OverflowError, match="^port must be 0-65535$"):
+        svc.listen(("127.0.0.1", port))
+    assert svc.stats()["listeners"] == 0
+
+
 @pytest.mark.parametrize("family", ["tcp", "tcp6"])
 def test_listen_port_zero_then_address(backend, svc, peers, family):
     require(family)
