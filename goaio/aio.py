@@ -683,15 +683,7 @@ class _SSLTransport(_PyTransport):
             if tls is None:
                 err = ConnectionResetError("the TLS handshake did not complete")
         if err is not None:
-            if isinstance(err, _goaio.HandshakeTimeout):
-                err = ConnectionAbortedError(
-                    f"SSL handshake is taking longer than {self._handshake_timeout} "
-                    f"seconds: aborting the connection")
-            elif isinstance(err, (EOFError, ConnClosed, ssl.SSLEOFError)) or (
-                    isinstance(err, ssl.SSLError)
-                    and getattr(err, "reason", None) == "UNEXPECTED_EOF_WHILE_READING"):
-                # the peer went away mid-handshake: asyncio's error
-                err = ConnectionResetError("Connection lost during the SSL handshake")
+            err = _handshake_error(err, self._handshake_timeout)
             if self._loop.get_debug():
                 logger.debug("%r: SSL handshake failed", self, exc_info=err)
             self._closing = True
@@ -703,11 +695,7 @@ class _SSLTransport(_PyTransport):
             if waiter is not None and not waiter.cancelled():
                 waiter.set_exception(err)
             return
-        extra = self._extra
-        extra["peercert"] = tls.getpeercert()
-        extra["cipher"] = tls.cipher()
-        extra["compression"] = tls.compression()
-        extra["ssl_object"] = tls.ssl_object
+        _tls_extra(self._extra, tls)
         self._protocol_connected = True
         loop = self._loop
         if self._call_made:
@@ -839,6 +827,222 @@ class _SSLTransport(_PyTransport):
             self._read_cb = self._write_cb = None
 
 
+def _handshake_error(err, timeout):
+    """asyncio's exception for a failed goaio handshake's error."""
+    if isinstance(err, _goaio.HandshakeTimeout):
+        return ConnectionAbortedError(
+            f"SSL handshake is taking longer than {timeout} seconds: aborting the connection")
+    if isinstance(err, (EOFError, ConnClosed, ssl.SSLEOFError)) or (
+            isinstance(err, ssl.SSLError)
+            and getattr(err, "reason", None) == "UNEXPECTED_EOF_WHILE_READING"):
+        # the peer went away mid-handshake: asyncio's error
+        return ConnectionResetError("Connection lost during the SSL handshake")
+    return err
+
+
+def _tls_extra(extra, tls):
+    extra["peercert"] = tls.getpeercert()
+    extra["cipher"] = tls.cipher()
+    extra["compression"] = tls.compression()
+    extra["ssl_object"] = tls.ssl_object
+
+
+class _CSSLMixin:
+    """The compiled backends' TLS transport: what _SSLTransport is on pure,
+    with the compiled per-message path. The class is made per backend
+    (``_ssl_transport_class``): this mixin first, then the backend's
+    compiled transport class, whose ``AioCore`` carries the messages (the
+    connection's TLS records are goaio's, in C: reads and writes are
+    plaintext operations, never a send(2) of the transport's own). What
+    runs once per connection is here, in Python: the handshake before
+    ``connection_made``, the TLS EOF rules, close_notify before the close
+    (the core asks ``_tls_eof`` and ``_tls_close_first``), the test hooks."""
+
+    __slots__ = ()
+
+    # asyncio's TLS transport: no half-close, sendfile through write()
+    _sendfile_compatible = constants._SendfileMode.FALLBACK
+
+    def __init__(self, loop, sock, protocol, sslcontext, waiter=None, server_side=False,
+                 server_hostname=None, extra=None, server=None, ssl_handshake_timeout=None,
+                 ssl_shutdown_timeout=None, conn=None, call_connection_made=True):
+        # (what _CTransportBase.__init__ does, but the protocol waits for
+        # the handshake; conn and sock as for _SSLTransport)
+        extra = dict(extra) if extra else {}
+        if sslcontext is None:
+            sslcontext = sslproto._create_transport_context(server_side, server_hostname)
+        extra["sslcontext"] = sslcontext
+        self._extra = extra
+        self._loop = loop
+        self._protocol_paused = False
+        self._high_water = _HIGH_WATER
+        self._low_water = _LOW_WATER
+        self._waiter = waiter
+        self._handshaking = True
+        self._aborted = False
+        self._tls_closing = False           # close_notify posted
+        self._raw_eof = False               # reading ended with a TCP EOF, no close_notify
+        self._handshake_timeout = ssl_handshake_timeout
+        self._call_made = call_connection_made
+        if conn is None:
+            _set_nodelay(sock)
+            conn = loop._svc.bind(sock, recvq_size=2, sendq_size=MAX_INFLIGHT_SENDS + 2,
+                                  share_buff=loop._pool)
+        c = self._c = loop._goaio_mod.AioCore(loop._goaio, self, conn, protocol, server,
+                                              False, _HIGH_WATER, _LOW_WATER)
+        c.set_tls(self)
+        try:
+            conn.start_tls(self._on_handshake, sslcontext, server_side=server_side,
+                           server_hostname=server_hostname or None,
+                           ssl_handshake_timeout=ssl_handshake_timeout)
+        except BaseException:
+            c.mark_lost()
+            c.lost_now(None)
+            raise
+        loop._goaio.dirty = True
+        if server is not None:
+            _attach(server, self)
+        loop._transports[conn.fd] = self
+
+    def _on_handshake(self, res):
+        self._handshaking = False
+        c = self._c
+        if not c.alive_:
+            return                          # closed meanwhile
+        err = res.err
+        conn = self._conn
+        tls = conn.tls if conn is not None else None
+        if err is None and tls is None:
+            err = ConnectionResetError("the TLS handshake did not complete")
+        loop = self._loop
+        if err is not None:
+            err = _handshake_error(err, self._handshake_timeout)
+            if loop.get_debug():
+                logger.debug("%r: SSL handshake failed", self, exc_info=err)
+            self._aborted = True
+            c.mark_lost()
+            waiter = self._waiter
+            self._waiter = None
+            c.lost_now(err)                 # (no connection_lost: not connected)
+            if waiter is not None and not waiter.cancelled():
+                waiter.set_exception(err)
+            return
+        _tls_extra(self._extra, tls)
+        c.handshaken()
+        if self._call_made:
+            loop.call_soon(c.get_protocol().connection_made, self)
+        loop.call_soon(c.start_reading)
+        waiter = self._waiter
+        self._waiter = None
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    # -- asked by the core --
+
+    def _tls_eof(self):
+        # the peer's close_notify (or its EOF at a record boundary): as
+        # asyncio's TLS transport, eof_received() then close (a TCP EOF
+        # without close_notify is not answered with one)
+        c = self._c
+        conn = self._conn
+        if conn is not None and not _close_notify_seen(self._loop, conn):
+            self._raw_eof = True
+        try:
+            keep_open = c.get_protocol().eof_received()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            c.fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+            return
+        if keep_open:
+            logger.warning("returning true from eof_received() has no effect when using ssl")
+        self.close()
+
+    def _tls_close_first(self, exc):
+        """The connection is about to close: True if close_notify was posted
+        first (the core's lost_now() runs once it is out)."""
+        if exc is not None or self._aborted or self._tls_closing or self._handshaking \
+                or self._raw_eof:
+            return False
+        self._tls_closing = True
+        try:
+            self._conn.shutdown(self._on_tls_shutdown)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException:
+            return False
+        self._loop._goaio.dirty = True
+        return True
+
+    def _on_tls_shutdown(self, res):
+        self._c.lost_now(None)
+
+    # -- the transport --
+
+    def can_write_eof(self):
+        return False
+
+    def write_eof(self):
+        raise NotImplementedError
+
+    def close(self):
+        c = self._c
+        if self._handshaking and not c.is_closing():
+            # before connection_made: give up the handshake and close now
+            # (as _SSLTransport.close)
+            self._aborted = True
+            c.mark_lost()
+            waiter = self._waiter
+            self._waiter = None
+            c.lost_now(None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)     # (asyncio's SSLProtocol wakes it so)
+            return
+        c.close()
+
+    def abort(self):
+        self._aborted = True
+        self._c.force_close(None)
+
+    def _force_close(self, exc):
+        self._aborted = True
+        self._c.force_close(exc)
+
+    # -- test hooks (as _SSLTransport's) --
+
+    @property
+    def _ssl_protocol(self):
+        return _TLSWriteGate(self)
+
+    def _test__append_write_backlog(self, data):
+        self._c.append_backlog(data)
+
+    def _hold_writes(self, held):
+        self._c.hold_writes(held)
+
+
+#: the TLS transport classes (isinstance)
+_TLS_CLASSES = (_SSLTransport, _CSSLMixin)
+_ssl_classes = {}
+
+
+def _ssl_transport_class(mod):
+    """The TLS transport class for goaio backend module ``mod``."""
+    cls = _ssl_classes.get(mod)
+    if cls is None:
+        base = _transport_class(mod)
+        if base is _PyTransport:
+            cls = _SSLTransport
+        else:
+            name = f"GoaioSSLTransport_{mod.BACKEND_NAME}"
+            cls = type(name, (_CSSLMixin, base), {
+                "__slots__": ("_waiter", "_handshaking", "_aborted", "_tls_closing",
+                              "_raw_eof", "_handshake_timeout", "_call_made"),
+                "__module__": __name__, "__qualname__": name})
+        _ssl_classes[mod] = cls
+    return cls
+
+
 class _TLSWriteGate:
     """``_SSLTransport._ssl_protocol`` (a test hook, see there)."""
 
@@ -875,7 +1079,7 @@ def _tls_transport_from_conn(loop, conn, protocol, sslcontext, server_side, serv
     must be bound as the loop binds its own: ``share_buff=loop._pool`` (its
     receives take the loop's pool buffers), ``recvq_size >= 2``,
     ``sendq_size >= MAX_INFLIGHT_SENDS + 2``."""
-    return _SSLTransport(loop, sock, protocol, sslcontext, waiter, server_side, server_hostname,
+    return loop._goaio_ssl_cls(loop, sock, protocol, sslcontext, waiter, server_side, server_hostname,
                          extra, server, handshake_timeout, shutdown_timeout, conn=conn,
                          call_connection_made=call_connection_made)
 
@@ -1294,6 +1498,7 @@ class Loop(_NetMixin, _SockMixin, _SockConnMixin, asyncio.SelectorEventLoop):
         self._svc = mod.AIOService(1) if service is None else service
         self._pool = mod.BufferPool(RECV_BUFFER_SIZE)
         self._goaio_tcls = _transport_class(mod)
+        self._goaio_ssl_cls = _ssl_transport_class(mod)
         sel = self._selector
         col_cls = mod.AioCollector if hasattr(mod, "AioCollector") else _PyCollector
         self._goaio = col = col_cls(self._svc, self, self._ready, sel.select)
@@ -1413,7 +1618,7 @@ class Loop(_NetMixin, _SockMixin, _SockConnMixin, asyncio.SelectorEventLoop):
             self._ensure_fd_no_transport(rawsock)
         if self.goaio_tls:
             # goaio's own TLS (docs/aio.md, "TLS")
-            return _SSLTransport(self, rawsock, protocol, sslcontext, waiter, server_side,
+            return self._goaio_ssl_cls(self, rawsock, protocol, sslcontext, waiter, server_side,
                                  server_hostname, extra, server, ssl_handshake_timeout,
                                  ssl_shutdown_timeout)
         # asyncio's own TLS protocol over a goaio transport
@@ -1436,7 +1641,7 @@ class Loop(_NetMixin, _SockMixin, _SockConnMixin, asyncio.SelectorEventLoop):
                   ssl_shutdown_timeout=ssl_shutdown_timeout)
         if not self.goaio_tls or not isinstance(sslcontext, ssl.SSLContext) \
                 or not isinstance(transport, GoaioTransport) \
-                or isinstance(transport, _SSLTransport):
+                or isinstance(transport, _TLS_CLASSES):
             return await super().start_tls(*args, **kw)
         if ssl_handshake_timeout is None:
             ssl_handshake_timeout = constants.SSL_HANDSHAKE_TIMEOUT
@@ -1454,7 +1659,7 @@ class Loop(_NetMixin, _SockMixin, _SockConnMixin, asyncio.SelectorEventLoop):
             return await super().start_tls(*args, **kw)
         conn, sock, server = got
         waiter = self.create_future()
-        tr = _SSLTransport(self, sock, protocol, sslcontext, waiter, server_side,
+        tr = self._goaio_ssl_cls(self, sock, protocol, sslcontext, waiter, server_side,
                            server_hostname, extra, server, ssl_handshake_timeout,
                            ssl_shutdown_timeout, conn=conn, call_connection_made=False)
         if server is not None:

@@ -84,7 +84,8 @@ def _install_goaio(backend):
 
     # the Python transport (pure) and the compiled backends' (its __init__ is
     # their common Python base's), and the TLS transport (goaio's own TLS)
-    for cls in (goaio.aio._PyTransport, goaio.aio._CTransportBase, goaio.aio._SSLTransport):
+    for cls in (goaio.aio._PyTransport, goaio.aio._CTransportBase, goaio.aio._SSLTransport,
+                goaio.aio._CSSLMixin):
         cls.__init__ = counting(cls.__init__)
     # sock_recv/sock_recv_into/sock_sendall that waited on goaio (a borrowed
     # connection bound: goaio/_aio_sock.py)

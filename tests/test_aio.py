@@ -470,7 +470,7 @@ def test_tls_echo_and_extra_info(loop):
             assert tr.get_extra_info("cipher") is not None
             assert tr.get_extra_info("peername")[1] == port
             # goaio's own TLS (the default): a goaio TLS connection
-            assert isinstance(tr, goaio.aio._SSLTransport) and tr._conn.tls is not None
+            assert isinstance(tr, goaio.aio._TLS_CLASSES) and tr._conn.tls is not None
             w.write(b"tls!!")
             assert await r.read() == b"tls!!"
             w.close()

@@ -29,7 +29,7 @@ def run(loop, coro):
 
 def _rides_goaio_tls(tr):
     """The transport is goaio's and its connection a goaio TLS one."""
-    return isinstance(tr, goaio.aio._SSLTransport) and tr._conn is not None \
+    return isinstance(tr, goaio.aio._TLS_CLASSES) and tr._conn is not None \
         and tr._conn.tls is not None
 
 
@@ -240,7 +240,7 @@ def test_goaio_tls_false_keeps_sslprotocol(backend, tls_certs):
         async def main():
             tr, _ = await lp.create_connection(asyncio.Protocol, "localhost", peer.port,
                                                ssl=tls_certs.client_context())
-            assert not isinstance(tr, goaio.aio._SSLTransport)
+            assert not isinstance(tr, goaio.aio._TLS_CLASSES)
             assert isinstance(tr._ssl_protocol._transport, goaio.aio.GoaioTransport)
             tr.close()
             await asyncio.sleep(0.05)
@@ -345,7 +345,7 @@ def test_start_tls_both_sides_in_place(loop, tls_certs):
             await w.wait_closed()
             await _until(lambda: "new" in server_side)
             assert _rides_goaio_tls(server_side["new"]) or server_side["new"]._conn is None
-            assert isinstance(server_side["new"], goaio.aio._SSLTransport)
+            assert isinstance(server_side["new"], goaio.aio._TLS_CLASSES)
             assert server_side["old"].is_closing()
     run(loop, main())
 
@@ -382,7 +382,7 @@ def test_start_tls_protocol_sees_no_second_connection_made(loop, tls_certs):
             await _until(lambda: b"!" in events)
             new = await loop.start_tls(tr, proto, tls_certs.client_context(),
                                        server_hostname="localhost")
-            assert isinstance(new, goaio.aio._SSLTransport)
+            assert isinstance(new, goaio.aio._TLS_CLASSES)
             await _until(lambda: events[-1:] == [("lost", None)])
     run(loop, main())
     assert events == ["made", b"!", b"secret", ("lost", None)]
@@ -455,7 +455,7 @@ def test_sslcontext_freed_without_gc_after_close(loop, tls_certs):
                                                  ssl=ctx, server_hostname="localhost")
             tr.get_extra_info("cipher")     # conn.tls made (the guard's cycle)
             tr.close()
-            await _until(lambda: tr._conn is None)
+            await _until(lambda: tr._sock is None)   # (connection_lost ran)
             ref = weakref.ref(ctx)
             del ctx, tr
             await asyncio.sleep(0.05)

@@ -289,6 +289,8 @@ cdef class AioCore:
     cdef char reading
     cdef char proto_paused
     cdef char send_first
+    cdef char writes_held        # TLS test hook (_ssl_protocol): writes wait in backlog
+    cdef object tls_shell        # a TLS transport: the shell, told of the EOF and the close
 
     def __init__(self, AioCollector col, shell, AIOConn conn, protocol, server,
                  bint send_first, Py_ssize_t high, Py_ssize_t low):
@@ -581,6 +583,9 @@ cdef class AioCore:
 
     cdef int _on_eof(self) except -1:
         self.read_eof = True
+        if self.tls_shell is not None:
+            self.tls_shell._tls_eof()       # (asyncio's TLS rules: once per connection)
+            return 0
         if self.col.loop.get_debug():
             _aio_logger.debug("%r received EOF", self.shell)
         try:
@@ -759,7 +764,7 @@ cdef class AioCore:
                 self._fatal_error(err, "Fatal write error on socket transport")
             return 0
         backlog = self.backlog
-        if backlog is not None:
+        if backlog is not None and not self.writes_held:
             if len(backlog) > AIO_GATHER:
                 self.backlog = backlog[AIO_GATHER:]
                 batch = backlog[:AIO_GATHER]
@@ -897,9 +902,17 @@ cdef class AioCore:
         return 0
 
     def call_connection_lost(self, exc):
+        if not self.alive:
+            return
+        if self.tls_shell is not None and self.tls_shell._tls_close_first(exc):
+            return          # close_notify first: lost_now() once it is out
+        self.lost_now(exc)
+
+    def lost_now(self, exc):
         cdef AIOConn conn
         if not self.alive:
             return
+        self.tls_shell = None
         try:
             if self.protocol_connected:
                 self.protocol.connection_lost(exc)
@@ -920,6 +933,67 @@ cdef class AioCore:
             self.shell = None
             self.server = None
             shell._lost(server)
+
+
+    # -- TLS (goaio.aio's compiled TLS transport, once per connection) --
+
+    def set_tls(self, shell):
+        """Make this the core of a TLS transport: no send(2) of our own (the
+        socket carries records), no protocol call before the handshake, the
+        EOF and the close asked of shell (_tls_eof, _tls_close_first)."""
+        self.send_first = False
+        self.protocol_connected = False
+        self.tls_shell = shell
+
+    def handshaken(self):
+        """The handshake is done: the protocol is connected now."""
+        self.protocol_connected = True
+
+    def hold_writes(self, bint held):
+        """Test hook: held, writes queue (nothing is sent, close() waits)."""
+        cdef list backlog
+        self.writes_held = held
+        if held:
+            if self.backlog is None:
+                self.backlog = []
+            return
+        backlog = self.backlog
+        while backlog and self.sending < AIO_MAX_INFLIGHT and not self.conn_lost:
+            batch = backlog[:AIO_GATHER]
+            del backlog[:AIO_GATHER]
+            self._post_send(batch if len(batch) > 1 else batch[0])
+        if not backlog:
+            self.backlog = None
+            if not self.sending and self.closing and not self.conn_lost:
+                self.conn_lost += 1
+                self.call_connection_lost(None)
+
+    def append_backlog(self, data):
+        """Test hook: queue data as a write, no flow control."""
+        if self.conn_lost or self.conn is None:
+            return
+        data = bytes(data)
+        self.buffer_size += len(data)
+        if self.sending >= AIO_MAX_INFLIGHT or self.backlog is not None or self.writes_held:
+            if self.backlog is None:
+                self.backlog = [data]
+            else:
+                self.backlog.append(data)
+        else:
+            self._post_send(data)
+
+    @property
+    def alive_(self):
+        return self.alive
+
+    @property
+    def conn_lost_(self):
+        return self.conn_lost
+
+    def mark_lost(self):
+        """A close with no connection_lost owed (a handshake given up)."""
+        self.closing = True
+        self.conn_lost += 1
 
 
 def aio_conn_socket(AIOConn conn):
