@@ -98,6 +98,15 @@ def _install_goaio(backend):
         return orig_ensure(self, sock)
 
     aio_sock._SockState.ensure_conn = counting_ensure
+    # sock_connect/sock_accept that waited on goaio (goaio/_aio_sockconn.py)
+    import goaio._aio_sockconn as aio_sockconn
+    orig_wait = aio_sockconn._Wait.__init__
+
+    def counting_wait(self, *a):
+        made["sock_waits"] += 1
+        orig_wait(self, *a)
+
+    aio_sockconn._Wait.__init__ = counting_wait
     asyncio.SelectorEventLoop = HarnessLoop
     ue.SelectorEventLoop = HarnessLoop
     ue._UnixDefaultEventLoopPolicy._loop_factory = HarnessLoop
@@ -205,6 +214,7 @@ def run_one(module, loop_kind, backend, per_test_timeout, out, only=None):
         "not_goaio": not_goaio,
         "goaio_transports": _install_goaio.transports["transports"] if goaio_cls is not None else 0,
         "goaio_sock_binds": _install_goaio.transports["sock_binds"] if goaio_cls is not None else 0,
+        "goaio_sock_waits": _install_goaio.transports["sock_waits"] if goaio_cls is not None else 0,
         "goaio_module": getattr(sys.modules.get("goaio"), "__file__", None),
     }
     with open(out, "w") as f:
@@ -360,7 +370,8 @@ def main(argv=None):
         if g.get("running_loops"):
             print(f"{'':20s} loops that ran on the goaio side: {g['running_loops']}, "
                   f"goaio transports made: {g.get('goaio_transports', 0)}, "
-                  f"sock_* waits on goaio: {g.get('goaio_sock_binds', 0)}")
+                  f"sock_* waits on goaio: {g.get('goaio_sock_binds', 0)} binds, "
+                  f"{g.get('goaio_sock_waits', 0)} connect/accept")
     if regressions:
         print(f"\n{len(regressions)} regression(s) (pass on the default loop, not on goaio's):")
         for m, tid, oc, tb in regressions:

@@ -619,3 +619,52 @@ def test_tls_transport_from_an_already_bound_conn(loop, tls_certs):
     peer.join()
     assert peer.exc is None, peer.exc
     assert got == ["made", b"cba", ("lost", None)]
+
+
+class _Echo(asyncio.Protocol):
+    def connection_made(self, tr):
+        self.transport = tr
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+
+def test_compiled_backends_tls_transport_is_compiled(loop, backend, tls_certs):
+    """On a compiled backend both ends' TLS transports are the compiled
+    class (the plain transport's AioCore carries the messages; no
+    per-transport __dict__); on pure they are goaio/aio.py's _SSLTransport."""
+    compiled = hasattr(backend.module, "aio_transport_class")
+    made = []
+
+    class P(_Echo):
+        def connection_made(self, tr):
+            super().connection_made(tr)
+            made.append(tr)
+
+    async def main():
+        srv = await loop.create_server(P, "127.0.0.1", 0, ssl=tls_certs.server_context())
+        async with srv:
+            port = srv.sockets[0].getsockname()[1]
+            r, w = await asyncio.open_connection("127.0.0.1", port, ssl=tls_certs.client_context(),
+                                                 server_hostname="localhost")
+            for _ in range(3):
+                w.write(b"x" * 1000)
+                w.writelines([b"a", bytearray(b"b"), memoryview(b"c")])
+                assert await r.readexactly(1003) == b"x" * 1000 + b"abc"
+            for tr in (w.transport, made[0]):
+                assert isinstance(tr, goaio.aio._TLS_CLASSES) and tr._conn.tls is not None
+                assert "SSL" in type(tr).__name__
+                if compiled:
+                    assert type(tr).__name__ == f"GoaioSSLTransport_{backend.module.BACKEND_NAME}"
+                    assert type(tr._c) is backend.module.AioCore
+                    assert not hasattr(tr, "__dict__")
+                else:
+                    assert type(tr) is goaio.aio._SSLTransport
+                assert tr.get_extra_info("ssl_object") is tr._conn.tls.ssl_object
+                assert not tr.can_write_eof()
+                with pytest.raises(NotImplementedError):
+                    tr.write_eof()
+            w.close()
+            await w.wait_closed()
+            await _until(lambda: made[0].is_closing())
+    run(loop, main())

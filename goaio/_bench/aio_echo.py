@@ -1,11 +1,13 @@
 """Servers for the asyncio-on-goaio figures (README, "asyncio on goaio").
 
-    python -P -m goaio._bench.aio_echo KIND MODE PORT
+    python -P -m goaio._bench.aio_echo KIND MODE PORT [CERT KEY]
 
 KIND: goaio (the auto backend), goaio-epoll, goaio-pure, uvloop, asyncio (the
 default loop). MODE: echo (an asyncio Protocol: data_received ->
-transport.write) or hello (aiohttp "Hello, World!"). The same code runs on
-every loop; only the loop factory differs. Prints "listening" when it serves.
+transport.write), tls-echo (the same through ``create_server(ssl=)`` with
+the certificate CERT and key KEY) or hello (aiohttp "Hello, World!"). The
+same code runs on every loop; only the loop factory differs. Prints
+"listening" when it serves.
 """
 
 import asyncio
@@ -45,6 +47,16 @@ async def serve_echo(port):
     await srv.serve_forever()
 
 
+async def serve_tls_echo(port, cert, key):
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    loop = asyncio.get_running_loop()
+    srv = await loop.create_server(Echo, "127.0.0.1", port, backlog=4096, ssl=ctx)
+    print("listening", flush=True)
+    await srv.serve_forever()
+
+
 async def serve_hello(port):
     from aiohttp import web
 
@@ -62,12 +74,12 @@ async def serve_hello(port):
 
 def main(argv):
     kind, mode, port = argv[1], argv[2], int(argv[3])
-    fn = {"echo": serve_echo, "hello": serve_hello}[mode]
+    fn = {"echo": serve_echo, "tls-echo": serve_tls_echo, "hello": serve_hello}[mode]
     with asyncio.Runner(loop_factory=loop_factory(kind)) as r:
         if os.environ.get("AIO_ECHO_SHOW_LOOP"):
             print(type(r.get_loop()), file=sys.stderr)
         try:
-            r.run(fn(port))
+            r.run(fn(port, *argv[4:6]))
         except KeyboardInterrupt:
             pass
 
