@@ -39,6 +39,28 @@ def _takeable(sock):
         and sock.family in _STREAM_FAMILIES
 
 
+def _at_once(fut, fn, *args):
+    """Try ``fn(*args)`` now, as asyncio's loop does: its result or error
+    completes fut (True), or it would block (False)."""
+    try:
+        got = fn(*args)
+    except (BlockingIOError, InterruptedError):
+        return False
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        fut.set_exception(exc)
+        return True
+    fut.set_result(got)
+    return True
+
+
+def _accept(sock):
+    conn, address = sock.accept()
+    conn.setblocking(False)
+    return conn, address
+
+
 class _Wait:
     """The context of one goaio wait: hands the result to its callback."""
 
@@ -103,17 +125,7 @@ class SockConnMixin:
     def _sock_connect(self, fut, sock, address):
         if not self.goaio_sock or not _takeable(sock):
             return super()._sock_connect(fut, sock, address)
-        try:
-            sock.connect(address)
-        except (BlockingIOError, InterruptedError):
-            pass
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            fut.set_exception(exc)
-            return
-        else:
-            fut.set_result(None)
+        if _at_once(fut, sock.connect, address):
             return
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
@@ -140,18 +152,7 @@ class SockConnMixin:
                 if not got:
                     del kept[sock]
                 return
-        try:
-            conn, address = sock.accept()
-            conn.setblocking(False)
-        except (BlockingIOError, InterruptedError):
-            pass
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            fut.set_exception(exc)
-            return
-        else:
-            fut.set_result((conn, address))
+        if _at_once(fut, _accept, sock):
             return
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)

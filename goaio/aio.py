@@ -695,16 +695,8 @@ class _SSLTransport(_PyTransport):
             if waiter is not None and not waiter.cancelled():
                 waiter.set_exception(err)
             return
-        _tls_extra(self._extra, tls)
         self._protocol_connected = True
-        loop = self._loop
-        if self._call_made:
-            loop.call_soon(self._protocol.connection_made, self)
-        loop.call_soon(self._start_reading)
-        waiter = self._waiter
-        self._waiter = None
-        if waiter is not None:
-            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        _tls_connected(self, tls, self._protocol, self._start_reading)
 
     def _start_reading(self):
         if self._handshaking:
@@ -712,23 +704,8 @@ class _SSLTransport(_PyTransport):
         super()._start_reading()
 
     def _on_eof(self):
-        # the peer's close_notify (or its EOF at a record boundary): as
-        # asyncio's TLS transport, eof_received() then close (a TCP EOF
-        # without close_notify is not answered with one, as asyncio does)
         self._read_eof = True
-        conn = self._conn
-        if conn is not None and not _close_notify_seen(self._loop, conn):
-            self._raw_eof = True
-        try:
-            keep_open = self._protocol.eof_received()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
-            return
-        if keep_open:
-            logger.warning("returning true from eof_received() has no effect when using ssl")
-        self.close()
+        _tls_eof_received(self, self._protocol, self._fatal_error)
 
     def can_write_eof(self):
         return False
@@ -840,11 +817,41 @@ def _handshake_error(err, timeout):
     return err
 
 
-def _tls_extra(extra, tls):
+def _tls_connected(tr, tls, protocol, start_reading):
+    """A TLS transport's handshake is done (either class): the extra info,
+    then connection_made, the reading, the waiter, as asyncio orders them."""
+    extra = tr._extra
     extra["peercert"] = tls.getpeercert()
     extra["cipher"] = tls.cipher()
     extra["compression"] = tls.compression()
     extra["ssl_object"] = tls.ssl_object
+    loop = tr._loop
+    if tr._call_made:
+        loop.call_soon(protocol.connection_made, tr)
+    loop.call_soon(start_reading)
+    waiter = tr._waiter
+    tr._waiter = None
+    if waiter is not None:
+        loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+
+def _tls_eof_received(tr, protocol, fatal_error):
+    """A TLS transport's EOF (either class): the peer's close_notify, or its
+    TCP EOF at a record boundary. As asyncio's TLS transport: eof_received()
+    then close (a TCP EOF without close_notify is not answered with one)."""
+    conn = tr._conn
+    if conn is not None and not _close_notify_seen(tr._loop, conn):
+        tr._raw_eof = True
+    try:
+        keep_open = protocol.eof_received()
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+        return
+    if keep_open:
+        logger.warning("returning true from eof_received() has no effect when using ssl")
+    tr.close()
 
 
 class _CSSLMixin:
@@ -927,36 +934,14 @@ class _CSSLMixin:
             if waiter is not None and not waiter.cancelled():
                 waiter.set_exception(err)
             return
-        _tls_extra(self._extra, tls)
         c.handshaken()
-        if self._call_made:
-            loop.call_soon(c.get_protocol().connection_made, self)
-        loop.call_soon(c.start_reading)
-        waiter = self._waiter
-        self._waiter = None
-        if waiter is not None:
-            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        _tls_connected(self, tls, c.get_protocol(), c.start_reading)
 
     # -- asked by the core --
 
     def _tls_eof(self):
-        # the peer's close_notify (or its EOF at a record boundary): as
-        # asyncio's TLS transport, eof_received() then close (a TCP EOF
-        # without close_notify is not answered with one)
         c = self._c
-        conn = self._conn
-        if conn is not None and not _close_notify_seen(self._loop, conn):
-            self._raw_eof = True
-        try:
-            keep_open = c.get_protocol().eof_received()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            c.fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
-            return
-        if keep_open:
-            logger.warning("returning true from eof_received() has no effect when using ssl")
-        self.close()
+        _tls_eof_received(self, c.get_protocol(), c.fatal_error)
 
     def _tls_close_first(self, exc):
         """The connection is about to close: True if close_notify was posted

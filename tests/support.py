@@ -371,3 +371,15 @@ def close_aio_loop(lp):
         lp.run_until_complete(asyncio.sleep(0))
     lp.close()
     assert lp.service.closed
+
+
+def on_asyncio_loop(attempt):
+    """``attempt(loop)`` (a coroutine function) run on asyncio's own
+    selector loop: the reference a goaio.aio.Loop's behaviour is compared
+    with."""
+    import asyncio
+    ref = asyncio.SelectorEventLoop()
+    try:
+        return ref.run_until_complete(attempt(ref))
+    finally:
+        ref.close()

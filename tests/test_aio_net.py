@@ -11,7 +11,7 @@ import tempfile
 import pytest
 
 import goaio.aio
-from support import WAIT, close_aio_loop
+from support import WAIT, close_aio_loop, on_asyncio_loop
 
 
 @pytest.fixture
@@ -489,11 +489,7 @@ def test_create_connection_port_out_of_range_is_asyncios_error(loop, port):
         return None
 
     got = run(loop, attempt(loop))
-    ref = asyncio.SelectorEventLoop()
-    try:
-        want = ref.run_until_complete(attempt(ref))
-    finally:
-        ref.close()
+    want = on_asyncio_loop(attempt)
     assert got == want == (OverflowError, "connect(): port must be 0-65535.")
     assert loop.service.stats()["pending_connect"] == 0
 

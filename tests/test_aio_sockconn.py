@@ -10,28 +10,8 @@ import time
 import pytest
 
 import goaio.aio
-from support import WAIT, close_aio_loop
-
-
-@pytest.fixture
-def loop(backend):
-    lp = goaio.aio.Loop(backend=backend.module)
-    asyncio.set_event_loop(lp)
-    yield lp
-    asyncio.set_event_loop(None)
-    close_aio_loop(lp)
-
-
-def run(loop, coro):
-    return loop.run_until_complete(asyncio.wait_for(coro, WAIT))
-
-
-async def until(pred, what="condition"):
-    for _ in range(int(WAIT / 0.005)):
-        if pred():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
+from support import WAIT, on_asyncio_loop
+from test_aio_net import loop, run, until  # noqa: F401 - the same fixture and helpers
 
 
 def _watched(loop, sock):
@@ -58,6 +38,29 @@ def _full_listener():
     return ls, fillers
 
 
+async def _connect_waiting(loop, port):
+    """A sock_connect to a full listener's port, waiting on goaio."""
+    c = socket.socket()
+    c.setblocking(False)
+    task = asyncio.ensure_future(loop.sock_connect(c, ("127.0.0.1", port)))
+    await until(lambda: loop.service.stats()["pending_connect"] == 1, "a goaio connect wait")
+    return c, task
+
+
+async def _accept_while(ls, busy):
+    """Accept on ls (non-blocking) as long as busy() holds: room in its
+    queue lets the kernel's SYN retry through. The sockets accepted."""
+    ls.setblocking(False)
+    accepted = []
+    while busy():
+        try:
+            accepted.append(ls.accept()[0])
+        except BlockingIOError:
+            pass
+        await asyncio.sleep(0.01)
+    return accepted
+
+
 # -- sock_connect --
 
 def test_sock_connect_waits_on_goaio(loop):
@@ -65,21 +68,11 @@ def test_sock_connect_waits_on_goaio(loop):
     port = ls.getsockname()[1]
 
     async def main():
-        c = socket.socket()
-        c.setblocking(False)
-        task = asyncio.ensure_future(loop.sock_connect(c, ("127.0.0.1", port)))
-        await until(lambda: loop.service.stats()["pending_connect"] == 1, "a goaio connect wait")
+        c, task = await _connect_waiting(loop, port)
         assert not task.done()
         assert not _watched(loop, c)        # no selector writer: goaio waits
         # room in the queue: the kernel's SYN retry gets through
-        ls.setblocking(False)
-        accepted = []
-        while not task.done():
-            try:
-                accepted.append(ls.accept()[0])
-            except BlockingIOError:
-                pass
-            await asyncio.sleep(0.01)
+        accepted = await _accept_while(ls, lambda: not task.done())
         assert await task is None
         assert c.getpeername() == ("127.0.0.1", port)
         # the socket is the user's, connected; goaio's duplicate is closed
@@ -145,11 +138,7 @@ def test_sock_connect_refused_is_asyncios_error(loop):
         return None
 
     got = run(loop, attempt(loop))
-    ref = asyncio.SelectorEventLoop()
-    try:
-        want = ref.run_until_complete(attempt(ref))
-    finally:
-        ref.close()
+    want = on_asyncio_loop(attempt)
     assert got == want
     assert got[0] is ConnectionRefusedError and "Connect call failed" in got[2]
     assert loop.service.stats()["connections"] == 0
@@ -173,23 +162,13 @@ def test_cancelled_sock_connect_leaves_nothing(loop):
     port = ls.getsockname()[1]
 
     async def main():
-        c = socket.socket()
-        c.setblocking(False)
-        task = asyncio.ensure_future(loop.sock_connect(c, ("127.0.0.1", port)))
-        await until(lambda: loop.service.stats()["pending_connect"] == 1, "a goaio connect wait")
+        c, task = await _connect_waiting(loop, port)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         c.close()
         # goaio's wait ends with the kernel's connect (let it through)
-        ls.setblocking(False)
-        accepted = []
-        while loop.service.stats()["pending_connect"]:
-            try:
-                accepted.append(ls.accept()[0])
-            except BlockingIOError:
-                pass
-            await asyncio.sleep(0.01)
+        accepted = await _accept_while(ls, lambda: loop.service.stats()["pending_connect"])
         assert loop.service.stats()["connections"] == 0
         for s in accepted:
             s.close()
