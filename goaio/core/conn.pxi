@@ -262,7 +262,7 @@ cdef class AIOConn:
         if ns < 0:
             ns = 0          # beyond any deadline: no limit
         with nogil:
-            pthread_mutex_lock(&c.lock)
+            goaio_lock(&c.lock)
             at = goaio_now_ns() + ns if ns else 0
             q.timeout = ns
             op = q.head
@@ -271,7 +271,7 @@ cdef class AIOConn:
                 op = op.next
             if at and not c.closed and q.head != NULL:
                 schedule_timer_locked(self._svc.s, c, at)
-            pthread_mutex_unlock(&c.lock)
+            goaio_unlock(&c.lock)
 
     def set_recv_timeout(self, seconds):
         """Receives must complete within `seconds` (None or 0: no limit)."""
@@ -333,9 +333,9 @@ cdef class AIOConn:
         if c.closed:
             return
         oplist_init(&done)
-        pthread_mutex_lock(&c.lock)     # GIL held: fine, no c.lock holder waits for it
+        goaio_lock(&c.lock)     # GIL held: fine, no c.lock holder waits for it
         if c.closed:
-            pthread_mutex_unlock(&c.lock)
+            goaio_unlock(&c.lock)
             return
         c.closed = 1
         # every pending op gets the reason itself, or by default a fresh
@@ -359,7 +359,7 @@ cdef class AIOConn:
             exc = stash_exc(st)
             st = NULL
         c.pyobj = NULL
-        pthread_mutex_unlock(&c.lock)
+        goaio_unlock(&c.lock)
         if had_timer:
             conn_decref_nogil(c)        # the entry's (the AIOConn still holds one)
         with nogil:
@@ -453,7 +453,7 @@ cdef AIOConn conn_bind_gil(AIOService svc, sock, int fd, option, dict kwargs,
         if c == NULL:
             raise MemoryError()
         memset(c, 0, sizeof(conn_t))
-        pthread_mutex_init(&c.lock, NULL)
+        goaio_lock_init(&c.lock)
         c.cref = 1
         c.heap_idx = -1
         conn.c = c

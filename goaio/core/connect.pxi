@@ -225,7 +225,7 @@ cdef void connect_abandon_gil(svc_t *s, conn_t *c):
     the caller holds a reference)."""
     cdef op_t *op = NULL
     cdef bint retire
-    pthread_mutex_lock(&c.lock)
+    goaio_lock(&c.lock)
     if not c.closed:
         if c.rq.head != NULL:
             op = opq_pop_locked(&c.rq)
@@ -237,7 +237,7 @@ cdef void connect_abandon_gil(svc_t *s, conn_t *c):
         c.closed = 1
         c.retire = 1
     retire = take_retire_locked(c)
-    pthread_mutex_unlock(&c.lock)
+    goaio_unlock(&c.lock)
     if retire:
         record_retire(s, c)
     if op != NULL:
@@ -296,7 +296,7 @@ cdef svc_connect(AIOService svc, context, address, timeout, local_address, optio
         raise MemoryError()
     memset(cr, 0, sizeof(crec_t))
     cr.given = given_fd >= 0
-    pthread_mutex_init(&cr.c.lock, NULL)
+    goaio_lock_init(&cr.c.lock)
     cr.c.cref = 1
     cr.c.kind = CK_CONNECT
     cr.c.heap_idx = -1
@@ -350,7 +350,7 @@ cdef svc_connect(AIOService svc, context, address, timeout, local_address, optio
     goaio_atomic_inc(&s.live_ops)
     oplist_init(&done)
     with nogil:
-        pthread_mutex_lock(&cr.c.lock)
+        goaio_lock(&cr.c.lock)
         opq_push_locked(&cr.c.rq, op)
         if op.deadline:
             schedule_timer_locked(s, &cr.c, op.deadline)
@@ -361,7 +361,7 @@ cdef svc_connect(AIOService svc, context, address, timeout, local_address, optio
             try_next_locked(s, cr, &done)
             cq_push(s, &done)
         retire = take_retire_locked(&cr.c)
-        pthread_mutex_unlock(&cr.c.lock)
+        goaio_unlock(&cr.c.lock)
         poller_use_end(s)
         if retire:
             record_retire(s, &cr.c)

@@ -113,7 +113,7 @@ cdef int conn_cancel(AIOConn conn, context, reason) except -1:
     if c.closed:
         return 0
     oplist_init(&done)
-    pthread_mutex_lock(&c.lock)
+    goaio_lock(&c.lock)
     if not c.closed:
         n = cancel_queue_locked(c, &c.rq, <PyObject *>context, err, False, &done)
         n += cancel_queue_locked(c, &c.sq, <PyObject *>context, err, True, &done)
@@ -128,7 +128,7 @@ cdef int conn_cancel(AIOConn conn, context, reason) except -1:
         if n and c.tls == NULL and c.rq.head != NULL and (c.readable or c.eof):
             process_recv_locked(s, c, &done)    # a cancelled start_tls: reading goes on plain
         cq_push(s, &done)
-    pthread_mutex_unlock(&c.lock)
+    goaio_unlock(&c.lock)
     return n
 
 

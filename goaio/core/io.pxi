@@ -33,7 +33,7 @@ cdef void process_recv_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogi
         return
     while c.rq.head != NULL and not c.closed:
         op = c.rq.head
-        if c.tls_next != NULL:
+        if tls_pending(c):
             break           # a start_tls is pending: receives get TLS plaintext
 
         if c.eof:

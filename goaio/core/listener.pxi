@@ -113,7 +113,7 @@ cdef void record_event(svc_t *s, conn_t *c, uint32_t flags, oplist_t *done) noex
     """The poller reported a listener or a connect in progress (no lock held;
     the caller holds a reference)."""
     cdef bint retire
-    pthread_mutex_lock(&c.lock)
+    goaio_lock(&c.lock)
     if not c.closed:
         if c.kind == CK_LISTENER:
             if flags & (PF_READ | PF_HUP):
@@ -123,7 +123,7 @@ cdef void record_event(svc_t *s, conn_t *c, uint32_t flags, oplist_t *done) noex
             connect_event_locked(s, <crec_t *>c, done)
     cq_push(s, done, True)
     retire = take_retire_locked(c)
-    pthread_mutex_unlock(&c.lock)
+    goaio_unlock(&c.lock)
     if retire:
         record_retire(s, c)
 
@@ -133,7 +133,7 @@ cdef void record_expire(svc_t *s, conn_t *c, int64_t at, int64_t now, oplist_t *
     timeout) is due (no lock held; the caller holds the entry's reference)."""
     cdef bint retire
     cdef lrec_t *lr
-    pthread_mutex_lock(&c.lock)
+    goaio_lock(&c.lock)
     if not c.closed and c.timer_at == at:
         c.timer_at = 0
         if c.kind == CK_LISTENER:
@@ -148,7 +148,7 @@ cdef void record_expire(svc_t *s, conn_t *c, int64_t at, int64_t now, oplist_t *
             connect_expire_locked(s, <crec_t *>c, now, done)
         cq_push(s, done, True)
     retire = take_retire_locked(c)
-    pthread_mutex_unlock(&c.lock)
+    goaio_unlock(&c.lock)
     if retire:
         record_retire(s, c)
 
@@ -202,7 +202,7 @@ cdef listener_from_socket(AIOService svc, sock, option, created, params):
     if lr == NULL:
         raise MemoryError()
     memset(lr, 0, sizeof(lrec_t))
-    pthread_mutex_init(&lr.c.lock, NULL)
+    goaio_lock_init(&lr.c.lock)
     lr.c.cref = 1
     lr.c.kind = CK_LISTENER
     lr.c.heap_idx = -1
@@ -340,7 +340,7 @@ cdef class Listener:
         Py_INCREF(self._spec)
         oplist_init(&done)
         with nogil:
-            pthread_mutex_lock(&c.lock)
+            goaio_lock(&c.lock)
             if c.closed:
                 rc = 1
             elif c.rq.len >= c.rq.max:
@@ -353,7 +353,7 @@ cdef class Listener:
                     opq_push_locked(&c.rq, op)
                 process_accept_locked(s, <lrec_t *>c, &done)
                 cq_push(s, &done)
-            pthread_mutex_unlock(&c.lock)
+            goaio_unlock(&c.lock)
         if rc:
             op_release_gil(op, False)
             if rc == 1:
@@ -373,9 +373,9 @@ cdef class Listener:
         if reason is not None and not isinstance(reason, BaseException):
             raise TypeError(MSG_REASON_TYPE)
         oplist_init(&done)
-        pthread_mutex_lock(&c.lock)     # GIL held: fine, no c.lock holder waits for it
+        goaio_lock(&c.lock)     # GIL held: fine, no c.lock holder waits for it
         if c.closed:
-            pthread_mutex_unlock(&c.lock)
+            goaio_unlock(&c.lock)
             return
         c.closed = 1
         opq_fail_locked(c, &c.rq, ERR_LCLOSED if reason is None else ERR_OBJ, &done)
@@ -390,7 +390,7 @@ cdef class Listener:
             goaio_atomic_dec(&c.cref)       # (the Listener still holds one)
         ready = (<lrec_t *>c).ready_head
         (<lrec_t *>c).ready_head = (<lrec_t *>c).ready_tail = NULL
-        pthread_mutex_unlock(&c.lock)
+        goaio_unlock(&c.lock)
         tls_listener_closed_gil(s, c, ready)    # its TLS connections not handed out (core/tls_setup.pxi)
         with nogil:
             reg_remove(s, c)

@@ -43,7 +43,7 @@ cdef int poll_once(svc_t *s, int64_t until) noexcept nogil:
             record_event(s, c, evs[i].flags, &done)
             conn_decref_nogil(c)
             continue
-        pthread_mutex_lock(&c.lock)
+        goaio_lock(&c.lock)
         if evs[i].flags & PF_READ:
             c.readable = 1
         if evs[i].flags & PF_WRITE:
@@ -60,7 +60,7 @@ cdef int poll_once(svc_t *s, int64_t until) noexcept nogil:
         # queued before c.lock is released: completions of one connection
         # enter the queue in the order they happened, whichever thread made them
         cq_push(s, &done, True)
-        pthread_mutex_unlock(&c.lock)
+        goaio_unlock(&c.lock)
         conn_decref_nogil(c)
     expire_timers(s, &done)
     if s.tls_setup_head != NULL:

@@ -111,6 +111,7 @@ cdef int fill_buffers(op_t *op, object buff, bint writable, Py_ssize_t nbytes=-1
     first nbytes bytes of one buffer (checked by _check_send_nbytes)."""
     cdef Py_ssize_t n, i
     cdef Py_buffer *v
+    cdef iovec *iovs
     if type(buff) is list:
         n = len(<list>buff)
         if n == 0:
@@ -120,17 +121,20 @@ cdef int fill_buffers(op_t *op, object buff, bint writable, Py_ssize_t nbytes=-1
             Py_INCREF(buff)
             op.iovcnt = 0
             return 0
-        op.views = <Py_buffer *>PyMem_RawMalloc(n * sizeof(Py_buffer))
-        op.iovs = <iovec *>PyMem_RawMalloc(n * sizeof(iovec))
-        if op.views == NULL or op.iovs == NULL:
+        if <size_t>n > (<size_t>-1) // (sizeof(Py_buffer) + sizeof(iovec)):
             raise MemoryError()
+        v = <Py_buffer *>PyMem_RawMalloc(n * (sizeof(Py_buffer) + sizeof(iovec)))
+        if v == NULL:
+            raise MemoryError()
+        op.views = v
+        iovs = <iovec *>(v + n)     # (released with the op: op.views != &op.view0)
         for i in range(n):
-            get_view((<list>buff)[i], &op.views[i], writable)
+            get_view((<list>buff)[i], &v[i], writable)
             op.nviews = i + 1
-            op.iovs[i].iov_base = op.views[i].buf
-            op.iovs[i].iov_len = op.views[i].len
-            op.total += op.views[i].len
-        op.iov = op.iovs
+            iovs[i].iov_base = v[i].buf
+            iovs[i].iov_len = v[i].len
+            op.total += v[i].len
+        op.iov = iovs
         op.iovcnt = <int>n
     else:
         get_view(buff, &op.view0, writable)
@@ -187,7 +191,7 @@ cdef int post_queue_nogil(svc_t *s, conn_t *c, op_t *op, bint sending) noexcept 
     cdef oplist_t done
     cdef int rc = 0
     oplist_init(&done)
-    pthread_mutex_lock(&c.lock)
+    goaio_lock(&c.lock)
     if c.closed:
         rc = 1
     elif sending and c.shut:
@@ -209,7 +213,7 @@ cdef int post_queue_nogil(svc_t *s, conn_t *c, op_t *op, bint sending) noexcept 
             elif c.readable or c.eof or c.tls != NULL:
                 process_recv_locked(s, c, &done)
     cq_push(s, &done)
-    pthread_mutex_unlock(&c.lock)
+    goaio_unlock(&c.lock)
     return rc
 
 

@@ -46,19 +46,19 @@ cdef void connect_resolved_gil(AIOService svc, crec_t *cr, infos, err, linfos):
             addrs_free(&a)
             addrs_free(&la)
     if err is not None:
-        pthread_mutex_lock(&c.lock)     # GIL held: fine, no c.lock holder waits for it
+        goaio_lock(&c.lock)     # GIL held: fine, no c.lock holder waits for it
         if not c.closed:
             c.rq.head.errobj = <PyObject *>err
             Py_INCREF(err)
             connect_done_locked(s, cr, -1, ERR_OBJ, &done)
             cq_push(s, &done)
         retire = take_retire_locked(c)
-        pthread_mutex_unlock(&c.lock)
+        goaio_unlock(&c.lock)
     else:
         with nogil:
             # attempts only while the service is open (else close() drops the connect)
             if poller_use_begin(s, True):
-                pthread_mutex_lock(&c.lock)
+                goaio_lock(&c.lock)
                 if not c.closed:
                     cr.addrs = a
                     a.sa = NULL
@@ -70,7 +70,7 @@ cdef void connect_resolved_gil(AIOService svc, crec_t *cr, infos, err, linfos):
                     try_next_locked(s, cr, &done)
                     cq_push(s, &done)
                 retire = take_retire_locked(c)
-                pthread_mutex_unlock(&c.lock)
+                goaio_unlock(&c.lock)
                 poller_use_end(s)
             else:
                 retire = False

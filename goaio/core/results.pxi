@@ -131,7 +131,7 @@ cdef void op_release_gil(op_t *op, bint give_back):
 
     give_back: a share buffer attached to the op goes back to its pool."""
     cdef int i
-    cdef stash_t *st = op.stash
+    cdef stash_t *st = op_stash(op)
     if op.kind >= OP_ACCEPT and op.newfd >= 0:
         close(op.newfd)             # an accepted/connected socket nobody took
     for i in range(op.nviews):
@@ -151,9 +151,8 @@ cdef void op_release_gil(op_t *op, bint give_back):
     PyMem_RawFree(op.tlserr)
     Py_XDECREF(op.context)
     Py_XDECREF(op.pyconn)
-    if op.views != &op.view0 and op.stash == NULL:
-        PyMem_RawFree(op.views)
-    PyMem_RawFree(op.iovs)
+    if op.views != &op.view0 and st == NULL:
+        PyMem_RawFree(op.views)     # a list's views and iovecs (core/post.pxi)
     op_free_gil(op)                 # core/post.pxi
 
 

@@ -34,6 +34,12 @@ cdef void release_share_gil(object share, object buff) noexcept:
     share.release(buff)
 
 
+cdef inline stash_t *op_stash(op_t *op) noexcept nogil:
+    """The stash an op was lent its buffer by (OPF_STASH: op.views is the
+    stash's view, its first field), or NULL."""
+    return <stash_t *>op.views if op.flags & OPF_STASH else NULL
+
+
 cdef void stash_free_gil(stash_t *st, bint give_back):
     """Release a stash (GIL held, no C lock held: it may run Python code)."""
     PyBuffer_Release(&st.view)
@@ -112,19 +118,19 @@ cdef inline void unlock_for_python_locked(svc_t *s, conn_t *c, oplist_t *done) n
     """First half of the unlock protocol (c.lock held on entry, not on return)."""
     cq_push(s, done)
     c.acquiring = 1
-    pthread_mutex_unlock(&c.lock)
+    goaio_unlock(&c.lock)
 
 
 cdef void relock_after_python(conn_t *c, stash_t *st, PyObject *exc) noexcept nogil:
     """Second half of the unlock protocol (no lock held on entry; c.lock on
     return): keep st / exc (NULL or owned) for the connection, or give them
     back if it was closed meanwhile."""
-    pthread_mutex_lock(&c.lock)
+    goaio_lock(&c.lock)
     if c.closed:
         if st != NULL or exc != NULL:
-            pthread_mutex_unlock(&c.lock)
+            goaio_unlock(&c.lock)
             give_back_nogil(st, exc)
-            pthread_mutex_lock(&c.lock)
+            goaio_lock(&c.lock)
     else:
         c.stash = st if exc == NULL else stash_tag_exc(exc)    # (never both)
     c.acquiring = 0
@@ -132,9 +138,9 @@ cdef void relock_after_python(conn_t *c, stash_t *st, PyObject *exc) noexcept no
 
 cdef void drop_stash_locked(conn_t *c, stash_t *st) noexcept nogil:
     """Give an unused Python share buffer back (c.lock held; dropped meanwhile)."""
-    pthread_mutex_unlock(&c.lock)
+    goaio_unlock(&c.lock)
     give_back_nogil(st, NULL)
-    pthread_mutex_lock(&c.lock)
+    goaio_lock(&c.lock)
 
 
 cdef int attach_buffer_locked(svc_t *s, conn_t *c, op_t *op, oplist_t *done) noexcept nogil:
@@ -180,7 +186,7 @@ cdef int attach_buffer_locked(svc_t *s, conn_t *c, op_t *op, oplist_t *done) noe
         return 0
     st = c.stash
     c.stash = NULL
-    op.stash = st
+    op.flags |= OPF_STASH
     op.buffobj = st.obj          # lent by the stash, which owns the reference
     op.views = &st.view
     op.nviews = 1
@@ -195,11 +201,11 @@ cdef int attach_buffer_locked(svc_t *s, conn_t *c, op_t *op, oplist_t *done) noe
 cdef void detach_buffer_locked(conn_t *c, op_t *op) noexcept nogil:
     """Undo attach_buffer_locked after EAGAIN (c.lock held; dropped meanwhile
     when a Python buffer goes back): idle receives hold no buffer."""
-    cdef stash_t *st = op.stash
+    cdef stash_t *st = op_stash(op)
     if op.flags & OPF_POOLBUF:
         pool_push(c.pool, op.pool_idx)
         op.flags &= ~OPF_POOLBUF
-    op.stash = NULL
+    op.flags &= ~OPF_STASH
     op.views = &op.view0
     op.nviews = 0
     op.buffobj = NULL

@@ -21,6 +21,8 @@ cdef enum:
                          # never queued as a result, handed over to an accept
     OPF_TLSORPHAN = 64   # such an op whose listener closed: the setup runner
                          # closes its connection and frees it
+    OPF_STASH = 128      # op.views is the view of a stash_t the op owns (a buffer
+                         # from a Python share_buff; core/sharebuf.pxi: op_stash)
 
     ERR_EOF = -1
     ERR_RTIMEOUT = -2
@@ -50,15 +52,17 @@ cdef enum svc_state:
 
 
 cdef struct stash_t:
+    Py_buffer view       # first: an op lent the stash points op.views here (OPF_STASH)
     PyObject *obj        # owned
     PyObject *share      # owned: the share_buff it came from (to give it back), or NULL
-    Py_buffer view
 
 
 cdef struct op_t:
+    # (every idle connection has one receive op: 136 B without view0, a 144 B
+    # malloc block; narrow fields, no pointer derivable from another)
     op_t *next
     conn_t *conn
-    unsigned char kind   # (narrow fields: every idle connection has one receive op)
+    unsigned char kind
     unsigned char pinned # allocated with view0 (core/post.pxi: op_new, the freelists)
     unsigned short flags
     int err
@@ -70,11 +74,9 @@ cdef struct op_t:
     PyObject *context    # owned
     PyObject *buffobj    # owned (borrowed for OPF_POOLBUF)
     PyObject *errobj     # owned or NULL
-    stash_t *stash
     goaio_tlserr_t *tlserr   # owned: with ERR_TLS, why (core/tls.pxi)
-    Py_buffer *views
+    Py_buffer *views     # &view0; for a list, one heap block: the views, then their iovecs
     iovec *iov           # current position
-    iovec *iovs          # heap array for lists, else NULL
     Py_ssize_t total
     Py_ssize_t done
     int64_t deadline
@@ -127,6 +129,8 @@ cdef struct tls_t:
     char busy            # a thread runs a step with c.lock dropped (GIL path)
     char again           # something happened meanwhile: run again
     char connecting      # the handshake of a svc.connect (stats: pending_connect)
+    char dropped         # a conn.tls_pend whose start_tls left the queue before it started
+    char hsw_queued      # its connection is queued in the service's handshake work queue (c.lock)
     int info_busy        # TLSInfo calls in progress (core/tls_setup.pxi): no SSL call meanwhile
     int rd_end           # 0, ERR_EOF, or ERR_TLS (rd_err) once reading ended
     int wlast            # length of a write OpenSSL must see again (a record is half out)
@@ -138,16 +142,20 @@ cdef struct tls_t:
     int64_t hs_deadline
     char *wpend          # owned: the plaintext of a record half written when its
     int wpend_len        #   send left the queue (timeout, cancel): sent on later
+    conn_t *hsw_next     # in the service's handshake work queue (s.lock; c.tls is
+                         # set once, so the queue reaches it without c.lock)
 
 
 cdef struct conn_t:
-    # (field order and widths keep the record at 216 B, a 224 B malloc
-    # block: every idle connection has one; issue 13)
+    # (every idle connection has one, so its size counts, issue 13: field
+    # order and widths, a 4-byte lock and the TLS-only fields in tls_t keep it
+    # at 168 B on Linux, a 176 B malloc block)
     long cref            # atomic: the AIOConn, poll dispatches and timer entries
     uint64_t id
     int fd
     int shut_key         # the key of the exception a failed send and its shutdown share
     int heap_idx         # where its timer heap entry is, -1 if none (guarded by s.tlock)
+    goaio_lock_t lock    # 4 bytes on Linux (includes/connlock.h)
     short shut_err       # errno of a send that failed while a shutdown was pending
     char closed
     char readable
@@ -158,7 +166,6 @@ cdef struct conn_t:
     char kind            # CK_STREAM, CK_LISTENER, CK_CONNECT
     char shut            # 0 open, 1 a shutdown is pending, 2 shut down for writing
     char retire          # a finished connect record: the next unlocker unregisters it
-    char hsw_queued      # queued in the service's handshake work queue (c.lock)
     opq_t rq             # pending receives
     opq_t sq             # pending sends
     int64_t timer_at     # the deadline of its entry in the timer heap, 0 if none
@@ -170,10 +177,9 @@ cdef struct conn_t:
                          # or, tagged (core/sharebuf.pxi: stash_is_exc), the exception
                          # share_buff.acquire() or growing the BufferPool raised
     tls_t *tls           # owned: the TLS layer, NULL for a plain connection
-    tls_t *tls_next      # owned: a pending start_tls's layer, until it starts
-    tls_t *tls_dropped   # owned: the layer of a start_tls removed before it started
-    conn_t *hsw_next     # in the service's handshake work queue (s.lock)
-    pthread_mutex_t lock
+    tls_t *tls_pend      # owned: a start_tls's layer, pending until it starts; or,
+                         # with .dropped, one whose start_tls left the queue
+                         # first (freed with the GIL: the next start_tls, the record)
 
 
 cdef struct tentry_t:

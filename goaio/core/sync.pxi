@@ -43,10 +43,8 @@ cdef void conn_decref_nogil(conn_t *c) noexcept nogil:
             decref_nogil((<lrec_t *>c).spec)
         if c.tls != NULL:
             tls_free_nogil(c.tls)           # core/tls.pxi
-        if c.tls_next != NULL:
-            tls_free_nogil(c.tls_next)
-        if c.tls_dropped != NULL:
-            tls_free_nogil(c.tls_dropped)
-        pthread_mutex_destroy(&c.lock)
+        if c.tls_pend != NULL:
+            tls_free_nogil(c.tls_pend)
+        goaio_lock_destroy(&c.lock)
         PyMem_RawFree(c)
 

@@ -140,7 +140,7 @@ cdef void expire_conn_locked(svc_t *s, conn_t *c, int64_t now, oplist_t *done) n
         nxt = tls_deadline(c)
     if nxt != 0:
         schedule_timer_locked(s, c, nxt)
-    if c.tls_next != NULL and (c.sq.head == NULL or c.sq.head.kind != OP_STARTTLS):
+    if tls_pending(c) and (c.sq.head == NULL or c.sq.head.kind != OP_STARTTLS):
         tls_start_dropped_locked(s, c, done)    # a pending start_tls timed out with the sends
 
 
@@ -162,10 +162,10 @@ cdef void expire_timers(svc_t *s, oplist_t *done) noexcept nogil:
             record_expire(s, c, e.at, now, done)
             conn_decref_nogil(c)
             continue
-        pthread_mutex_lock(&c.lock)
+        goaio_lock(&c.lock)
         if not c.closed and c.timer_at == e.at:
             c.timer_at = 0
             expire_conn_locked(s, c, now, done)
             cq_push(s, done, True)
-        pthread_mutex_unlock(&c.lock)
+        goaio_unlock(&c.lock)
         conn_decref_nogil(c)

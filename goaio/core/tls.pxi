@@ -343,13 +343,13 @@ cdef void tls_step_with_gil_nogil(svc_t *s, conn_t *c) noexcept with gil:
     caller holds a reference and set t.busy)."""
     cdef oplist_t done
     oplist_init(&done)
-    pthread_mutex_lock(&c.lock)     # GIL held: fine, no c.lock holder waits for it
+    goaio_lock(&c.lock)     # GIL held: fine, no c.lock holder waits for it
     if c.tls.info_busy:
         c.tls.again = 1             # a TLSInfo call reads the SSL: its end runs us
     else:
         tls_run_locked(s, c, &done)
     cq_push(s, &done)
-    pthread_mutex_unlock(&c.lock)
+    goaio_unlock(&c.lock)
 
 
 cdef void tls_process_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogil:
@@ -366,9 +366,9 @@ cdef void tls_process_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogil
         cq_push(s, done)            # (completions so far keep their order)
         t.busy = 1
         t.again = 0
-        pthread_mutex_unlock(&c.lock)
+        goaio_unlock(&c.lock)
         tls_step_with_gil_nogil(s, c)
-        pthread_mutex_lock(&c.lock)
+        goaio_lock(&c.lock)
         t.busy = 0
         if c.closed or not t.again or t.info_busy:
             break
@@ -412,15 +412,20 @@ cdef void tls_activate_locked(svc_t *s, conn_t *c, tls_t *t, op_t *hs_op, oplist
         tls_process_locked(s, c, done)
 
 
+cdef inline bint tls_pending(conn_t *c) noexcept nogil:
+    """A start_tls is posted and has not started (c.lock held, or the GIL:
+    only a thread with the GIL sets c.tls_pend)."""
+    return c.tls_pend != NULL and not c.tls_pend.dropped
+
+
 cdef void tls_start_dropped_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nogil:
     """A start_tls left the send queue before it started (a send timeout, a
     cancel): the connection stays plain; receives go on in plaintext (c.lock
     held). Its layer is freed later, with the GIL (the next start_tls, or the
     record)."""
-    if c.tls_next == NULL or c.tls_dropped != NULL:
+    if not tls_pending(c):
         return
-    c.tls_dropped = c.tls_next
-    c.tls_next = NULL
+    c.tls_pend.dropped = 1
     if s != NULL and c.rq.head != NULL and (c.readable or c.eof):
         process_recv_locked(s, c, done)
 
@@ -430,11 +435,11 @@ cdef void tls_try_start_locked(svc_t *s, conn_t *c, oplist_t *done) noexcept nog
     handshake begins (c.lock held)."""
     cdef op_t *op
     cdef tls_t *t
-    if c.tls != NULL or c.tls_next == NULL or c.sq.head == NULL or c.sq.head.kind != OP_STARTTLS:
+    if c.tls != NULL or not tls_pending(c) or c.sq.head == NULL or c.sq.head.kind != OP_STARTTLS:
         return
     op = opq_pop_locked(&c.sq)
-    t = c.tls_next
-    c.tls_next = NULL
+    t = c.tls_pend
+    c.tls_pend = NULL
     tls_activate_locked(s, c, t, op, done)
 
 

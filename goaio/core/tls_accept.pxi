@@ -17,17 +17,17 @@ cdef bint hsw_offload_locked(svc_t *s, conn_t *c) noexcept nogil:
     cdef bint ok = False
     if c.tls == NULL or c.tls.state != TLS_HANDSHAKE or c.tls.need_gil:
         return False
-    if c.hsw_queued:
+    if c.tls.hsw_queued:
         return True
     pthread_mutex_lock(&s.lock)
     if s.widle > s.hsw_len and not s.closed:
         goaio_atomic_inc(&c.cref)       # the queue's reference
-        c.hsw_queued = 1
-        c.hsw_next = NULL
+        c.tls.hsw_queued = 1
+        c.tls.hsw_next = NULL
         if s.hsw_tail == NULL:
             s.hsw_head = c
         else:
-            s.hsw_tail.hsw_next = c
+            s.hsw_tail.tls.hsw_next = c
         s.hsw_tail = c
         s.hsw_len += 1
         pthread_cond_signal(&s.w_cond)
@@ -42,18 +42,18 @@ cdef void hsw_run_one_locked(svc_t *s) noexcept nogil:
     cdef conn_t *c = s.hsw_head
     cdef oplist_t done
     oplist_init(&done)
-    s.hsw_head = c.hsw_next
+    s.hsw_head = c.tls.hsw_next
     if s.hsw_head == NULL:
         s.hsw_tail = NULL
     s.hsw_len -= 1
     s.hsw_runs += 1
     pthread_mutex_unlock(&s.lock)
-    pthread_mutex_lock(&c.lock)
-    c.hsw_queued = 0
+    goaio_lock(&c.lock)
+    c.tls.hsw_queued = 0
     if not c.closed and c.tls != NULL:
         tls_process_locked(s, c, &done)
     cq_push(s, &done)
-    pthread_mutex_unlock(&c.lock)
+    goaio_unlock(&c.lock)
     conn_decref_nogil(c)
     pthread_mutex_lock(&s.lock)
 
@@ -68,8 +68,8 @@ cdef void hsw_discard(svc_t *s) noexcept nogil:
     s.hsw_len = 0
     pthread_mutex_unlock(&s.lock)
     while c != NULL:
-        nxt = c.hsw_next
-        c.hsw_queued = 0
+        nxt = c.tls.hsw_next
+        c.tls.hsw_queued = 0
         conn_decref_nogil(c)
         c = nxt
 
@@ -124,9 +124,9 @@ cdef void tls_deliver_locked(svc_t *s, conn_t *lc, op_t *op, oplist_t *done) noe
     """A listener's op whose handshake ended goes back to its listener (the
     connection's c.lock held; takes the listener's c.lock, then s.lock)."""
     cdef lrec_t *lr = <lrec_t *>lc
-    pthread_mutex_lock(&lc.lock)
+    goaio_lock(&lc.lock)
     if lc.closed:
-        pthread_mutex_unlock(&lc.lock)
+        goaio_unlock(&lc.lock)
         op.flags |= OPF_TLSORPHAN
         tls_setup_push_locked(s, op)        # its connection is closed with the GIL
         return
@@ -140,7 +140,7 @@ cdef void tls_deliver_locked(svc_t *s, conn_t *lc, op_t *op, oplist_t *done) noe
             lr.ready_tail.next = op
         lr.ready_tail = op
     process_accept_locked(s, lr, done)      # room for one more
-    pthread_mutex_unlock(&lc.lock)
+    goaio_unlock(&lc.lock)
 
 
 cdef void tls_hs_finish_locked(svc_t *s, conn_t *c, op_t *op, int err, oplist_t *done) noexcept nogil:

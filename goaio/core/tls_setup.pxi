@@ -145,13 +145,13 @@ cdef int tls_attach_gil(AIOService svc, AIOConn conn, object params, op_t *hs_op
         hs_op.pyconn = <PyObject *>conn
         Py_INCREF(conn)
     with nogil:
-        pthread_mutex_lock(&c.lock)
+        goaio_lock(&c.lock)
         if c.closed or c.tls != NULL:
             closed = True
         else:
             tls_activate_locked(s, c, t, hs_op, &done)
             cq_push(s, &done)
-        pthread_mutex_unlock(&c.lock)
+        goaio_unlock(&c.lock)
     if closed:
         tls_free_nogil(t)
         raise ConnClosed(MSG_CONN_CLOSED)
@@ -420,9 +420,9 @@ cdef class TLSHold:
             self.conn = None
             return self
         with nogil:
-            pthread_mutex_lock(&c.lock)
+            goaio_lock(&c.lock)
             c.tls.info_busy += 1
-            pthread_mutex_unlock(&c.lock)
+            goaio_unlock(&c.lock)
         return self
 
     def __exit__(self, *exc):
@@ -436,13 +436,13 @@ cdef class TLSHold:
         oplist_init(&done)
         self.conn = None
         with nogil:
-            pthread_mutex_lock(&c.lock)
+            goaio_lock(&c.lock)
             t.info_busy -= 1
             if t.info_busy == 0 and t.again and not t.busy and not c.closed:
                 t.again = 0
                 tls_process_locked(s, c, &done)
             cq_push(s, &done)
-            pthread_mutex_unlock(&c.lock)
+            goaio_unlock(&c.lock)
         return False
 
 
@@ -454,43 +454,40 @@ cdef object tls_start_gil(AIOConn conn, context, ssl, server_side, server_hostna
     posted before it completed; receives posted after it wait for it."""
     cdef conn_t *c = conn.c
     cdef tls_t *t
+    cdef tls_t *old = NULL
     cdef op_t *op
     cdef int rc = 0
     params = _tls_check_start(ssl, server_side, server_hostname, timeout)
     tls_require()
     conn._check_open()
-    if c.tls != NULL or c.tls_next != NULL:
+    if c.tls != NULL or tls_pending(c):
         raise ValueError(MSG_TLS_ALREADY)
     if c.shut:
         raise BrokenPipeError(MSG_TLS_AFTER_SHUTDOWN)
-    with nogil:
-        pthread_mutex_lock(&c.lock)
-        t = c.tls_dropped       # an earlier start_tls removed before it started
-        c.tls_dropped = NULL
-        pthread_mutex_unlock(&c.lock)
-    tls_free_nogil(t)
     t = tls_new_gil(params)
     with nogil:
-        pthread_mutex_lock(&c.lock)
-        if c.tls != NULL or c.tls_next != NULL:
+        goaio_lock(&c.lock)
+        if c.tls != NULL or tls_pending(c):
             rc = 1
         else:
-            c.tls_next = t
-        pthread_mutex_unlock(&c.lock)
+            old = c.tls_pend    # NULL, or an earlier start_tls's layer, dropped
+            c.tls_pend = t
+        goaio_unlock(&c.lock)
     if rc:
         tls_free_nogil(t)
         raise ValueError(MSG_TLS_ALREADY)
+    tls_free_nogil(old)
     op = op_new(OP_STARTTLS, False)
     try:
         conn._post(op, context)
     except BaseException:
         with nogil:
-            pthread_mutex_lock(&c.lock)
-            if c.tls_next == t:
-                c.tls_next = NULL
+            goaio_lock(&c.lock)
+            if c.tls_pend == t:
+                c.tls_pend = NULL
             else:
                 t = NULL
-            pthread_mutex_unlock(&c.lock)
+            goaio_unlock(&c.lock)
         tls_free_nogil(t)
         raise
 
@@ -504,8 +501,8 @@ def _tls_close_notify_seen(AIOConn conn):
     if c == NULL:
         return False
     with nogil:
-        pthread_mutex_lock(&c.lock)
+        goaio_lock(&c.lock)
         if c.tls != NULL and c.tls.ssl != NULL:
             r = (goaio_ossl.SSL_get_shutdown(c.tls.ssl) & GOAIO_SSL_RECEIVED_SHUTDOWN) != 0
-        pthread_mutex_unlock(&c.lock)
+        goaio_unlock(&c.lock)
     return r != 0

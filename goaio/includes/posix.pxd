@@ -81,6 +81,15 @@ cdef extern from "<fcntl.h>" nogil:
         FD_CLOEXEC
         O_NONBLOCK
 
+cdef extern from "includes/connlock.h" nogil:
+    # a connection record's lock (4 bytes on Linux; see the header)
+    ctypedef struct goaio_lock_t:
+        pass
+    void goaio_lock_init(goaio_lock_t *m)
+    void goaio_lock_destroy(goaio_lock_t *m)
+    void goaio_lock(goaio_lock_t *m)
+    void goaio_unlock(goaio_lock_t *m)
+
 cdef extern from "includes/compat.h" nogil:
     int IOV_MAX
     int MSG_NOSIGNAL
