@@ -393,7 +393,7 @@ cdef close_lifecycle(AIOService svc):
         r.stop()
     with nogil:
         # (no Python under reg_lock: a finaliser run by the GC could want it)
-        pthread_mutex_lock(&s.reg_lock)
+        goaio_lock(&s.reg_lock)
         recs = <conn_t **>PyMem_RawMalloc((s.nslots + 1) * sizeof(conn_t *))
         if recs != NULL:
             for i in range(s.nslots):
@@ -401,7 +401,7 @@ cdef close_lifecycle(AIOService svc):
                     goaio_atomic_inc(&s.slots[i].cref)
                     recs[n] = s.slots[i]
                     n += 1
-        pthread_mutex_unlock(&s.reg_lock)
+        goaio_unlock(&s.reg_lock)
     for i in range(n):
         connect_abandon_gil(s, recs[i])
         conn_decref_nogil(recs[i])

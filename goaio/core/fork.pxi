@@ -43,12 +43,12 @@ def _evict_stale_fd(int fd):
         if svc is None or svc.s == NULL or svc.s.closed:
             continue
         s = svc.s
-        pthread_mutex_lock(&s.reg_lock)     # (GIL held: no holder waits for it)
+        goaio_lock(&s.reg_lock)     # (GIL held: no holder waits for it)
         for i in range(s.nslots):
             c = s.slots[i]
             if c != NULL and c.fd == fd and not c.closed and c.pyobj != NULL:
                 found.append(<object>c.pyobj)
-        pthread_mutex_unlock(&s.reg_lock)
+        goaio_unlock(&s.reg_lock)
     evicted = False
     for conn in found:
         if (<AIOConn>conn)._evict_if_stale(fd):

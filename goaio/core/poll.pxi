@@ -14,12 +14,12 @@ cdef int poll_once(svc_t *s, int64_t until) noexcept nogil:
     cdef conn_t *c
     cdef oplist_t done
     oplist_init(&done)
-    pthread_mutex_lock(&s.tlock)
+    goaio_lock(&s.tlock)
     t = s.heap[0].at if s.heap_len else 0
     if t != 0 and (until < 0 or t < until):
         until = t
     s.poll_until = until if until > 0 else (0 if until == 0 else 0x7FFFFFFFFFFFFFFF)
-    pthread_mutex_unlock(&s.tlock)
+    goaio_unlock(&s.tlock)
     if until == 0:
         ms = 0
     else:
@@ -31,10 +31,10 @@ cdef int poll_once(svc_t *s, int64_t until) noexcept nogil:
             wait_ns = until - now if until > now else 0
         ms = <int>((wait_ns + 999999) // 1000000)
     n = poller_wait(&s.poller, evs, POLL_BATCH_N, ms)
-    pthread_mutex_lock(&s.tlock)
+    goaio_lock(&s.tlock)
     s.poll_until = 0
     s.polls += 1
-    pthread_mutex_unlock(&s.tlock)
+    goaio_unlock(&s.tlock)
     for i in range(n):
         c = reg_lookup(s, evs[i].id)
         if c == NULL:

@@ -15,9 +15,9 @@ cdef int pool_pop(pool_t *p, PyObject **obj, char **data) noexcept nogil:
     """Take a free buffer; -1 when the pool must grow. Takes p.lock (a caller
     may hold c.lock); GIL held or not."""
     cdef int idx
-    pthread_mutex_lock(&p.lock)
+    goaio_lock(&p.lock)
     if p.nfree == 0:
-        pthread_mutex_unlock(&p.lock)
+        goaio_unlock(&p.lock)
         return -1
     p.nfree -= 1
     idx = p.free[p.nfree]
@@ -25,20 +25,20 @@ cdef int pool_pop(pool_t *p, PyObject **obj, char **data) noexcept nogil:
     p.nout += 1
     obj[0] = p.bufs[idx]
     data[0] = <char *>p.views[idx].buf     # pinned: its address and length hold
-    pthread_mutex_unlock(&p.lock)
+    goaio_unlock(&p.lock)
     return idx
 
 
 cdef void pool_push(pool_t *p, int idx) noexcept nogil:
     """Give buffer idx back to the free stack. Takes p.lock (a caller may hold
     c.lock); GIL held or not."""
-    pthread_mutex_lock(&p.lock)
+    goaio_lock(&p.lock)
     if p.out[idx]:
         p.out[idx] = 0
         p.nout -= 1
         p.free[p.nfree] = idx
         p.nfree += 1
-    pthread_mutex_unlock(&p.lock)
+    goaio_unlock(&p.lock)
 
 
 cdef inline size_t pool_hash(PyObject *b, Py_ssize_t hcap) noexcept nogil:
@@ -114,7 +114,7 @@ cdef class BufferPool:
         if self.p == NULL:
             raise MemoryError()
         memset(self.p, 0, sizeof(pool_t))
-        pthread_mutex_init(&self.p.lock, NULL)
+        goaio_lock_init(&self.p.lock)
         self.p.size = buffer_size
 
     def __dealloc__(self):
@@ -125,7 +125,7 @@ cdef class BufferPool:
             for i in range(self.p.nbufs):
                 if not self.p.out[i]:
                     PyBuffer_Release(&self.p.views[i])
-            pthread_mutex_destroy(&self.p.lock)
+            goaio_lock_destroy(&self.p.lock)
             PyMem_RawFree(self.p.views)
             PyMem_RawFree(self.p.bufs)
             PyMem_RawFree(self.p.out)
@@ -157,7 +157,7 @@ cdef class BufferPool:
                 pinned += 1
                 self._index[id(b)] = first + i
                 self._all.append(b)
-            pthread_mutex_lock(&p.lock)
+            goaio_lock(&p.lock)
             if newcap > p.cap:
                 arrcap = max(16, 2 * p.cap)
                 nb = <PyObject **>PyMem_RawRealloc(p.bufs, arrcap * sizeof(PyObject *))
@@ -173,7 +173,7 @@ cdef class BufferPool:
                 if nv != NULL:
                     p.views = nv
                 if nb == NULL or no == NULL or nf == NULL or nv == NULL:
-                    pthread_mutex_unlock(&p.lock)
+                    goaio_unlock(&p.lock)
                     raise MemoryError()
                 p.cap = arrcap
             for i in range(first, newcap):
@@ -185,7 +185,7 @@ cdef class BufferPool:
             p.nbufs = newcap
             pool_index_gil(p)       # (no Python: fine under p.lock)
             pinned = 0          # the pool's now
-            pthread_mutex_unlock(&p.lock)
+            goaio_unlock(&p.lock)
         except BaseException:
             for i in range(pinned):
                 PyBuffer_Release(&pins[i])

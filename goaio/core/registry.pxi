@@ -7,7 +7,7 @@ cdef int reg_add(svc_t *s, conn_t *c) noexcept nogil:
     cdef conn_t **ns
     cdef uint32_t *ng
     cdef uint32_t *nf
-    pthread_mutex_lock(&s.reg_lock)
+    goaio_lock(&s.reg_lock)
     if s.nfree_slots:
         s.nfree_slots -= 1
         idx = s.free_slots[s.nfree_slots]
@@ -28,7 +28,7 @@ cdef int reg_add(svc_t *s, conn_t *c) noexcept nogil:
             if nf != NULL:
                 s.free_slots = nf
             if ns == NULL or ng == NULL or nf == NULL:
-                pthread_mutex_unlock(&s.reg_lock)
+                goaio_unlock(&s.reg_lock)
                 return ENOMEM
             s.slot_cap = ncap
         idx = s.nslots
@@ -40,14 +40,14 @@ cdef int reg_add(svc_t *s, conn_t *c) noexcept nogil:
     c.id = (<uint64_t>s.gens[idx] << 32) | idx
     if c.kind == CK_STREAM:
         s.nconns += 1           # (connections only: not listeners and connects)
-    pthread_mutex_unlock(&s.reg_lock)
+    goaio_unlock(&s.reg_lock)
     return 0
 
 
 cdef void reg_remove(svc_t *s, conn_t *c) noexcept nogil:
     """Free c's slot; its id goes stale. Takes reg_lock (no other lock held)."""
     cdef uint32_t idx = <uint32_t>c.id
-    pthread_mutex_lock(&s.reg_lock)
+    goaio_lock(&s.reg_lock)
     if idx < s.nslots and s.slots[idx] == c:
         s.slots[idx] = NULL
         s.gens[idx] += 1
@@ -57,7 +57,7 @@ cdef void reg_remove(svc_t *s, conn_t *c) noexcept nogil:
         s.nfree_slots += 1
         if c.kind == CK_STREAM:
             s.nconns -= 1
-    pthread_mutex_unlock(&s.reg_lock)
+    goaio_unlock(&s.reg_lock)
 
 
 cdef conn_t *reg_lookup(svc_t *s, uint64_t id) noexcept nogil:
@@ -65,11 +65,11 @@ cdef conn_t *reg_lookup(svc_t *s, uint64_t id) noexcept nogil:
     Takes reg_lock (no other lock held)."""
     cdef uint32_t idx = <uint32_t>id
     cdef conn_t *c = NULL
-    pthread_mutex_lock(&s.reg_lock)
+    goaio_lock(&s.reg_lock)
     if idx < s.nslots and s.gens[idx] == <uint32_t>(id >> 32):
         c = s.slots[idx]
         if c != NULL:
             goaio_atomic_inc(&c.cref)
-    pthread_mutex_unlock(&s.reg_lock)
+    goaio_unlock(&s.reg_lock)
     return c
 

@@ -26,8 +26,8 @@ cdef class AIOService:
         memset(self.s, 0, sizeof(svc_t))
         self.s.notify_fd = -1
         pthread_mutex_init(&self.s.lock, NULL)
-        pthread_mutex_init(&self.s.reg_lock, NULL)
-        pthread_mutex_init(&self.s.tlock, NULL)
+        goaio_lock_init(&self.s.reg_lock)
+        goaio_lock_init(&self.s.tlock)
         cond_init(&self.s.cq_cond)
         cond_init(&self.s.w_cond)
         err = poller_open(&self.s.poller)
@@ -59,8 +59,8 @@ cdef class AIOService:
             poller_close(&s.poller)
         discard_queued_gil(s)       # (queued after close() by a callback's caller)
         pthread_mutex_destroy(&s.lock)
-        pthread_mutex_destroy(&s.reg_lock)
-        pthread_mutex_destroy(&s.tlock)
+        goaio_lock_destroy(&s.reg_lock)
+        goaio_lock_destroy(&s.tlock)
         pthread_cond_destroy(&s.cq_cond)
         pthread_cond_destroy(&s.w_cond)
         PyMem_RawFree(s.slots)
@@ -301,12 +301,12 @@ cdef class AIOService:
             with nogil:
                 hsw_discard(s)          # handshake steps no worker took (core/tls.pxi)
             conns = []
-            pthread_mutex_lock(&s.reg_lock)
+            goaio_lock(&s.reg_lock)
             for i in range(s.nslots):
                 c = s.slots[i]
                 if c != NULL and c.pyobj != NULL:
                     conns.append(<object>c.pyobj)
-            pthread_mutex_unlock(&s.reg_lock)
+            goaio_unlock(&s.reg_lock)
             for conn in conns:
                 (<AIOConn>conn)._close(ServiceClosed(MSG_SERVICE_CLOSED))
             conns = None
@@ -314,12 +314,12 @@ cdef class AIOService:
             # discard what nobody collected (share buffers go back to their pools)
             discard_queued_gil(s)
             with nogil:
-                pthread_mutex_lock(&s.tlock)
+                goaio_lock(&s.tlock)
                 heap = s.heap
                 n = s.heap_len
                 s.heap = NULL
                 s.heap_len = s.heap_cap = 0
-                pthread_mutex_unlock(&s.tlock)
+                goaio_unlock(&s.tlock)
                 for k in range(n):
                     heap[k].conn.heap_idx = -1
                     conn_decref_nogil(heap[k].conn)

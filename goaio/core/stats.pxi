@@ -36,7 +36,7 @@ cdef dict svc_stats(AIOService svc):
     cdef long pconnect = 0, timers = 0, queued
     cdef int64_t ops, brecv, bsent
     with nogil:
-        pthread_mutex_lock(&s.reg_lock)
+        goaio_lock(&s.reg_lock)
         for i in range(s.nslots):
             c = s.slots[i]
             if c == NULL or c.closed:
@@ -56,7 +56,7 @@ cdef dict svc_stats(AIOService svc):
             else:
                 pconnect += 1
                 timers += timed_ops(&c.rq)
-        pthread_mutex_unlock(&s.reg_lock)
+        goaio_unlock(&s.reg_lock)
         pthread_mutex_lock(&s.lock)
         queued = 0 if s.closed else s.cq_len
         ops = s.ops_completed
@@ -90,9 +90,9 @@ cdef dict pool_stats(BufferPool pool):
     cdef pool_t *p = pool.p
     cdef Py_ssize_t nbufs, nfree, nout
     with nogil:
-        pthread_mutex_lock(&p.lock)
+        goaio_lock(&p.lock)
         nbufs = p.nbufs
         nfree = p.nfree
         nout = p.nout
-        pthread_mutex_unlock(&p.lock)
+        goaio_unlock(&p.lock)
     return {"buffers": nbufs, "free": nfree, "out": nout, "buffer_size": pool.buffer_size}

@@ -102,7 +102,7 @@ cdef struct opq_t:
 
 
 cdef struct pool_t:
-    pthread_mutex_t lock
+    goaio_lock_t lock    # (includes/connlock.h)
     PyObject **bufs      # every buffer made (borrowed from BufferPool._all)
     Py_buffer *views     # the pool's export of each buffer not with the user: a
                          # free or attached buffer cannot be resized meanwhile
@@ -205,7 +205,7 @@ cdef struct svc_t:
     int64_t last_collector
     long live_ops        # atomic
     poller_t poller
-    pthread_mutex_t reg_lock
+    goaio_lock_t reg_lock
     conn_t **slots
     uint32_t *gens
     uint32_t *free_slots
@@ -213,7 +213,7 @@ cdef struct svc_t:
     uint32_t nslots      # slots used so far (each initialised): walkers stop here
     uint32_t slot_cap    # the arrays' capacity (core/registry.pxi)
     long nconns
-    pthread_mutex_t tlock
+    goaio_lock_t tlock
     tentry_t *heap
     Py_ssize_t heap_len
     Py_ssize_t heap_cap

@@ -88,7 +88,7 @@ cdef void schedule_timer_locked(svc_t *s, conn_t *c, int64_t at) noexcept nogil:
     cdef bint wake = False
     if at == 0 or (c.timer_at != 0 and c.timer_at <= at):
         return
-    pthread_mutex_lock(&s.tlock)
+    goaio_lock(&s.tlock)
     if c.heap_idx >= 0:
         s.heap[c.heap_idx].at = at          # earlier than before: towards the root
         heap_sift_up_locked(s, c.heap_idx)
@@ -100,7 +100,7 @@ cdef void schedule_timer_locked(svc_t *s, conn_t *c, int64_t at) noexcept nogil:
     if c.timer_at == at and s.poll_until != 0 and at < s.poll_until:
         s.poll_until = at
         wake = True
-    pthread_mutex_unlock(&s.tlock)
+    goaio_unlock(&s.tlock)
     if wake:
         svc_wake(s)
 
@@ -109,11 +109,11 @@ cdef bint timer_remove_locked(svc_t *s, conn_t *c) noexcept nogil:
     """Take c's entry out of the heap (c.lock held, c closed; takes s.tlock).
     True when there was one: the caller then drops its cref (after c.lock)."""
     cdef bint had = False
-    pthread_mutex_lock(&s.tlock)
+    goaio_lock(&s.tlock)
     if c.heap_idx >= 0:
         heap_remove_at_locked(s, c.heap_idx)
         had = True
-    pthread_mutex_unlock(&s.tlock)
+    goaio_unlock(&s.tlock)
     c.timer_at = 0
     return had
 
@@ -151,12 +151,12 @@ cdef void expire_timers(svc_t *s, oplist_t *done) noexcept nogil:
     cdef tentry_t e
     cdef conn_t *c
     while True:
-        pthread_mutex_lock(&s.tlock)
+        goaio_lock(&s.tlock)
         if s.heap_len == 0 or s.heap[0].at > now:
-            pthread_mutex_unlock(&s.tlock)
+            goaio_unlock(&s.tlock)
             return
         e = heap_pop_locked(s)
-        pthread_mutex_unlock(&s.tlock)
+        goaio_unlock(&s.tlock)
         c = e.conn
         if c.kind != CK_STREAM:     # a listener's back-off, a connect's timeout
             record_expire(s, c, e.at, now, done)

@@ -276,7 +276,7 @@ cdef void tls_listener_closed_gil(svc_t *s, conn_t *lc, op_t *ready):
     if not (<lrec_t *>lc).tls:
         return
     # (GIL held: fine, no reg_lock holder waits for it; no Python code runs under it)
-    pthread_mutex_lock(&s.reg_lock)
+    goaio_lock(&s.reg_lock)
     objs = <PyObject **>PyMem_RawMalloc((s.nslots + 1) * sizeof(PyObject *))
     if objs != NULL:
         for i in range(s.nslots):
@@ -286,7 +286,7 @@ cdef void tls_listener_closed_gil(svc_t *s, conn_t *lc, op_t *ready):
                 objs[n] = c.pyobj
                 n += 1
                 Py_INCREF(<object>c.pyobj)
-    pthread_mutex_unlock(&s.reg_lock)
+    goaio_unlock(&s.reg_lock)
     for i in range(n):
         (<AIOConn><object>objs[i])._close(None)
         Py_DECREF(<object>objs[i])

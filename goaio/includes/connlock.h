@@ -1,4 +1,5 @@
-/* The lock of a connection record (conn_t.lock).
+/* The lock of a connection record (conn_t.lock), and of the C locks never
+ * used with a condition variable (a pool's, the registry's, the timer heap's).
  *
  * Every connection has one, idle ones included, so its size counts (issue 13):
  * on Linux it is a 4-byte futex word (the three-state mutex of Drepper's
