@@ -69,6 +69,7 @@ def itimer_storm(interval=0.0001):
         yield hits
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        time.sleep(0.01)    # a SIGALRM already on its way lands on ours, not pytest-timeout's
         signal.signal(signal.SIGALRM, old_handler)
         if old_timer[0] > 0:
             left = max(old_timer[0] - (time.monotonic() - t0), 0.01)
@@ -203,6 +204,9 @@ def _duplex_traffic(svc, conns, nbytes, seed, collect_here=True):
         errors = []
 
         def collector():
+            # a new thread inherits its creator's mask (SIGALRM blocked in
+            # the main thread): unblocked here, the storm reaches this thread
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
             try:
                 while not done() and time.monotonic() < deadline:
                     batch = svc.get_complete_statuses(16, timeout=0.05)
@@ -242,8 +246,9 @@ def _eintr_storm(svc, pairs, seconds):
             moved += _duplex_traffic(svc, conns, nbytes, seed=rounds)
             rounds += 1
         main_hits = hits[0]
-        # SIGALRM blocked in the main thread: it lands in the collector and
-        # service threads, inside their system calls
+        # SIGALRM blocked in the main thread: it lands in the collector
+        # threads (which unblock it) and the service threads, inside their
+        # system calls
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
         try:
             end = time.monotonic() + seconds / 2
