@@ -495,7 +495,16 @@ class AIOConn(ConnLifecycle):
             total = len(buff)
             if not total:
                 raise EmptyBuffer(M.EMPTY_RECV)
-            op = _new_op(self, context, buff, memoryview(buff), total, _RECV)
+            # _new_op(), inlined: this runs once per request of a server
+            op = _rnew(_Op)
+            op.conn = self
+            op.ctx = context
+            op.buff = buff
+            op.mv = memoryview(buff)
+            op.iov = op.cut = op.deadline = None
+            op.done = 0
+            op.total = total
+            op.kind = _RECV
             with self._lock:
                 if (not self._recvq and not self._readable and self._tls is None and not self._closed
                         and not self._eof and not self._rto and not self._level):
@@ -586,7 +595,26 @@ class AIOConn(ConnLifecycle):
             if total and (total == blen or total <= _COPY_MAX):
                 with self._lock:
                     if self._writable and not self._sendq and self._tls is None and not self._closed:
-                        n = self._send_now(context, buff, blen, total)
+                        # the commonest outcome inline (once per answer of a
+                        # server): the idle socket takes every byte, no _Op
+                        try:
+                            done = self._send(buff if total == blen else buff[:total], _MSG_NOSIGNAL)
+                        except OSError as exc:
+                            n = self._send_rest(context, buff, blen, total, 0, exc)
+                        else:
+                            if done == total:
+                                self._nops += 1
+                                self._bsent += done
+                                r = _rnew(AIOResult)        # _new_result(), inlined
+                                r.conn = self
+                                r.context = context
+                                r.buff = buff
+                                r.bytes_transferred = done
+                                r.err = None
+                                self._q_append(r)
+                                n = 1
+                            else:
+                                n = self._send_rest(context, buff, blen, total, done, None)
                         if n and (svc._cwaiters or svc._pcoll):
                             svc._wake_for_results()
                         return
@@ -679,28 +707,20 @@ class AIOConn(ConnLifecycle):
             raise Busy(M.SENDQ_FULL)
         return self._queue_send(context, buff, mv, iov, total, done)
 
-    def _send_now(self, context, buff, blen, total):
-        """send()'s fast path (lock held; the socket writable, no send queued,
-        no TLS): write the first ``total`` bytes of a bytes or bytearray at
-        once. What the socket does not take waits in an _Op, pinned by a view.
-        Returns how many results it made."""
-        try:
-            done = self._send(buff if total == blen else buff[:total], _MSG_NOSIGNAL)
-        except BlockingIOError:
-            self._writable = False
-            done = 0
-        except InterruptedError:
-            done = 0
-        except OSError as exc:
-            self._nops += 1
-            self._q_append(_new_result(self, context, buff, 0, oserror(exc.errno) if exc.errno else exc))
-            return 1
-        else:
-            if done == total:
+    def _send_rest(self, context, buff, blen, total, done, exc):
+        """send()'s fast path when the socket did not take every byte at once
+        (lock held; no send queued, no TLS): ``done`` bytes of the first
+        ``total`` of a bytes or bytearray written, or the write raised
+        ``exc``. What is left waits in an _Op, pinned by a view. Returns how
+        many results it made."""
+        if exc is not None:
+            if isinstance(exc, BlockingIOError):
+                self._writable = False
+            elif not isinstance(exc, InterruptedError):
                 self._nops += 1
-                self._bsent += done
-                self._q_append(_new_result(self, context, buff, done, None))
+                self._q_append(_new_result(self, context, buff, 0, oserror(exc.errno) if exc.errno else exc))
                 return 1
+        else:
             self._writable = False
         mv = memoryview(buff)
         if total < blen:
@@ -799,7 +819,13 @@ class AIOConn(ConnLifecycle):
                 op.conn = None
                 self._nops += 1
                 self._brecv += n
-                self._q_append(_new_result(self, op.ctx, op.buff, n, None))
+                r = _rnew(AIOResult)        # _new_result(), inlined (once per request)
+                r.conn = self
+                r.context = op.ctx
+                r.buff = op.buff
+                r.bytes_transferred = n
+                r.err = None
+                self._q_append(r)
                 count += 1
                 if n < op.total and not self._rdhup:
                     self._readable = False
