@@ -66,6 +66,7 @@ from ._pure_ops import SHUTDOWN as _SHUTDOWN, ConnLifecycle, ServiceLifecycle, r
 from ._pure_connect import Timer as _Timer
 from ._pure_listen import Listener
 from . import _pure_tls
+from . import _pure_reentry
 from ._tls import check_bind_tls
 from ._errors import (
     Busy,
@@ -1140,6 +1141,9 @@ class AIOConn(ConnLifecycle):
         with ``reason`` (or a fresh ``ConnClosed``)."""
         if reason is not None and not isinstance(reason, BaseException):
             raise TypeError(M.REASON_TYPE)
+        if _pure_reentry.nested():      # a signal handler inside our code on this thread
+            _pure_reentry.later(self.close, reason)
+            return
         svc = self._svc
         with self._lock:
             if self._closed:
@@ -1873,7 +1877,12 @@ class AIOService(ServiceLifecycle):
 
         Idempotent; a second call made while the first runs returns when the
         service is closed. Called from inside a share_buff callback (which
-        may hold a connection's lock) it starts the close and returns."""
+        may hold a connection's lock), or from a signal handler that runs
+        inside goaio's code on the main thread, it starts the close and
+        returns."""
+        if _pure_reentry.nested():
+            _pure_reentry.later(self.close)
+            return
         me = threading.get_ident()
         with self._lock:
             first = not self._closed

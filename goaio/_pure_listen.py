@@ -27,6 +27,7 @@ import weakref
 from . import _messages as M
 from ._common import AIOResult, _check_int, bound_fds, make_option
 from . import _pure_tls
+from . import _pure_reentry
 from ._addresses import check_listening, listening_socket, unlink_if_same
 from ._errors import Busy, ConnClosed, ServiceClosed, oserror
 
@@ -306,6 +307,9 @@ class Listener:
         fresh ``ConnClosed``); a Unix path it created is unlinked."""
         if reason is not None and not isinstance(reason, BaseException):
             raise TypeError(M.REASON_TYPE)
+        if _pure_reentry.nested():      # a signal handler inside our code on this thread
+            _pure_reentry.later(self.close, reason)
+            return
         svc = self._svc
         with self._lock:
             if self._closed:

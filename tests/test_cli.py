@@ -40,8 +40,9 @@ def _stop_cleanly(proc, sig):
     assert "Traceback" not in err, err
 
 
-@pytest.mark.parametrize("args", [(), ("--share-buff",), ("--workers", "2", "--buffer-size", "512")],
-                         ids=["plain", "share-buff", "workers2"])
+@pytest.mark.parametrize("args", [(), ("--share-buff",), ("--workers", "2", "--buffer-size", "512"),
+                                  ("--loop-thread", "--share-buff")],
+                         ids=["plain", "share-buff", "workers2", "loop-thread"])
 def test_echo_server(backend, args):
     proc, banner, addr = _start_echo(backend.name, *args)
     try:
@@ -89,14 +90,15 @@ def _stop_and_time(proc, sig):
     return elapsed, err
 
 
+@pytest.mark.parametrize("loop_thread", [False, True], ids=["main-loop", "loop-thread"])
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
-def test_echo_server_stops_at_once_on_signal(backend, signame):
+def test_echo_server_stops_at_once_on_signal(backend, signame, loop_thread):
     """The collector waits with no timeout (no polling workaround): a signal
     reaches it there on every backend, and the server closes everything and
     exits 0 well within a second, with idle clients connected and accepts
     pending. (The bound is generous for a loaded machine: the wait itself
     ends within 100 ms, then the service is closed and the interpreter exits.)"""
-    proc, _banner, addr = _start_echo(backend.name, "--share-buff")
+    proc, _banner, addr = _start_echo(backend.name, "--share-buff", *(["--loop-thread"] if loop_thread else []))
     try:
         idle = [socket.create_connection(addr, timeout=WAIT) for _ in range(3)]
         try:
@@ -124,17 +126,19 @@ def test_echo_server_stops_at_once_on_signal(backend, signame):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts /proc/PID/task")
-@pytest.mark.parametrize("workers", [1, 2])
-def test_echo_server_has_no_thread_of_its_own(backend, workers):
+@pytest.mark.parametrize("workers,loop_thread", [(1, False), (2, False), (1, True)])
+def test_echo_server_has_no_thread_of_its_own(backend, workers, loop_thread):
     """svc.listen and posted accepts: the process runs the main thread and
-    the service's workers, nothing else (no accept thread)."""
-    proc, _banner, addr = _start_echo(backend.name, "--workers", str(workers))
+    the service's workers, nothing else (no accept thread); --loop-thread
+    adds the loop's thread and nothing more."""
+    proc, _banner, addr = _start_echo(backend.name, "--workers", str(workers),
+                                      *(["--loop-thread"] if loop_thread else []))
     try:
         with socket.create_connection(addr, timeout=WAIT) as c:
             c.sendall(b"abc")
             assert recv_exactly(c, 3) == b"abc"
             threads = len(os.listdir(f"/proc/{proc.pid}/task"))
-        assert threads == 1 + workers
+        assert threads == 1 + workers + loop_thread
         _stop_cleanly(proc, signal.SIGTERM)
     finally:
         if proc.poll() is None:

@@ -32,7 +32,9 @@ _READY = re.compile(r"listening on (\S+):(\d+)")
 class Spec:
     """One server of the comparison."""
 
-    def __init__(self, name, label, kind, backend=None, share=False, ceiling=False, tls=False, peer=None):
+    def __init__(self, name, label, kind, backend=None, share=False, ceiling=False, tls=False, peer=None,
+                 loop_thread=False):
+        self.loop_thread = loop_thread  # goaio echo --loop-thread
         self.tls = tls  # a TLS server: driven by loadgen_tls, with the bench's certificate
         self.peer = peer or name  # the KIND given to peers.py / tls_peers.py
         self.name = name
@@ -51,6 +53,7 @@ SPECS = [
     Spec("goaio-epoll-share", "goaio epoll, share buffers", "goaio", backend="epoll", share=True),
     Spec("goaio-pure", "goaio pure", "goaio", backend="pure"),
     Spec("goaio-pure-share", "goaio pure, share buffers", "goaio", backend="pure", share=True),
+    Spec("goaio-pure-thread", "goaio pure, loop on a thread", "goaio", backend="pure", loop_thread=True),
     Spec("asyncio", "asyncio Protocol", "peer"),
     Spec("asyncio-streams", "asyncio streams", "peer"),
     Spec("uvloop", "uvloop Protocol", "peer"),
@@ -208,6 +211,8 @@ def command(spec, workers=1):
                 "--workers", str(workers), "--quiet"]
         if spec.share:
             argv.append("--share-buff")
+        if spec.loop_thread:
+            argv.append("--loop-thread")
         if spec.tls:
             from . import tlscert
 
