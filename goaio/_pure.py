@@ -1441,7 +1441,7 @@ class AIOService(ServiceLifecycle):
         # An event loop that collects for itself (goaio.aio, which runs no
         # raising handler inside its IO calls) is the exception: its thread
         # does the IO, main thread or not.
-        main = threading.get_ident() == _main_ident() and not self._external
+        main = _get_ident() == _main_id and not self._external
         self._cpolls = not main
         while True:
             waiter = None
