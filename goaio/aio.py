@@ -655,6 +655,7 @@ class _SSLTransport(_PyTransport):
         self._handshaking = True
         self._tls_closing = False           # close_notify posted
         self._handshake_timeout = ssl_handshake_timeout
+        self._shutdown_timeout = ssl_shutdown_timeout
         if conn is None:
             conn = loop._svc.bind(sock, recvq_size=2, sendq_size=MAX_INFLIGHT_SENDS + 2,
                                   share_buff=loop._pool)
@@ -734,9 +735,14 @@ class _SSLTransport(_PyTransport):
 
     def _force_close(self, exc):
         self._aborted = True
+        wait = self._tls_wait
+        if wait is not None:
+            wait.done(exc)          # closing after our close_notify: now
+            return
         super()._force_close(exc)
 
     _aborted = False
+    _tls_wait = None            # the _TLSClosing of a close under way
     _raw_eof = False            # reading ended with a TCP EOF, no close_notify
 
     def _call_connection_lost(self, exc):
@@ -747,18 +753,14 @@ class _SSLTransport(_PyTransport):
             # close_notify first (then SHUT_WR); the connection closes when it is out
             self._tls_closing = True
             try:
-                self._conn.shutdown(self._on_tls_shutdown)
-                self._loop._goaio.dirty = True
+                self._tls_wait = _TLSClosing(self._loop, self._conn, self._shutdown_timeout,
+                                             self._lost)
                 return
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException:
                 pass
         self._lost(exc)
-
-    def _on_tls_shutdown(self, res):
-        _discard_unread(self._conn)
-        self._lost(None)
 
     # -- test hooks (CPython's test_ssl reaches into asyncio's SSLProtocol
     #    through these two names; uvloop's TLS transport has them too) --
@@ -855,31 +857,78 @@ def _tls_eof_received(tr, protocol, fatal_error):
     tr.close()
 
 
-#: at most this much is read and dropped before a TLS transport's socket closes
-_DISCARD_MAX = 1 << 22
+class _TLSClosing:
+    """A TLS transport's close after the protocol is done (either class), as
+    asyncio's TLS transport closes: close_notify goes out after the queued
+    writes (``conn.shutdown``, the SHUT_WR with it), then the peer's
+    close_notify or FIN is waited for, what it sends meanwhile read and
+    dropped, and only then is the connection closed and ``finish`` (the
+    transport's connection_lost) called. Closed earlier, a socket with
+    unread bytes in it (a TLS 1.3 session ticket the peer sent late, say)
+    sends RST, and the peer's kernel throws away what its reader had not
+    taken yet: our last data and our close_notify. ``ssl_shutdown_timeout``
+    bounds it all (asyncio's default 30 s): then the connection is closed as
+    it is and the protocol's ``connection_lost`` gets
+    ``TimeoutError("SSL shutdown timed out")``. Once per connection."""
 
+    __slots__ = ("_loop", "_conn", "_finish", "_timer", "_buf")
+    _recv_iter = -1         # (what the pure loop's dispatch asks of a context's owner)
+    _read_cb = None
 
-def _discard_unread(conn):
-    """Read and drop what the peer sent that nobody will read any more (a
-    TLS 1.3 session ticket that came after the handshake, records after our
-    close_notify): our close_notify is out and the socket shut for writing,
-    and the socket closes next. Closed with unread bytes, a TCP socket sends
-    RST instead of FIN, and the peer's kernel throws away what its reader had
-    not read yet -- the end of our data, our close_notify among it
-    (tests/test_aio_tls.py, test_append_write_backlog_hook_goes_before_close_notify,
-    lost the last ~4 MiB so 9 times in 10)."""
-    fd = conn.fd if conn is not None else -1
-    left = _DISCARD_MAX
-    try:
-        if fd < 0 or os.get_blocking(fd):   # (goaio made it non-blocking: never wait here)
+    def __init__(self, loop, conn, timeout, finish):
+        self._loop = loop
+        self._conn = conn
+        self._finish = finish
+        self._buf = None
+        conn.shutdown(self._sent)       # (raises: the caller closes at once)
+        loop._goaio.dirty = True
+        self._timer = loop.call_later(
+            constants.SSL_SHUTDOWN_TIMEOUT if timeout is None else timeout, self._expired)
+
+    def _sent(self, res):
+        """Our close_notify is out (or could not go)."""
+        if self._finish is None:
             return
-        while left > 0:
-            got = os.read(fd, 65536)
-            if not got:
-                return          # the peer's FIN
-            left -= len(got)
-    except OSError:         # nothing more queued (EAGAIN), or the peer is gone
-        pass
+        if res.err is not None or _close_notify_seen(self._loop, self._conn):
+            self.done(None)
+            return
+        self._buf = bytearray(16384)
+        self._read()
+
+    def _read(self):
+        try:
+            self._conn.recv(self._on_read, self._buf)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException:
+            self.done(None)
+            return
+        self._loop._goaio.dirty = True
+
+    def _on_read(self, res):
+        if self._finish is None:
+            return
+        err = res.err
+        if err is None:
+            self._read()                # the peer's data after our close: dropped
+        elif isinstance(err, (EOFError, ConnClosed, ServiceClosed)):
+            self.done(None)             # its close_notify, or its FIN
+        else:
+            self.done(err)              # (asyncio: the error is connection_lost's)
+
+    def _expired(self):
+        if self._finish is not None:
+            self.done(TimeoutError("SSL shutdown timed out"))
+
+    def done(self, exc):
+        """Close now (also the transport's abort() while waiting)."""
+        finish = self._finish
+        if finish is None:
+            return
+        self._finish = None
+        self._timer.cancel()
+        self._buf = None
+        finish(exc)
 
 
 class _CSSLMixin:
@@ -918,6 +967,8 @@ class _CSSLMixin:
         self._tls_closing = False           # close_notify posted
         self._raw_eof = False               # reading ended with a TCP EOF, no close_notify
         self._handshake_timeout = ssl_handshake_timeout
+        self._shutdown_timeout = ssl_shutdown_timeout
+        self._tls_wait = None               # the _TLSClosing of a close under way
         self._call_made = call_connection_made
         if conn is None:
             _set_nodelay(sock)
@@ -973,23 +1024,20 @@ class _CSSLMixin:
 
     def _tls_close_first(self, exc):
         """The connection is about to close: True if close_notify was posted
-        first (the core's lost_now() runs once it is out)."""
+        first (the core's lost_now() runs once the peer's close_notify or FIN
+        is in, _TLSClosing)."""
         if exc is not None or self._aborted or self._tls_closing or self._handshaking \
                 or self._raw_eof:
             return False
         self._tls_closing = True
         try:
-            self._conn.shutdown(self._on_tls_shutdown)
+            self._tls_wait = _TLSClosing(self._loop, self._conn, self._shutdown_timeout,
+                                         self._c.lost_now)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException:
             return False
-        self._loop._goaio.dirty = True
         return True
-
-    def _on_tls_shutdown(self, res):
-        _discard_unread(self._conn)
-        self._c.lost_now(None)
 
     # -- the transport --
 
@@ -1015,11 +1063,14 @@ class _CSSLMixin:
         c.close()
 
     def abort(self):
-        self._aborted = True
-        self._c.force_close(None)
+        self._force_close(None)
 
     def _force_close(self, exc):
         self._aborted = True
+        wait = self._tls_wait
+        if wait is not None:
+            wait.done(exc)          # closing after our close_notify: now
+            return
         self._c.force_close(exc)
 
     # -- test hooks (as _SSLTransport's) --
@@ -1051,7 +1102,8 @@ def _ssl_transport_class(mod):
             name = f"GoaioSSLTransport_{mod.BACKEND_NAME}"
             cls = type(name, (_CSSLMixin, base), {
                 "__slots__": ("_waiter", "_handshaking", "_aborted", "_tls_closing",
-                              "_raw_eof", "_handshake_timeout", "_call_made"),
+                              "_raw_eof", "_handshake_timeout", "_shutdown_timeout",
+                              "_tls_wait", "_call_made"),
                 "__module__": __name__, "__qualname__": name})
         _ssl_classes[mod] = cls
     return cls

@@ -6,6 +6,7 @@ import asyncio
 import socket
 import ssl
 import threading
+import time
 
 import pytest
 
@@ -527,6 +528,131 @@ def test_append_write_backlog_hook_goes_before_close_notify(loop, tls_certs):
             assert sinks[0].events == ["made", ("eof", 32 * 131072), ("lost", None)]
             assert proto.paused == 0            # no flow control for the hook
     run(loop, main())
+
+
+class _Events(asyncio.Protocol):
+    """A client protocol noting what it gets, its EOF and its loss (with the
+    loop time of the loss)."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.events = []
+        self.lost_at = None
+
+    def data_received(self, data):
+        self.events.append(data)
+
+    def eof_received(self):
+        self.events.append("eof")
+
+    def connection_lost(self, exc):
+        self.lost_at = self.loop.time()
+        self.events.append(("lost", exc))
+
+
+def _read_to_close_notify(ssock):
+    """What the peer sent until its close_notify (the ssl module's b"")."""
+    buf = b""
+    while True:
+        chunk = ssock.recv(65536)
+        if not chunk:
+            return buf
+        buf += chunk
+
+
+def test_close_waits_for_the_peers_close_notify(loop, tls_certs):
+    # as asyncio's TLS transport: after our close_notify the connection stays
+    # open, what the peer sends is dropped, until its close_notify comes;
+    # connection_lost then, not at our close_notify nor at its FIN
+    answered = threading.Event()
+    lost = threading.Event()
+    got = {}
+
+    def serve(ssock):
+        got["data"] = _read_to_close_notify(ssock)
+        ssock.sendall(b"late")          # after the client's close: dropped there
+        time.sleep(0.3)
+        got["lost_early"] = lost.is_set()
+        answered.set()
+        ssock.unwrap()                  # our close_notify
+        got["lost_before_fin"] = lost.wait(WAIT)
+
+    peer = _SSLServer(tls_certs.server_context(), serve)
+
+    async def main():
+        tr, p = await loop.create_connection(lambda: _Events(loop), "localhost", peer.port,
+                                             ssl=tls_certs.client_context())
+        tr.write(b"bye")
+        tr.close()
+        await _until(lambda: p.lost_at is not None)
+        lost.set()
+        assert p.events == [("lost", None)]
+    run(loop, main())
+    peer.join()
+    assert peer.exc is None, peer.exc
+    assert got == {"data": b"bye", "lost_early": False, "lost_before_fin": True}
+
+
+def test_ssl_shutdown_timeout_when_the_peer_never_answers(loop, tls_certs):
+    # a peer that takes our close_notify and never answers nor closes: the
+    # connection closes after ssl_shutdown_timeout, connection_lost gets
+    # asyncio's TimeoutError
+    release = threading.Event()
+    got = {}
+
+    def serve(ssock):
+        got["data"] = _read_to_close_notify(ssock)
+        release.wait(WAIT)
+
+    peer = _SSLServer(tls_certs.server_context(), serve)
+
+    async def main():
+        tr, p = await loop.create_connection(lambda: _Events(loop), "localhost", peer.port,
+                                             ssl=tls_certs.client_context(),
+                                             ssl_shutdown_timeout=0.5)
+        tr.write(b"x" * 100000)
+        t0 = loop.time()
+        tr.close()
+        await _until(lambda: p.lost_at is not None)
+        assert len(p.events) == 1
+        exc = p.events[0][1]
+        assert isinstance(exc, TimeoutError) and str(exc) == "SSL shutdown timed out", exc
+        assert 0.45 <= p.lost_at - t0 < WAIT
+        release.set()
+    run(loop, main())
+    peer.join()
+    assert peer.exc is None, peer.exc
+    assert got["data"] == b"x" * 100000
+
+
+def test_abort_while_waiting_for_the_peers_close_notify(loop, tls_certs):
+    # abort() after close(), the peer silent: connection_lost(None) now
+    release = threading.Event()
+    got = {}
+
+    def serve(ssock):
+        got["data"] = _read_to_close_notify(ssock)
+        release.wait(WAIT)
+
+    peer = _SSLServer(tls_certs.server_context(), serve)
+
+    async def main():
+        tr, p = await loop.create_connection(lambda: _Events(loop), "localhost", peer.port,
+                                             ssl=tls_certs.client_context())
+        tr.write(b"abc")
+        tr.close()
+        await asyncio.sleep(0.3)
+        assert p.events == [] and tr.is_closing()
+        t0 = loop.time()
+        tr.abort()
+        await _until(lambda: p.lost_at is not None)
+        assert p.events == [("lost", None)]
+        assert p.lost_at - t0 < 1.0
+        release.set()
+    run(loop, main())
+    peer.join()
+    assert peer.exc is None, peer.exc
+    assert got["data"] == b"abc"
 
 
 def test_peer_half_close_leaves_tls_writable(loop, tls_certs):
