@@ -583,6 +583,23 @@ class _PyTransport(GoaioTransport):
                 _detach(server, self)
 
 
+def _tls_timeouts(handshake, shutdown):
+    """A TLS transport's ssl_handshake_timeout and ssl_shutdown_timeout: None
+    is asyncio's default; the checks, errors and messages are asyncio's
+    SSLProtocol's (a value that does not compare with 0 raises its
+    TypeError), made before the socket is touched; NaN, which asyncio takes
+    (and then times out at no defined moment), is refused as <= 0 is."""
+    if handshake is None:
+        handshake = constants.SSL_HANDSHAKE_TIMEOUT
+    elif handshake <= 0 or handshake != handshake:
+        raise ValueError(f"ssl_handshake_timeout should be a positive number, got {handshake}")
+    if shutdown is None:
+        shutdown = constants.SSL_SHUTDOWN_TIMEOUT
+    elif shutdown <= 0 or shutdown != shutdown:
+        raise ValueError(f"ssl_shutdown_timeout should be a positive number, got {shutdown}")
+    return handshake, shutdown
+
+
 class _SSLTransport(_PyTransport):
     """A TLS stream transport on goaio's own TLS (``ssl=`` of
     ``create_connection`` / ``create_server`` and friends), on every
@@ -605,6 +622,8 @@ class _SSLTransport(_PyTransport):
         # handshake. conn: the socket's goaio connection, already bound
         # (start_tls, an accepted goaio connection), else sock is bound here;
         # sock may then be None (the addresses are the connection's).
+        ssl_handshake_timeout, ssl_shutdown_timeout = _tls_timeouts(ssl_handshake_timeout,
+                                                                    ssl_shutdown_timeout)
         transports._FlowControlMixin.__init__(self, extra, loop)
         extra = self._extra
         if sock is not None:
@@ -880,10 +899,14 @@ class _TLSClosing:
         self._conn = conn
         self._finish = finish
         self._buf = None
-        conn.shutdown(self._sent)       # (raises: the caller closes at once)
+        self._timer = loop.call_later(timeout, self._expired)
+        try:
+            conn.shutdown(self._sent)   # (raises: the caller closes at once)
+        except BaseException:
+            self._finish = None
+            self._timer.cancel()
+            raise
         loop._goaio.dirty = True
-        self._timer = loop.call_later(
-            constants.SSL_SHUTDOWN_TIMEOUT if timeout is None else timeout, self._expired)
 
     def _sent(self, res):
         """Our close_notify is out (or could not go)."""
@@ -952,6 +975,8 @@ class _CSSLMixin:
                  ssl_shutdown_timeout=None, conn=None, call_connection_made=True):
         # (what _CTransportBase.__init__ does, but the protocol waits for
         # the handshake; conn and sock as for _SSLTransport)
+        ssl_handshake_timeout, ssl_shutdown_timeout = _tls_timeouts(ssl_handshake_timeout,
+                                                                    ssl_shutdown_timeout)
         extra = dict(extra) if extra else {}
         if sslcontext is None:
             sslcontext = sslproto._create_transport_context(server_side, server_hostname)
@@ -1709,14 +1734,8 @@ class Loop(_NetMixin, _SockMixin, _SockConnMixin, asyncio.SelectorEventLoop):
                 or not isinstance(transport, GoaioTransport) \
                 or isinstance(transport, _TLS_CLASSES):
             return await super().start_tls(*args, **kw)
-        if ssl_handshake_timeout is None:
-            ssl_handshake_timeout = constants.SSL_HANDSHAKE_TIMEOUT
-        elif ssl_handshake_timeout <= 0:
-            raise ValueError(f"ssl_handshake_timeout should be a positive number, "
-                             f"got {ssl_handshake_timeout}")
-        if ssl_shutdown_timeout is not None and ssl_shutdown_timeout <= 0:
-            raise ValueError(f"ssl_shutdown_timeout should be a positive number, "
-                             f"got {ssl_shutdown_timeout}")
+        ssl_handshake_timeout, ssl_shutdown_timeout = _tls_timeouts(ssl_handshake_timeout,
+                                                                    ssl_shutdown_timeout)
         extra = dict(transport._extra)
         got = _detach_plain(transport)
         if got is None:
