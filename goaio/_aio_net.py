@@ -29,7 +29,7 @@ import socket
 import ssl as _ssl
 import sys
 
-from asyncio import base_events, constants, trsock
+from asyncio import base_events, constants, selector_events, trsock
 from asyncio.log import logger
 
 from ._common import AIOConnOption
@@ -99,6 +99,14 @@ def _tls_handshaken(loop, transport, protocol, fut):
         loop.call_exception_handler({
             "message": "Error on transport creation for incoming connection",
             "exception": exc, "protocol": protocol, "transport": transport})
+
+
+def _sock_connect_replaced(loop):
+    """True when ``loop.sock_connect`` is not asyncio's (set on the loop, or
+    a subclass's): asyncio's create_connection connects through it, and a
+    loop whose application replaced it keeps that path."""
+    return "sock_connect" in loop.__dict__ or \
+        type(loop).sock_connect is not selector_events.BaseSelectorEventLoop.sock_connect
 
 
 class _Serving:
@@ -302,8 +310,10 @@ class NetMixin:
         if (ssl or sock is not None or (host is None and port is None)
                 or happy_eyeballs_delay is not None or server_hostname is not None
                 or ssl_handshake_timeout is not None or ssl_shutdown_timeout is not None
-                or not self.goaio_connect or (kwargs and not _EXTRA_KW.issuperset(kwargs))):
-            # asyncio's (its checks, TLS, a given socket, happy eyeballs)
+                or not self.goaio_connect or (kwargs and not _EXTRA_KW.issuperset(kwargs))
+                or _sock_connect_replaced(self)):
+            # asyncio's (its checks, TLS, a given socket, happy eyeballs, a
+            # sock_connect of the application's, which it then goes through)
             return await super().create_connection(
                 protocol_factory, host, port, ssl=ssl, family=family, proto=proto,
                 flags=flags, sock=sock, local_addr=local_addr, server_hostname=server_hostname,
@@ -358,7 +368,7 @@ class NetMixin:
                                      ssl_shutdown_timeout=None):
         if (ssl or sock is not None or path is None or server_hostname is not None
                 or ssl_handshake_timeout is not None or ssl_shutdown_timeout is not None
-                or not self.goaio_connect):
+                or not self.goaio_connect or _sock_connect_replaced(self)):
             return await super().create_unix_connection(
                 protocol_factory, path, ssl=ssl, sock=sock, server_hostname=server_hostname,
                 ssl_handshake_timeout=ssl_handshake_timeout,

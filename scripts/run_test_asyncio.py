@@ -42,13 +42,14 @@ MODULES = [
 QUICK = ["test_streams", "test_server", "test_buffered_proto", "test_sock_lowlevel",
          "test_sslproto", "test_sendfile"]
 
-#: Modules this script refuses to run: test_base_events mocks loop.getaddrinfo
-#: and loop.sock_connect and expects create_connection to go through them;
-#: goaio's create_connection connects with svc.connect (as uvloop's does not
-#: use sock_connect either), so on goaio's loop it would really connect to
-#: the addresses the mocks give (107.6.106.82, 0.0.0.1, fe80::1), off
-#: this machine. (It was run by hand once, on 2026-12-08: 20 of its tests
-#: differ for that reason, and no traffic may leave loopback here.)
+#: Modules this script refuses to run: test_base_events hands out addresses
+#: off this machine (107.6.106.82, 0.0.0.1, fe80::1) through a replaced
+#: loop.getaddrinfo and mocks the socket module of asyncio.base_events to
+#: stop asyncio's create_connection from connecting; goaio's create_connection
+#: connects with svc.connect (it takes asyncio's path only when sock_connect
+#: itself is replaced), so on goaio's loop some of those addresses would
+#: really be connected to, and no traffic may leave loopback here. (Run by
+#: hand once, on 2026-12-08: 20 tests differed, for that reason.)
 REFUSED = {"test_base_events": "it would connect to the non-loopback addresses its mocks give"}
 
 PASSING = ("pass", "skip", "xfail")

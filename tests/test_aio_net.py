@@ -7,6 +7,7 @@ import os
 import socket
 import sys
 import tempfile
+import types
 
 import pytest
 
@@ -462,6 +463,41 @@ def test_create_connection_is_a_goaio_connect(loop):
         run(loop, main())
     finally:
         lsock.close()
+
+
+@pytest.mark.parametrize("how", ["on the loop", "in a subclass"])
+def test_create_connection_goes_through_a_replaced_sock_connect(backend, how):
+    # asyncio's create_connection connects through loop.sock_connect; an
+    # application (or CPython's test_base_events) that replaces it keeps
+    # that: goaio's loop then takes asyncio's path, over the replacement,
+    # for create_connection and create_unix_connection alike
+    calls = []
+
+    async def sock_connect(self, sock, address):
+        calls.append(address)
+        raise ConnectionRefusedError(f"refused by the replacement: {address}")
+
+    if how == "on the loop":
+        lp = goaio.aio.Loop(backend=backend.module)
+        lp.sock_connect = types.MethodType(sock_connect, lp)
+    else:
+        cls = type("MyLoop", (goaio.aio.Loop,), {"sock_connect": sock_connect})
+        lp = cls(backend=backend.module)
+    lsock = socket.create_server(("127.0.0.1", 0))
+    port = lsock.getsockname()[1]
+
+    async def main():
+        with pytest.raises(ConnectionRefusedError, match="refused by the replacement"):
+            await lp.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        with pytest.raises(ConnectionRefusedError, match="refused by the replacement"):
+            await lp.create_unix_connection(asyncio.Protocol, "/nonexistent/goaio.sock")
+        assert lp.service.stats()["pending_connect"] == 0
+    try:
+        lp.run_until_complete(asyncio.wait_for(main(), WAIT))
+    finally:
+        lsock.close()
+        close_aio_loop(lp)
+    assert calls == [("127.0.0.1", port), "/nonexistent/goaio.sock"]
 
 
 def test_create_connection_refused(loop):
