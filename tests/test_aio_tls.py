@@ -636,10 +636,9 @@ def test_close_waits_for_the_peers_close_notify(loop, tls_certs):
     assert got == {"data": b"bye", "lost_early": False, "lost_before_fin": True}
 
 
-def test_ssl_shutdown_timeout_when_the_peer_never_answers(loop, tls_certs):
-    # a peer that takes our close_notify and never answers nor closes: the
-    # connection closes after ssl_shutdown_timeout, connection_lost gets
-    # asyncio's TimeoutError
+def _silent_peer(tls_certs):
+    """A peer that reads to our close_notify and then neither answers nor
+    closes until ``release`` is set: (peer, release, got)."""
     release = threading.Event()
     got = {}
 
@@ -647,7 +646,14 @@ def test_ssl_shutdown_timeout_when_the_peer_never_answers(loop, tls_certs):
         got["data"] = _read_to_close_notify(ssock)
         release.wait(WAIT)
 
-    peer = _SSLServer(tls_certs.server_context(), serve)
+    return _SSLServer(tls_certs.server_context(), serve), release, got
+
+
+def test_ssl_shutdown_timeout_when_the_peer_never_answers(loop, tls_certs):
+    # a peer that takes our close_notify and never answers nor closes: the
+    # connection closes after ssl_shutdown_timeout, connection_lost gets
+    # asyncio's TimeoutError
+    peer, release, got = _silent_peer(tls_certs)
 
     async def main():
         tr, p = await loop.create_connection(lambda: _Events(loop), "localhost", peer.port,
@@ -670,14 +676,7 @@ def test_ssl_shutdown_timeout_when_the_peer_never_answers(loop, tls_certs):
 
 def test_abort_while_waiting_for_the_peers_close_notify(loop, tls_certs):
     # abort() after close(), the peer silent: connection_lost(None) now
-    release = threading.Event()
-    got = {}
-
-    def serve(ssock):
-        got["data"] = _read_to_close_notify(ssock)
-        release.wait(WAIT)
-
-    peer = _SSLServer(tls_certs.server_context(), serve)
+    peer, release, got = _silent_peer(tls_certs)
 
     async def main():
         tr, p = await loop.create_connection(lambda: _Events(loop), "localhost", peer.port,
