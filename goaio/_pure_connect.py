@@ -281,8 +281,8 @@ class Connect:
         self.deadline = None
         svc = self.svc
         svc._remove_connect(self)
+        svc._count_op()     # (first: a collector may take the result at once)
         svc._q.append(AIOResult(conn, self.ctx, None, 0, err))
-        svc._count_op()
 
     # -- events (take the lock) --
 

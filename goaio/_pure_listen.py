@@ -163,8 +163,10 @@ class Listener:
     # -- accepting (the listener's lock is held) --
 
     def _complete(self, ctx, conn, err):
-        self._svc._q.append(AIOResult(conn, ctx, None, 0, err))
+        # counted first: a collector may take the result at once (the
+        # queue is read without the service lock), then read stats()
         self._svc._count_op(accepted=conn is not None)
+        self._svc._q.append(AIOResult(conn, ctx, None, 0, err))
 
     def _run(self):
         """Accept while accepts are pending and the kernel has connections;

@@ -136,8 +136,9 @@ def stats(svc):
     """``svc.stats()``: a snapshot; reads lengths and counters, takes no
     connection lock (so it never waits for IO)."""
     conns = precv = psend = timers = 0
-    ops, brecv, bsent = svc._fold_counters()
-    for c in svc._conns_snapshot():
+    live = svc._conns_snapshot()
+    ops, brecv, bsent = svc._counters(live)
+    for c in live:
         if c._closed:
             continue
         conns += 1
@@ -153,9 +154,6 @@ def stats(svc):
         tls = c._tls
         if tls is not None and tls.timer is not None:   # a handshake's timeout
             timers += 1
-        ops += c._nops
-        brecv += c._brecv
-        bsent += c._bsent
     listeners = svc._listeners_snapshot()
     connects = svc._connects_snapshot()
     for op in connects:
@@ -243,8 +241,11 @@ class ConnLifecycle:
 
     def _fold(self):
         """The connection closes: its counters move to the service's totals."""
-        self._svc._fold.append((self._nops, self._brecv, self._bsent))
-        self._nops = self._brecv = self._bsent = 0
+        # (under the service lock, which stats() holds while it adds them
+        # up: never counted twice, nor missed)
+        with self._svc._lock:
+            self._svc._fold.append((self._nops, self._brecv, self._bsent))
+            self._nops = self._brecv = self._bsent = 0
 
 
 def _new_shutdown_op(conn, context):
@@ -382,7 +383,10 @@ class ServiceLifecycle:
             if accepted:
                 self._accepted += 1
 
-    def _fold_counters(self):
+    def _counters(self, conns):
+        """ops_completed, bytes_received, bytes_sent: the closed connections'
+        (folded) and those of ``conns``, a closing one's included (its
+        close's results may be taken already; it folds them under this lock)."""
         with self._lock:
             t = self._totals
             fold = self._fold
@@ -391,7 +395,12 @@ class ServiceLifecycle:
                 t[0] += ops
                 t[1] += br
                 t[2] += bs
-            return tuple(t)
+            ops, br, bs = t
+            for c in conns:
+                ops += c._nops
+                br += c._brecv
+                bs += c._bsent
+            return ops, br, bs
 
     def _conns_snapshot(self):
         out = []
